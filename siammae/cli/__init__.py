@@ -1,0 +1,50 @@
+"""The ``siammae`` command: a Click group whose commands are thin wrappers over the library.
+
+Commands are imported only when invoked (or when ``--help`` lists them), and each command module
+keeps its heavy imports (torch, decord, ...) inside the command body, so ``siammae --help`` and
+``siammae --version`` answer without importing torch.
+"""
+
+import importlib
+
+import click
+
+from siammae import __version__
+
+# name -> "module:attribute" of a click.Command; loaded lazily.
+COMMANDS = {
+    "shard": "siammae.cli.shard:shard",
+    "inspect": "siammae.cli.inspect:inspect",
+    "propagate": "siammae.cli.propagate:propagate",
+    "evaluate": "siammae.cli.evaluate:evaluate",
+    "export": "siammae.cli.export:export",
+    "synth": "siammae.cli.synth:synth",
+    "demo": "siammae.cli.demo:demo",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports each command's module only when the command is needed."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        module_name, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="siammae")
+def main():
+    """Siamese Masked Autoencoders for video correspondence.
+
+    \b
+    Workflow:
+      siammae shard --src VIDEOS --out SHARDS      videos -> WebDataset shards of frame pairs
+      accelerate launch -m siammae.train RECIPE    pre-train SiamMAE on the shards
+      siammae propagate --davis DAVIS --checkpoint RUN --out OUT
+                                                   DAVIS-2017 label propagation + J&F
+    """

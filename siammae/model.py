@@ -1,0 +1,311 @@
+"""SiamMAE (Gupta et al., NeurIPS 2023), in the paper's order: patchify, masking, encoder, decoder, loss.
+
+A sample is a clip of T frames in time order (T = 2 for SiamMAE: f1 earlier, f2 later). Every frame but
+the last is context; the last frame is the target whose masked patches are predicted. Frames are
+(B, T, 3, H, W), ImageNet-normalised; patches are N = (H/p) * (W/p) per frame.
+
+Variants are picked by name (``build_model``):
+- encoder: ``siamese`` (one timm ViT, shared weights, each frame encoded on its own; the paper),
+  ``siamese-unshared`` (a second ViT for the later frames), ``joint`` (visible tokens of all frames
+  through one ViT pass; the paper's ablation).
+- decoder: ``cross-self`` (paper default), ``cross``, ``joint``.
+
+The frame encoder is ``model.encoder``, a plain timm ``VisionTransformer`` with fixed sin-cos position
+embeddings: its state dict loads strictly into ``timm.create_model(*timm_spec(cfg))``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from siammae.layers import (
+    CrossBlock,
+    CrossSelfBlock,
+    sdpa_backend,
+    self_attention_block,
+    set_fused_attention,
+    sincos_pos_embed_2d,
+)
+from siammae.masking import MASKINGS, visible_indices
+
+# timm registry name of each size at patch 16 / 224; patch and image size are passed as overrides.
+TIMM_NAMES = {
+    "vit_tiny": "vit_tiny_patch16_224",
+    "vit_small": "vit_small_patch16_224",
+    "vit_base": "vit_base_patch16_224",
+    "vit_large": "vit_large_patch16_224",
+}
+
+
+# ----------------------------------------------------------------------------- patches
+
+
+def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, N, p*p*3), patches in raster order, pixels (row, col, channel)."""
+    return rearrange(imgs, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
+
+
+def unpatchify(patches: torch.Tensor, p: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """(B, N, p*p*3) -> (B, 3, grid_h*p, grid_w*p); inverse of :func:`patchify`."""
+    return rearrange(patches, "b (h w) (p q c) -> b c (h p) (w q)", h=grid_h, w=grid_w, p=p, q=p)
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x (B, N, D), idx (B, n) -> (B, n, D)."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+def timm_spec(model_cfg) -> tuple[str, dict]:
+    """(timm model name, keyword overrides) that build this encoder with ``timm.create_model``."""
+    kwargs = {"num_classes": 0}
+    if model_cfg.patch_size != 16:
+        kwargs["patch_size"] = model_cfg.patch_size
+    if model_cfg.img_size != 224:
+        kwargs["img_size"] = model_cfg.img_size
+    return TIMM_NAMES[model_cfg.arch], kwargs
+
+
+def timm_name(model_cfg) -> str:
+    return timm_spec(model_cfg)[0]
+
+
+def build_encoder(model_cfg, img_size: int | None = None) -> nn.Module:
+    """A timm ViT (no head) with a frozen 2-D sin-cos position embedding and a [CLS] token."""
+    import timm
+
+    name, kwargs = timm_spec(model_cfg)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    vit = timm.create_model(name, pretrained=False, drop_path_rate=model_cfg.drop_path, **kwargs)
+    grid_h, grid_w = vit.patch_embed.grid_size
+    with torch.no_grad():
+        vit.pos_embed.zero_()  # the [CLS] slot stays zero, as in MAE
+        vit.pos_embed[0, 1:] = sincos_pos_embed_2d(vit.embed_dim, grid_h, grid_w)
+    vit.pos_embed.requires_grad_(False)
+    return vit
+
+
+def encode_frame(vit: nn.Module, img: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """One frame through ``vit`` keeping only the patches ``keep``.
+
+    img (B, 3, H, W), keep (B, n) -> patch tokens (B, n, D) after the final norm ([CLS] dropped).
+    With every patch kept this equals ``vit.forward_features(img)[:, 1:]``.
+    """
+    tokens = gather_tokens(vit.patch_embed(img) + vit.pos_embed[:, 1:], keep)
+    return vit_blocks(vit, tokens)[:, 1:]
+
+
+def vit_blocks(vit: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Prepend [CLS] and run the ViT's blocks and final norm: (B, L, D) -> (B, 1 + L, D)."""
+    cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
+    x = vit.norm_pre(torch.cat([cls, tokens], dim=1))
+    return vit.norm(vit.blocks(x))
+
+
+# ----------------------------------------------------------------------------- decoder
+
+
+class Decoder(nn.Module):
+    """Shared decoder parts: project encoder tokens, fill masked target slots with [MASK], add fixed
+    sin-cos positions, mix (subclass), norm, predict pixels of every target patch."""
+
+    def __init__(self, enc_dim, dim, depth, heads, grid, patch_dim, block):
+        super().__init__()
+        self.embed = nn.Linear(enc_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(dim, *grid).unsqueeze(0), requires_grad=False)
+        self.blocks = nn.ModuleList([block(dim, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.pred = nn.Linear(dim, patch_dim)
+
+    def context_tokens(self, tokens: list, keeps: list) -> torch.Tensor:
+        """Visible tokens of the context frames, with positions: list of (B, n_t, E) -> (B, sum n_t, D)."""
+        pos = self.pos_embed.expand(tokens[0].shape[0], -1, -1)
+        return torch.cat([self.embed(x) + gather_tokens(pos, k) for x, k in zip(tokens, keeps)], dim=1)
+
+    def target_tokens(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Visible target tokens (B, n, E) scattered into a full grid of [MASK] tokens -> (B, N, D)."""
+        B, N, D = tokens.shape[0], self.pos_embed.shape[1], self.mask_token.shape[-1]
+        full = self.mask_token.expand(B, N, D).clone()
+        full.scatter_(1, keep.unsqueeze(-1).expand(-1, -1, D), self.embed(tokens))
+        return full + self.pos_embed
+
+    def forward(self, context: list, context_keep: list, target: torch.Tensor, target_keep: torch.Tensor):
+        """-> predicted pixels of every target patch (B, N, p*p*3)."""
+        x = self.mix(self.target_tokens(target, target_keep), self.context_tokens(context, context_keep))
+        return self.pred(self.norm(x))
+
+
+class CrossDecoder(Decoder):
+    """Every block attends from the target tokens to the same context tokens (cross or cross-self)."""
+
+    def mix(self, x, context):
+        for blk in self.blocks:
+            x = blk(x, context)
+        return x
+
+
+class JointDecoder(Decoder):
+    """Self-attention over the concatenation of context and target tokens (memory heavy)."""
+
+    def mix(self, x, context):
+        n_ctx = context.shape[1]
+        y = torch.cat([context, x], dim=1)
+        for blk in self.blocks:
+            y = blk(y)
+        return y[:, n_ctx:]
+
+
+DECODERS = {
+    "cross-self": lambda **kw: CrossDecoder(block=CrossSelfBlock, **kw),
+    "cross": lambda **kw: CrossDecoder(block=CrossBlock, **kw),
+    "joint": lambda **kw: JointDecoder(block=self_attention_block, **kw),
+}
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class SiamMAE(nn.Module):
+    """Siamese encoder (shared weights): each frame is encoded on its own."""
+
+    def __init__(self, encoder, decoder, mask_ratio, masking="random", norm_pix_loss=True, sdpa="auto"):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.mask_ratio = list(mask_ratio)
+        self.masking = MASKINGS[masking]
+        self.norm_pix_loss = norm_pix_loss
+        self.sdpa = sdpa
+        self.patch_size = encoder.patch_embed.patch_size[0]
+        self.grid = tuple(encoder.patch_embed.grid_size)
+
+    def frame_encoder(self, t: int) -> nn.Module:
+        return self.encoder
+
+    def encode(self, frames: torch.Tensor, keeps: list) -> list:
+        """frames (B, T, 3, H, W), keeps: T index tensors (B, n_t) -> T token tensors (B, n_t, D)."""
+        return [encode_frame(self.frame_encoder(t), frames[:, t], k) for t, k in enumerate(keeps)]
+
+    def target_patches(self, img: torch.Tensor) -> tuple:
+        """The loss target: (B, 3, H, W) -> patches (B, N, p*p*3), and their mean and std (B, N, 1)
+        when the loss is on per-patch normalised pixels (else 0 and 1)."""
+        patches = patchify(img, self.patch_size)
+        if not self.norm_pix_loss:
+            return patches, torch.zeros_like(patches[..., :1]), torch.ones_like(patches[..., :1])
+        mean = patches.mean(dim=-1, keepdim=True)
+        std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        return (patches - mean) / std, mean, std
+
+    def loss(self, frames: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE over the masked patches of the last frame only. pred (B, N, p*p*3), mask (B, N)."""
+        target, _, _ = self.target_patches(frames[:, -1])
+        per_patch = ((pred.float() - target) ** 2).mean(dim=-1)
+        mask = mask.to(per_patch.dtype)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None):
+        """frames (B, T, 3, H, W) normalised; mask (B, T, N) bool, drawn fresh when None.
+
+        Returns (loss, pred (B, N, p*p*3) for the last frame, mask (B, N) of the last frame, 1 = masked).
+        """
+        B, T = frames.shape[:2]
+        if mask is None:
+            N = self.grid[0] * self.grid[1]
+            mask = self.masking(B, T, N, self.mask_ratio, device=frames.device)
+        keeps = [visible_indices(mask[:, t]) for t in range(T)]
+        with sdpa_backend(self.sdpa, frames.device):
+            tokens = self.encode(frames, keeps)
+            pred = self.decoder(tokens[:-1], keeps[:-1], tokens[-1], keeps[-1])
+        target_mask = mask[:, -1]
+        return self.loss(frames, pred, target_mask), pred, target_mask.float()
+
+    @torch.no_grad()
+    def reconstruct(self, frames: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The last frame with its masked patches replaced by the prediction, mapped back to the
+        normalised pixel space (undoing the per-patch normalisation): -> (B, 3, H, W)."""
+        _, mean, std = self.target_patches(frames[:, -1])
+        patches = patchify(frames[:, -1], self.patch_size)
+        predicted = pred.float() * std + mean
+        out = torch.where(mask.bool().unsqueeze(-1), predicted, patches)
+        return unpatchify(out, self.patch_size, *self.grid)
+
+
+class SiamMAEUnshared(SiamMAE):
+    """Siamese without weight sharing: ``encoder`` for f1, ``encoder_f2`` for the later frames."""
+
+    def __init__(self, encoder, encoder_f2, decoder, **kwargs):
+        super().__init__(encoder, decoder, **kwargs)
+        self.encoder_f2 = encoder_f2
+
+    def frame_encoder(self, t: int) -> nn.Module:
+        return self.encoder if t == 0 else self.encoder_f2
+
+
+class JointEncoderMAE(SiamMAE):
+    """Visible tokens of all frames concatenated through one ViT pass (paper ablation; collapses)."""
+
+    def encode(self, frames, keeps):
+        vit = self.encoder
+        pos = vit.pos_embed[:, 1:]
+        tokens = [gather_tokens(vit.patch_embed(frames[:, t]) + pos, k) for t, k in enumerate(keeps)]
+        out = vit_blocks(vit, torch.cat(tokens, dim=1))[:, 1:]
+        return list(out.split([k.shape[1] for k in keeps], dim=1))
+
+
+def _init_weights(m: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linear layers, unit LayerNorms."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def _init_model(model: nn.Module) -> nn.Module:
+    model.apply(_init_weights)
+    for vit in {model.encoder, getattr(model, "encoder_f2", model.encoder)}:
+        w = vit.patch_embed.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a linear layer, not a conv
+        nn.init.normal_(vit.cls_token, std=0.02)
+    nn.init.normal_(model.decoder.mask_token, std=0.02)
+    return model
+
+
+ENCODERS = {
+    "siamese": lambda cfg, dec, **kw: SiamMAE(build_encoder(cfg), dec, **kw),
+    "siamese-unshared": lambda cfg, dec, **kw: SiamMAEUnshared(build_encoder(cfg), build_encoder(cfg), dec, **kw),
+    "joint": lambda cfg, dec, **kw: JointEncoderMAE(build_encoder(cfg), dec, **kw),
+}
+
+
+def build_model(model_cfg) -> SiamMAE:
+    """The model named by ``model_cfg.encoder`` x ``model_cfg.decoder`` (see ``siammae.config``)."""
+    grid = model_cfg.img_size // model_cfg.patch_size
+    enc_dim = {"vit_tiny": 192, "vit_small": 384, "vit_base": 768, "vit_large": 1024}[model_cfg.arch]
+    decoder = DECODERS[model_cfg.decoder](
+        enc_dim=enc_dim,
+        dim=model_cfg.decoder_dim,
+        depth=model_cfg.decoder_depth,
+        heads=model_cfg.decoder_heads,
+        grid=(grid, grid),
+        patch_dim=model_cfg.patch_size**2 * 3,
+    )
+    model = ENCODERS[model_cfg.encoder](
+        model_cfg,
+        decoder,
+        mask_ratio=model_cfg.mask_ratio,
+        masking=model_cfg.masking,
+        norm_pix_loss=model_cfg.norm_pix_loss,
+        sdpa=model_cfg.sdpa_backend,
+    )
+    _init_model(model)
+    set_fused_attention(model, model_cfg.attention == "sdpa")
+    return model

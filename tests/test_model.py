@@ -1,0 +1,160 @@
+"""The SiamMAE model: patches, masks, loss, attention paths, variants, timm compatibility."""
+
+import pytest
+import timm
+import torch
+
+from siammae.config import load_config
+from siammae.layers import CrossAttention, set_fused_attention
+from siammae.masking import MASKINGS, num_visible, visible_indices
+from siammae.model import build_encoder, build_model, encode_frame, patchify, timm_spec, unpatchify
+
+SMALL = ["model.arch=vit_tiny", "model.img_size=32", "model.patch_size=8", "model.decoder_depth=2",
+         "model.decoder_dim=64", "model.decoder_heads=4"]
+
+
+def small_cfg(*extra):
+    return load_config(None, SMALL + list(extra)).model
+
+
+def test_patchify_unpatchify_are_inverse():
+    imgs = torch.randn(2, 3, 48, 32)
+    patches = patchify(imgs, 16)
+    assert patches.shape == (2, 6, 16 * 16 * 3)
+    assert torch.equal(unpatchify(patches, 16, 3, 2), imgs)
+    # the first patch holds exactly the top-left 16x16 pixels
+    assert torch.equal(patches[0, 0].view(16, 16, 3).permute(2, 0, 1), imgs[0, :, :16, :16])
+
+
+@pytest.mark.parametrize("masking", sorted(MASKINGS))
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.75, 0.9, 0.95])
+def test_mask_counts_are_exact(masking, ratio):
+    N = 196
+    mask = MASKINGS[masking](8, 2, N, [0.0, ratio])
+    assert mask.shape == (8, 2, N) and mask.dtype == torch.bool
+    assert (mask[:, 0].sum(-1) == 0).all(), "ratio 0 keeps every token"
+    assert (mask[:, 1].sum(-1) == N - num_visible(N, ratio)).all()
+    keep = visible_indices(mask[:, 1])
+    assert keep.shape == (8, num_visible(N, ratio))
+    assert not mask[:, 1].gather(1, keep).any()
+
+
+def test_random_masks_differ_per_sample_and_tube_masks_repeat_over_time():
+    rnd = MASKINGS["random"](4, 2, 64, [0.75, 0.75])
+    assert not torch.equal(rnd[0, 1], rnd[1, 1])
+    assert not torch.equal(rnd[0, 0], rnd[0, 1])
+    tube = MASKINGS["tube"](4, 3, 64, [0.75, 0.75, 0.75])
+    assert torch.equal(tube[:, 0], tube[:, 1]) and torch.equal(tube[:, 1], tube[:, 2])
+
+
+def test_loss_is_zero_for_a_perfect_prediction_on_masked_patches_only():
+    model = build_model(small_cfg())
+    frames = torch.randn(2, 2, 3, 32, 32)
+    mask = MASKINGS["random"](2, 2, 16, [0.0, 0.75])
+    target, _, _ = model.target_patches(frames[:, -1])
+    m = mask[:, -1].unsqueeze(-1)
+    junk = torch.randn_like(target) * 100
+    perfect = torch.where(m, target, junk)  # visible patches hold garbage
+    assert model.loss(frames, perfect, mask[:, -1]).item() == pytest.approx(0.0, abs=1e-10)
+    off = torch.where(m, target + 1.0, junk)  # error of exactly 1 on every masked pixel
+    assert model.loss(frames, off, mask[:, -1]).item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_loss_target_is_per_patch_normalised_or_raw():
+    frames = torch.randn(1, 2, 3, 32, 32) * 3 + 5
+    target, _, _ = build_model(small_cfg()).target_patches(frames[:, -1])
+    assert torch.allclose(target.mean(-1), torch.zeros(1, 16), atol=1e-4)
+    assert torch.allclose(target.var(-1), torch.ones(1, 16), atol=1e-3)
+    raw, _, _ = build_model(small_cfg("model.norm_pix_loss=false")).target_patches(frames[:, -1])
+    assert torch.equal(raw, patchify(frames[:, -1], 8))
+
+
+def test_reconstruct_keeps_visible_patches_and_inverts_normalisation():
+    model = build_model(small_cfg())
+    frames = torch.randn(2, 2, 3, 32, 32)
+    mask = MASKINGS["random"](2, 2, 16, [0.0, 0.75])
+    target, _, _ = model.target_patches(frames[:, -1])
+    out = model.reconstruct(frames, target, mask[:, -1].float())  # a perfect prediction
+    assert torch.allclose(out, frames[:, -1], atol=1e-4)
+
+
+@pytest.mark.parametrize("lq,lk", [(5, 5), (7, 19), (1, 3)])
+def test_sdpa_and_plain_attention_agree(lq, lk):
+    torch.manual_seed(0)
+    attn = CrossAttention(32, 4)
+    x, ctx = torch.randn(3, lq, 32), torch.randn(3, lk, 32)
+    fused = attn(x, ctx)
+    attn.fused_attn = False
+    assert torch.allclose(fused, attn(x, ctx), atol=1e-5)
+
+
+def test_whole_model_gives_the_same_loss_through_sdpa_and_plain_attention():
+    torch.manual_seed(0)
+    model = build_model(small_cfg())
+    frames = torch.randn(2, 2, 3, 32, 32)
+    mask = MASKINGS["random"](2, 2, 16, [0.0, 0.75])
+    loss_sdpa, pred_sdpa, _ = model(frames, mask)
+    set_fused_attention(model, False)
+    loss_math, pred_math, _ = model(frames, mask)
+    assert torch.allclose(pred_sdpa, pred_math, atol=1e-4)
+    assert build_model(small_cfg("model.attention=math")).encoder.blocks[0].attn.fused_attn is False
+
+
+@pytest.mark.parametrize("encoder", ["siamese", "siamese-unshared", "joint"])
+@pytest.mark.parametrize("decoder", ["cross-self", "cross", "joint"])
+def test_every_variant_trains(encoder, decoder):
+    # 16 patches: at the default 0.95 f2 would keep none, so use 0.75 to give encoder_f2 some work
+    model = build_model(small_cfg(f"model.encoder={encoder}", f"model.decoder={decoder}", "model.mask_ratio=[0, 0.75]"))
+    loss, pred, mask = model(torch.randn(2, 2, 3, 32, 32))
+    assert torch.isfinite(loss) and pred.shape == (2, 16, 192) and mask.shape == (2, 16)
+    loss.backward()
+    assert model.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert model.encoder.pos_embed.grad is None  # fixed sin-cos
+    if encoder == "siamese-unshared" and decoder != "cross":
+        # (with the cross decoder nothing lets visible f2 tokens reach the masked predictions)
+        assert model.encoder_f2.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+def test_cross_self_decoder_attends_to_f1_in_every_block():
+    model = build_model(small_cfg("model.decoder=cross-self"))
+    assert len(model.decoder.blocks) == 2
+    assert all(hasattr(b, "cross_attn") and hasattr(b, "self_attn") for b in model.decoder.blocks)
+    frames = torch.randn(1, 2, 3, 32, 32)
+    frames.requires_grad_(True)
+    loss, _, _ = model(frames)
+    loss.backward()
+    for blk in model.decoder.blocks:
+        assert blk.cross_attn.kv.weight.grad.abs().sum() > 0
+
+
+def test_clips_of_more_than_two_frames_run():
+    cfg = load_config(None, SMALL + ["data.num_frames=3", "model.mask_ratio=[0.0,0.0,0.9]"]).model
+    loss, pred, mask = build_model(cfg)(torch.randn(2, 3, 3, 32, 32))
+    assert torch.isfinite(loss) and mask.sum(-1).eq(16 - num_visible(16, 0.9)).all()
+
+
+def test_vit_small_encoder_is_timm_vit_small_and_gives_the_same_tokens():
+    cfg = load_config(None, []).model  # defaults: ViT-S/16 at 224
+    assert timm_spec(cfg) == ("vit_small_patch16_224", {"num_classes": 0})
+    ours = build_model(cfg).encoder.eval()
+    reference = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).eval()
+    ours_sd = ours.state_dict()
+    assert set(ours_sd) == set(reference.state_dict())
+    assert all(ours_sd[k].shape == v.shape for k, v in reference.state_dict().items())
+    reference.load_state_dict(ours_sd, strict=True)
+    img = torch.randn(1, 3, 224, 224)
+    everything = torch.arange(196).unsqueeze(0)
+    with torch.no_grad():
+        assert torch.allclose(encode_frame(ours, img, everything), reference.forward_features(img)[:, 1:], atol=1e-5)
+    n_params = sum(p.numel() for p in ours.parameters())
+    assert n_params == sum(p.numel() for p in reference.parameters())
+
+
+def test_patch8_and_other_sizes_load_into_timm():
+    import timm as _timm
+
+    cfg = small_cfg()
+    name, kwargs = timm_spec(cfg)
+    assert kwargs == {"num_classes": 0, "patch_size": 8, "img_size": 32}
+    _timm.create_model(name, **kwargs).load_state_dict(build_encoder(cfg).state_dict(), strict=True)

@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Forward + backward time per frame pair of SiamMAE, SDPA vs plain-math attention, side by side.
+
+    python tools/bench_model.py                     # ViT-S/16 at 224, batch 8, current device
+    python tools/bench_model.py --batch 64 --dtype bf16 model.arch=vit_base
+
+Both paths run in the same process on the same weights and inputs, interleaved, so the ratio is
+meaningful on a shared, noisy machine. Also prints the encoder and decoder parameter counts.
+"""
+
+import argparse
+import json
+import time
+
+import torch
+
+from siammae.config import load_config
+from siammae.layers import set_fused_attention
+from siammae.model import build_model
+
+
+def time_step(model, frames, dtype, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        loss, _, _ = model(frames)
+    loss.backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per path (after 1 warm-up)")
+    parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    parser.add_argument("overrides", nargs="*", help="group.key=value config overrides")
+    args = parser.parse_args()
+
+    cfg = load_config(None, args.overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device)
+    n_enc = sum(p.numel() for p in model.encoder.parameters())
+    n_dec = sum(p.numel() for p in model.decoder.parameters())
+    size = cfg.model.img_size
+    frames = torch.randn(args.batch, cfg.data.num_frames, 3, size, size, device=device)
+
+    times = {"sdpa": [], "math": []}
+    for fused in (True, False):  # warm-up both paths
+        set_fused_attention(model, fused)
+        time_step(model, frames, dtype, device)
+    for _ in range(args.steps):
+        for name, fused in (("sdpa", True), ("math", False)):
+            set_fused_attention(model, fused)
+            model.zero_grad(set_to_none=True)
+            times[name].append(time_step(model, frames, dtype, device))
+
+    per_pair = {k: sorted(v)[len(v) // 2] / args.batch * 1000 for k, v in times.items()}
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} "
+          f"({torch.get_num_threads()} threads), dtype {args.dtype}, batch {args.batch}")
+    print(f"model: {cfg.model.arch}/{cfg.model.patch_size} at {size}, encoder {cfg.model.encoder}, "
+          f"decoder {cfg.model.decoder} {cfg.model.decoder_depth}x{cfg.model.decoder_dim}")
+    print(f"parameters: encoder {n_enc / 1e6:.2f} M, decoder {n_dec / 1e6:.2f} M")
+    print(f"forward+backward per pair (median of {args.steps}): SDPA {per_pair['sdpa']:.2f} ms | "
+          f"plain math {per_pair['math']:.2f} ms | math/SDPA {per_pair['math'] / per_pair['sdpa']:.2f}x")
+    print(json.dumps({"encoder_params": n_enc, "decoder_params": n_dec, "ms_per_pair_sdpa": per_pair["sdpa"],
+                      "ms_per_pair_math": per_pair["math"], "device": device.type, "dtype": args.dtype}))
+
+
+if __name__ == "__main__":
+    main()

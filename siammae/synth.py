@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -84,16 +86,29 @@ def _grid(rng: np.random.Generator, h: int, w: int) -> Tuple[np.ndarray, np.ndar
     return c * x + s * y, -s * x + c * y
 
 
-def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float, channels: int = 1) -> np.ndarray:
-    """Smooth noise (h, w, channels) in about [0, 1]: a coarse random grid (one value per ``cell``
-    pixels) upsampled with cubic splines."""
-    from scipy.ndimage import zoom
+def _upsample_matrix(n: int, cell: float, offset: float) -> np.ndarray:
+    """(n, g) weights that interpolate g coarse samples, one every ``cell`` pixels, at n pixels.
 
-    gh, gw = int(np.ceil(h / cell)) + 2, int(np.ceil(w / cell)) + 2
-    coarse = rng.random((gh, gw, channels)).astype(np.float32)
-    fine = zoom(coarse, (cell, cell, 1), order=3, grid_mode=False)
-    oy, ox = rng.integers(0, int(cell) + 1, size=2)
-    return np.clip(fine[oy : oy + h, ox : ox + w], 0, 1)
+    Smoothstep weights between the two nearest samples: smooth like a cubic spline to the eye, but a
+    single matrix product, over ten times faster than ``scipy.ndimage.zoom`` here.
+    """
+    pos = (np.arange(n) + offset) / cell
+    left = np.floor(pos).astype(np.int64)
+    frac = pos - left
+    frac = frac * frac * (3 - 2 * frac)
+    weights = np.zeros((n, left.max() + 2), dtype=np.float32)
+    weights[np.arange(n), left] = 1 - frac
+    weights[np.arange(n), left + 1] = frac
+    return weights
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
+    """Smooth noise (h, w) in [0, 1]: a coarse random grid (one value per ``cell`` pixels), interpolated."""
+    cell = max(float(cell), 1.0)
+    rows = _upsample_matrix(h, cell, rng.uniform(0, cell))
+    cols = _upsample_matrix(w, cell, rng.uniform(0, cell))
+    coarse = rng.random((rows.shape[1], cols.shape[1]), dtype=np.float32)
+    return rows @ coarse @ cols.T
 
 
 def _ramp(colors: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -111,7 +126,7 @@ def _sharpen(wave: np.ndarray, sharpness: float) -> np.ndarray:
 
 def _tex_noise(rng, h, w, scale):
     cell = scale * rng.uniform(0.03, 0.12)
-    field = 0.65 * _smooth_noise(rng, h, w, cell)[..., 0] + 0.35 * _smooth_noise(rng, h, w, cell / 3)[..., 0]
+    field = 0.65 * _smooth_noise(rng, h, w, cell) + 0.35 * _smooth_noise(rng, h, w, max(2.0, cell / 3))
     return _ramp(_colors(rng, 3), (field - field.min()) / (np.ptp(field) + 1e-6))
 
 
@@ -133,12 +148,12 @@ def _tex_gradient(rng, h, w, scale):
     along, _ = _grid(rng, h, w)
     ramp = (along - along.min()) / (np.ptp(along) + 1e-6)
     # A bare gradient has no local structure to match; fine noise on top gives it some.
-    grain = _smooth_noise(rng, h, w, scale * rng.uniform(0.02, 0.05))[..., 0]
+    grain = _smooth_noise(rng, h, w, scale * rng.uniform(0.02, 0.05))
     return _ramp(_colors(rng, 3), 0.75 * ramp + 0.25 * grain)
 
 
 def _tex_blobs(rng, h, w, scale):
-    field = _smooth_noise(rng, h, w, scale * rng.uniform(0.05, 0.15))[..., 0]
+    field = _smooth_noise(rng, h, w, scale * rng.uniform(0.05, 0.15))
     return _ramp(_colors(rng, 2), _sharpen(2 * field - 1, rng.uniform(3, 10)))
 
 
@@ -186,7 +201,7 @@ def make_texture(rng: np.random.Generator, family: str, h: int, w: int, scale: f
     from place to place (as lit surfaces do).
     """
     rgb = _TEXTURE_FNS[family](rng, h, w, scale)
-    shade = 0.85 + 0.3 * _smooth_noise(rng, h, w, scale * 0.25)
+    shade = 0.85 + 0.3 * _smooth_noise(rng, h, w, scale * 0.25)[..., None]
     return (np.clip(rgb * shade, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -291,15 +306,20 @@ class Path2D:
 
 @dataclass
 class SceneObject:
-    """One textured object; ``inside`` and ``texture`` live in the object's own (unscaled) frame."""
+    """One textured object, stored as a sprite in its own (unrotated, unscaled) frame.
 
-    texture: np.ndarray  # (S, S, 3) uint8, S > 2 * radius
-    inside: Inside
-    radius: float
+    Sprite texel ``(a, b)`` covers object-frame coordinates ``v in [a - c, a - c + 1)``,
+    ``u in [b - c, b - c + 1)`` with ``c = sprite.shape[0] // 2``; ``alpha`` says which texels belong to
+    the shape. The sprite is large enough that every pixel of the drawing window maps inside it.
+    """
+
+    sprite: np.ndarray  # (S, S, 3) uint8
+    alpha: np.ndarray  # (S, S) bool
+    radius: float  # the shape fits in this disc (pixels at scale 1)
     path: Path2D
     angle: float  # radians at t = 0
     spin: float  # radians per frame
-    breathe: float  # relative scale amplitude
+    breathe: float  # relative scale amplitude, < 1
     breathe_omega: float
     breathe_phase: float
 
@@ -307,6 +327,10 @@ class SceneObject:
         """centre (T, 2), angle (T,), scale (T,) at frame times ``t`` (T,)."""
         scale = 1.0 + self.breathe * np.sin(self.breathe_omega * t + self.breathe_phase)
         return self.path.at(t), self.angle + self.spin * t, scale
+
+    def window_half(self) -> int:
+        """Half the side of the square drawing window that holds the object at any scale."""
+        return int(np.ceil(self.radius * (1 + self.breathe))) + 1
 
 
 @dataclass
@@ -325,27 +349,41 @@ def _sample_path(rng, lo: np.ndarray, hi: np.ndarray, omega: Tuple[float, float]
     room = np.minimum(centre - lo, hi - centre)
     return Path2D(
         centre=centre,
-        amplitude=room * rng.uniform(0.3, 1.0, 2),
+        amplitude=room * rng.uniform(0.5, 1.0, 2),
         omega=rng.uniform(*omega, size=2) * rng.choice([-1, 1], 2),
         phase=rng.uniform(0, 2 * np.pi, 2),
     )
 
 
+def _sprite_side(radius: float, breathe: float) -> int:
+    """Sprite side S (odd) such that every drawing-window pixel maps inside the sprite: the window's
+    corners lie sqrt(2) * half away from the centre, and shrinking by (1 - breathe) magnifies that."""
+    half = int(np.ceil(radius * (1 + breathe))) + 1
+    return 2 * int(np.ceil(np.sqrt(2) * (half + 1) / (1 - breathe)) + 1) + 1
+
+
+def _rasterise(inside: Inside, side: int) -> np.ndarray:
+    """Evaluate a shape test at the texel centres of a (side, side) sprite -> bool (side, side)."""
+    centres = np.arange(side, dtype=np.float32) - side // 2 + 0.5
+    return inside(centres[None, :], centres[:, None])
+
+
 def _sample_object(rng, size: Size, textures: Sequence[str], shapes: Sequence[str]) -> SceneObject:
     h, w = size
     scale = min(h, w)
-    radius = scale * rng.uniform(0.12, 0.24)
-    side = 2 * int(np.ceil(radius)) + 3
+    radius = scale * rng.uniform(0.14, 0.28)
+    breathe = rng.uniform(0.0, 0.15)
+    side = _sprite_side(radius, breathe)
     # Centres may leave the frame by a little, so objects are sometimes cut by the border.
-    margin = 0.1 * np.array([h, w])
+    margin = 0.08 * np.array([h, w])
     return SceneObject(
-        texture=make_texture(rng, str(rng.choice(textures)), side, side, scale),
-        inside=_SHAPE_FNS[str(rng.choice(shapes))](rng, radius),
+        sprite=make_texture(rng, str(rng.choice(textures)), side, side, scale),
+        alpha=_rasterise(_SHAPE_FNS[str(rng.choice(shapes))](rng, radius), side),
         radius=radius,
-        path=_sample_path(rng, margin, np.array([h, w]) - margin, omega=(0.015, 0.08)),
+        path=_sample_path(rng, margin, np.array([h, w]) - margin, omega=(0.03, 0.1)),
         angle=rng.uniform(0, 2 * np.pi),
         spin=rng.uniform(-0.06, 0.06),
-        breathe=rng.uniform(0.0, 0.15),
+        breathe=breathe,
         breathe_omega=rng.uniform(0.02, 0.08),
         breathe_phase=rng.uniform(0, 2 * np.pi),
     )
@@ -376,29 +414,33 @@ def _draw_object(obj: SceneObject, t: np.ndarray, label: int, frames: np.ndarray
     """Paint ``obj`` over ``frames`` (T, H, W, 3) and write ``label`` into ``masks`` (T, H, W).
 
     Works on a (T, B, B) window that follows the object, so the cost is the object's area, not the
-    frame's. Each covered pixel maps back into the object's frame (inverse rotation and scale) and
-    takes the nearest texel, so frames and masks agree exactly.
+    frame's. Each window pixel maps back into the sprite (inverse rotation and scale, nearest texel);
+    the texel's alpha decides coverage and its colour is painted, so frames and masks agree exactly.
     """
-    _, h, w = masks.shape
+    num_frames, h, w = masks.shape
+    side = obj.sprite.shape[0]
     centre, angle, scale = obj.pose(t)
-    half = int(np.ceil(obj.radius * scale.max())) + 1
-    offsets = np.arange(-half, half + 1)
+    offsets = np.arange(-obj.window_half(), obj.window_half() + 1)
     ys = np.rint(centre[:, :1]).astype(np.int64) + offsets  # (T, B) frame rows of the window
     xs = np.rint(centre[:, 1:]).astype(np.int64) + offsets  # (T, B) frame columns
     dy = (ys - centre[:, :1]).astype(np.float32)[:, :, None]  # (T, B, 1)
     dx = (xs - centre[:, 1:]).astype(np.float32)[:, None, :]  # (T, 1, B)
     cos = (np.cos(angle) / scale).astype(np.float32)[:, None, None]
     sin = (np.sin(angle) / scale).astype(np.float32)[:, None, None]
-    u = cos * dx + sin * dy  # (T, B, B) object-frame coordinates
-    v = cos * dy - sin * dx
-    visible = obj.inside(u, v) & ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]
-    ti, yi, xi = np.nonzero(visible)
-    side = obj.texture.shape[0]
-    tu = np.clip(np.floor(u[ti, yi, xi]).astype(np.int64) + side // 2, 0, side - 1)
-    tv = np.clip(np.floor(v[ti, yi, xi]).astype(np.int64) + side // 2, 0, side - 1)
-    rows, cols = ys[ti, yi], xs[ti, xi]
-    frames[ti, rows, cols] = obj.texture[tv, tu]
-    masks[ti, rows, cols] = label
+    # Sprite coordinates, shifted by side // 2 so they are positive and int truncation is floor; the
+    # small (T, B, 1) / (T, 1, B) terms are formed first so each full-size array costs one addition.
+    c = np.float32(side // 2)
+    col = ((cos * dx + c) + sin * dy).astype(np.int32)  # (T, B, B)
+    row = ((cos * dy + c) - sin * dx).astype(np.int32)
+    texel = row * side + col
+    covered = np.take(obj.alpha.ravel(), texel)
+    covered &= ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]
+    pixel = ((np.arange(num_frames)[:, None] * h + ys) * w)[:, :, None] + xs[:, None, :]  # flat (T, H, W)
+    hits = np.flatnonzero(covered)
+    pixel, texel = np.take(pixel, hits), np.take(texel, hits)
+    # Colours move as 3-byte items (void views): about twice as fast as (N, 3) fancy indexing.
+    np.put(frames.view("V3").reshape(-1), pixel, np.take(obj.sprite.view("V3").reshape(-1), texel))
+    np.put(masks.reshape(-1), pixel, label)
 
 
 def render_scene(scene: Scene, num_frames: int, start: int = 0) -> Tuple[np.ndarray, np.ndarray]:
@@ -504,13 +546,25 @@ def synth_videos(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(num_videos):
-        scene = sample_scene(scene_rng(seed, _STREAM_VIDEOS, index), size, split, objects)
-        video, _ = render_scene(scene, frames)
-        paths.append(encode_video(video, out_dir / f"video_{index:04d}{suffix}", fps=fps))
+    paths: List[Path] = []
+    pending: "deque[Future]" = deque()
+
+    def finish_oldest():
+        paths.append(pending.popleft().result())
         if progress is not None:
             progress(paths[-1])
+
+    # ffmpeg encodes in worker threads (the GIL is free while it runs) as the next scenes render; at
+    # most a few rendered videos wait in memory.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for index in range(num_videos):
+            scene = sample_scene(scene_rng(seed, _STREAM_VIDEOS, index), size, split, objects)
+            video, _ = render_scene(scene, frames)
+            pending.append(pool.submit(encode_video, video, out_dir / f"video_{index:04d}{suffix}", fps))
+            if len(pending) > 2:
+                finish_oldest()
+        while pending:
+            finish_oldest()
     return paths
 
 

@@ -1,0 +1,125 @@
+"""``siammae synth``: synthetic training videos and DAVIS-2017-format sets, for smoke tests and the demo.
+
+Thin wrappers over :mod:`siammae.synth`; numpy and friends are imported inside the commands so that
+``--help`` stays instant.
+"""
+
+import click
+
+
+class SizeType(click.ParamType):
+    """``HxW`` (for example ``128x224``) -> (H, W), both positive and even (4:2:0 video needs that)."""
+
+    name = "HxW"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            h, w = (int(part) for part in str(value).lower().split("x"))
+        except ValueError:
+            self.fail(f"{value!r} is not HEIGHTxWIDTH, e.g. 128x224", param, ctx)
+        if h < 16 or w < 16 or h % 2 or w % 2:
+            self.fail(f"{value!r}: height and width must be even and at least 16", param, ctx)
+        return h, w
+
+
+class RangeType(click.ParamType):
+    """``A-B`` or ``A`` -> (A, B) with 1 <= A <= B <= 254 (mask ids are uint8; 255 means void)."""
+
+    name = "MIN-MAX"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            parts = [int(part) for part in str(value).split("-")]
+        except ValueError:
+            self.fail(f"{value!r} is not a count or a range like 2-4", param, ctx)
+        lo, hi = (parts[0], parts[0]) if len(parts) == 1 else parts if len(parts) == 2 else (0, -1)
+        if not 1 <= lo <= hi <= 254:
+            self.fail(f"{value!r}: need 1 <= MIN <= MAX <= 254", param, ctx)
+        return lo, hi
+
+
+SPLIT_HELP = (
+    "Texture and shape families to draw from: 'train' and 'val' are disjoint (see siammae.synth); "
+    "'all' uses both."
+)
+
+
+def _progress(total: int, unit: str):
+    """A tqdm bar and the callback that advances it by one."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit=unit, dynamic_ncols=True)
+    return bar, lambda _item: bar.update(1)
+
+
+@click.group()
+def synth():
+    """Make synthetic data: textured objects moving over panning, textured backgrounds.
+
+    \b
+    siammae synth videos OUT    a folder of video files, for `siammae shard`
+    siammae synth davis OUT     a DAVIS-2017-format set, for `siammae propagate` / `evaluate`
+
+    Deterministic for a seed. The training videos and the DAVIS set use different random streams,
+    and by default disjoint texture and shape families, so a DAVIS set is held out from the videos.
+    """
+
+
+@synth.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--num", "num_videos", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Number of videos.")
+@click.option("--frames", type=click.IntRange(min=1), default=96, show_default=True, help="Frames per video.")
+@click.option("--size", type=SizeType(), default="128x160", show_default=True, help="Frame size HxW (even).")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Frame rate written into the files.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--objects", type=RangeType(), default="2-5", show_default=True, help="Objects per video.")
+@click.option("--split", type=click.Choice(["train", "val", "all"]), default="train", show_default=True,
+              help=SPLIT_HELP)
+@click.option("--format", "suffix", type=click.Choice([".mp4", ".mkv", ".avi", ".webm"]), default=".mp4",
+              show_default=True, help="Container: .mp4/.mkv are H.264, .avi MPEG-4 part 2, .webm VP9.")
+def videos(out, num_videos, frames, size, fps, seed, objects, split, suffix):
+    """Write NUM synthetic videos OUT/video_0000.mp4 ... (existing files of those names are replaced)."""
+    from siammae.synth import synth_videos
+
+    bar, step = _progress(num_videos, "video")
+    with bar:
+        paths = synth_videos(out, num_videos=num_videos, frames=frames, size=size, fps=fps, seed=seed,
+                             split=split, objects=objects, suffix=suffix, progress=step)  # fmt: skip
+    click.echo(f"wrote {len(paths)} videos of {frames} frames at {size[0]}x{size[1]} to {out}")
+
+
+@synth.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--sequences", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Sequences listed in ImageSets/2017/val.txt.")
+@click.option("--train-sequences", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Extra sequences listed in train.txt (which is written empty otherwise).")
+@click.option("--frames", type=click.IntRange(min=3), default=32, show_default=True,
+              help="Frames per sequence (the evaluator skips the first and last).")
+@click.option("--size", type=SizeType(), default="128x224", show_default=True,
+              help="Frame size HxW; the folder is still called 480p, as tools expect.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--objects", type=RangeType(), default="2-4", show_default=True, help="Objects per sequence.")
+@click.option("--split", type=click.Choice(["train", "val", "all"]), default="val", show_default=True,
+              help=SPLIT_HELP)
+def davis(out, sequences, train_sequences, frames, size, seed, objects, split):
+    """Write a synthetic DAVIS-2017-format set to OUT.
+
+    \b
+    OUT/JPEGImages/480p/<seq>/00000.jpg ...
+    OUT/Annotations/480p/<seq>/00000.png ...   palette PNGs, pixel = object id
+    OUT/ImageSets/2017/val.txt, train.txt
+    """
+    from siammae.synth import synth_davis
+
+    bar, step = _progress(sequences + train_sequences, "seq")
+    with bar:
+        names = synth_davis(out, num_sequences=sequences, frames=frames, size=size, seed=seed, split=split,
+                            objects=objects, num_train=train_sequences, progress=step)  # fmt: skip
+    click.echo(f"wrote {len(names)} validation sequences of {frames} frames at {size[0]}x{size[1]} to {out}")

@@ -65,6 +65,16 @@ def scene_rng(seed: int, stream: int, index: int) -> np.random.Generator:
 # shorter side, so pattern periods keep the same look at every resolution.
 
 
+# Patterns with periods below this (pixels) alias, and 4:2:0 video or JPEG erases them: keep above it
+# even in tiny frames.
+_MIN_FEATURE = 6.0
+
+
+def _length(rng: np.random.Generator, scale: float, lo: float, hi: float) -> float:
+    """A random pattern length: a fraction in [lo, hi) of ``scale`` pixels, at least _MIN_FEATURE."""
+    return max(_MIN_FEATURE, scale * rng.uniform(lo, hi))
+
+
 def _colors(rng: np.random.Generator, n: int, min_distance: float = 0.45) -> np.ndarray:
     """``n`` random RGB colours (n, 3) in [0, 1], consecutive ones at least ``min_distance`` apart."""
     out = [rng.random(3)]
@@ -125,21 +135,21 @@ def _sharpen(wave: np.ndarray, sharpness: float) -> np.ndarray:
 
 
 def _tex_noise(rng, h, w, scale):
-    cell = scale * rng.uniform(0.03, 0.12)
-    field = 0.65 * _smooth_noise(rng, h, w, cell) + 0.35 * _smooth_noise(rng, h, w, max(2.0, cell / 3))
+    cell = _length(rng, scale, 0.03, 0.12)
+    field = 0.65 * _smooth_noise(rng, h, w, cell) + 0.35 * _smooth_noise(rng, h, w, max(_MIN_FEATURE, cell / 3))
     return _ramp(_colors(rng, 3), (field - field.min()) / (np.ptp(field) + 1e-6))
 
 
 def _tex_stripes(rng, h, w, scale):
     along, _ = _grid(rng, h, w)
-    period = scale * rng.uniform(0.05, 0.2)
+    period = _length(rng, scale, 0.05, 0.2)
     wave = np.sin(2 * np.pi * along / period + rng.uniform(0, 2 * np.pi))
     return _ramp(_colors(rng, 2), _sharpen(wave, rng.uniform(1, 6)))
 
 
 def _tex_checker(rng, h, w, scale):
     along, across = _grid(rng, h, w)
-    period = scale * rng.uniform(0.06, 0.2)
+    period = _length(rng, scale, 0.06, 0.2)
     parity = (np.floor(along / period) + np.floor(across / period)) % 2
     return _ramp(_colors(rng, 2), parity)
 
@@ -148,18 +158,18 @@ def _tex_gradient(rng, h, w, scale):
     along, _ = _grid(rng, h, w)
     ramp = (along - along.min()) / (np.ptp(along) + 1e-6)
     # A bare gradient has no local structure to match; fine noise on top gives it some.
-    grain = _smooth_noise(rng, h, w, scale * rng.uniform(0.02, 0.05))
+    grain = _smooth_noise(rng, h, w, _length(rng, scale, 0.02, 0.05))
     return _ramp(_colors(rng, 3), 0.75 * ramp + 0.25 * grain)
 
 
 def _tex_blobs(rng, h, w, scale):
-    field = _smooth_noise(rng, h, w, scale * rng.uniform(0.05, 0.15))
+    field = _smooth_noise(rng, h, w, _length(rng, scale, 0.05, 0.15))
     return _ramp(_colors(rng, 2), _sharpen(2 * field - 1, rng.uniform(3, 10)))
 
 
 def _tex_dots(rng, h, w, scale):
     along, across = _grid(rng, h, w)
-    period = scale * rng.uniform(0.06, 0.16)
+    period = _length(rng, scale, 0.06, 0.16)
     du = (along % period) - period / 2
     dv = (across % period) - period / 2
     radius = period * rng.uniform(0.2, 0.4)
@@ -170,15 +180,15 @@ def _tex_rings(rng, h, w, scale):
     cy, cx = rng.uniform(-0.5, 1.5, size=2) * (h, w)
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     dist = np.hypot(y - cy, x - cx)
-    wave = np.sin(2 * np.pi * dist / (scale * rng.uniform(0.05, 0.18)))
+    wave = np.sin(2 * np.pi * dist / (_length(rng, scale, 0.05, 0.18)))
     return _ramp(_colors(rng, 2), _sharpen(wave, rng.uniform(1, 6)))
 
 
 def _tex_plaid(rng, h, w, scale):
     along, across = _grid(rng, h, w)
     c0, c1, c2 = _colors(rng, 3)
-    a = _sharpen(np.sin(2 * np.pi * along / (scale * rng.uniform(0.06, 0.2))), 4)[..., None]
-    b = _sharpen(np.sin(2 * np.pi * across / (scale * rng.uniform(0.06, 0.2))), 4)[..., None]
+    a = _sharpen(np.sin(2 * np.pi * along / (_length(rng, scale, 0.06, 0.2))), 4)[..., None]
+    b = _sharpen(np.sin(2 * np.pi * across / (_length(rng, scale, 0.06, 0.2))), 4)[..., None]
     return c0 + 0.55 * a * (c1 - c0) + 0.55 * b * (c2 - c0)
 
 
@@ -601,7 +611,8 @@ def _write_sequence(root: Path, resolution: str, name: str, frames: np.ndarray, 
         shutil.rmtree(folder, ignore_errors=True)  # stale frames from a longer earlier run would count
         folder.mkdir(parents=True)
     for i, (frame, mask) in enumerate(zip(frames, masks)):
-        Image.fromarray(frame).save(image_dir / f"{i:05d}.jpg", quality=quality)
+        # Full-resolution chroma: at ~128 px, 4:2:0 would smear colour-only texture edges.
+        Image.fromarray(frame).save(image_dir / f"{i:05d}.jpg", quality=quality, subsampling=0)
         save_indexed_png(label_dir / f"{i:05d}.png", mask)
 
 

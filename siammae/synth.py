@@ -99,26 +99,29 @@ def _grid(rng: np.random.Generator, h: int, w: int) -> Tuple[np.ndarray, np.ndar
 def _upsample_matrix(n: int, cell: float, offset: float) -> np.ndarray:
     """(n, g) weights that interpolate g coarse samples, one every ``cell`` pixels, at n pixels.
 
-    Smoothstep weights between the two nearest samples: smooth like a cubic spline to the eye, but a
+    Cubic B-spline weights over the four nearest samples: smooth, with no blocky cell edges, and a
     single matrix product, over ten times faster than ``scipy.ndimage.zoom`` here.
     """
-    pos = (np.arange(n) + offset) / cell
+    pos = (np.arange(n) + offset) / cell + 1.0  # + 1: the left-most sample used is left - 1 >= 0
     left = np.floor(pos).astype(np.int64)
-    frac = pos - left
-    frac = frac * frac * (3 - 2 * frac)
-    weights = np.zeros((n, left.max() + 2), dtype=np.float32)
-    weights[np.arange(n), left] = 1 - frac
-    weights[np.arange(n), left + 1] = frac
+    f = pos - left
+    weights = np.zeros((n, left.max() + 3), dtype=np.float32)
+    rows = np.arange(n)
+    weights[rows, left - 1] = (1 - f) ** 3 / 6
+    weights[rows, left] = (3 * f**3 - 6 * f**2 + 4) / 6
+    weights[rows, left + 1] = (-3 * f**3 + 3 * f**2 + 3 * f + 1) / 6
+    weights[rows, left + 2] = f**3 / 6
     return weights
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
-    """Smooth noise (h, w) in [0, 1]: a coarse random grid (one value per ``cell`` pixels), interpolated."""
+    """Smooth noise (h, w) in [0, 1], one random value per ``cell`` pixels, stretched to the full range."""
     cell = max(float(cell), 1.0)
     rows = _upsample_matrix(h, cell, rng.uniform(0, cell))
     cols = _upsample_matrix(w, cell, rng.uniform(0, cell))
     coarse = rng.random((rows.shape[1], cols.shape[1]), dtype=np.float32)
-    return rows @ coarse @ cols.T
+    field = rows @ coarse @ cols.T
+    return (field - field.min()) / (np.ptp(field) + 1e-6)
 
 
 def _ramp(colors: np.ndarray, t: np.ndarray) -> np.ndarray:

@@ -406,6 +406,8 @@ def sample_scene(
     rng: np.random.Generator, size: Size, split: str = "train", objects: Tuple[int, int] = (2, 4)
 ) -> Scene:
     """A random scene for an (H, W) camera with between ``objects[0]`` and ``objects[1]`` objects."""
+    if not 0 <= objects[0] <= objects[1] <= 254:
+        raise ValueError(f"objects must be (min, max) with 0 <= min <= max <= 254, got {objects}")
     textures, shapes = families(split)
     h, w = size
     margin = int(np.ceil(0.25 * min(h, w)))  # how far the camera may pan from the canvas centre
@@ -456,21 +458,30 @@ def _draw_object(obj: SceneObject, t: np.ndarray, label: int, frames: np.ndarray
     np.put(masks.reshape(-1), pixel, label)
 
 
+_WINDOW_BUDGET = 1 << 20
+
+
 def render_scene(scene: Scene, num_frames: int, start: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Render frames ``start .. start + num_frames - 1`` of ``scene``.
 
     Returns ``frames`` (T, H, W, 3) uint8 and ``masks`` (T, H, W) uint8: 0 = background, k = the k-th
     object (1-based, in drawing order, so the front-most object wins where they overlap).
     """
-    if len(scene.objects) > 254:
-        raise ValueError("at most 254 objects: mask ids are uint8 and 255 means void in DAVIS")
+    if len(scene.objects) > 254:  # mask ids are uint8, and 255 means void in DAVIS
+        raise ValueError(f"at most 254 objects, got {len(scene.objects)}")
     h, w = scene.size
     t = np.arange(start, start + num_frames, dtype=np.float64)
     frames = np.empty((num_frames, h, w, 3), dtype=np.uint8)
     masks = np.zeros((num_frames, h, w), dtype=np.uint8)
-    _draw_background(scene, t, frames)
-    for label, obj in enumerate(scene.objects, start=1):
-        _draw_object(obj, t, label, frames, masks)
+    # Time chunks keep the (T, B, B) index arrays of the largest object near _WINDOW_BUDGET elements,
+    # so long or large videos do not need gigabytes.
+    widest = max([2 * obj.window_half() + 1 for obj in scene.objects], default=1)
+    step = max(1, _WINDOW_BUDGET // widest**2)
+    for lo in range(0, num_frames, step):
+        chunk = slice(lo, lo + step)
+        _draw_background(scene, t[chunk], frames[chunk])
+        for label, obj in enumerate(scene.objects, start=1):
+            _draw_object(obj, t[chunk], label, frames[chunk], masks[chunk])
     return frames, masks
 
 

@@ -98,6 +98,16 @@ def test_masks_match_rendered_objects_and_front_most_wins():
     assert masks.max() == len(scene.objects)
 
 
+def test_time_windows_and_chunks_render_the_same(monkeypatch):
+    scene = synth.sample_scene(synth.scene_rng(4, 0, 0), (32, 48), "all", objects=(3, 3))
+    frames, masks = synth.render_scene(scene, 20)
+    later = synth.render_scene(scene, 8, start=12)
+    assert np.array_equal(frames[12:], later[0]) and np.array_equal(masks[12:], later[1])
+    monkeypatch.setattr(synth, "_WINDOW_BUDGET", 1)  # one frame per chunk
+    chunked = synth.render_scene(scene, 20)
+    assert np.array_equal(frames, chunked[0]) and np.array_equal(masks, chunked[1])
+
+
 def test_objects_and_background_move():
     scene = synth.sample_scene(synth.scene_rng(2, 0, 0), (64, 64), "train", objects=(3, 3))
     frames, masks = synth.render_scene(scene, 30)

@@ -93,7 +93,7 @@ def test_masks_match_rendered_objects_and_front_most_wins():
         assert here.any(), f"object {k} never visible"
         assert np.array_equal(frames[here], obj_frames[here])
         assert obj_masks[here].all()
-        for later_frames, later_masks in alone[k:]:
+        for _, later_masks in alone[k:]:
             assert not later_masks[here].any()
     assert masks.max() == len(scene.objects)
 

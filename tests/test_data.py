@@ -1,0 +1,158 @@
+"""The training input pipeline: shard lists, same crop/flip on every frame, repeated sampling, uint8
+batches, rank/worker split, reproducible streams, and bad data skipped and counted without stalling."""
+
+import random
+import time
+
+import numpy as np
+import pytest
+import simplejpeg
+import torch
+
+from siammae import data
+from siammae.config import load_config
+from train_fixtures import corrupt_first_jpeg, truncate, write_shards
+
+
+def data_cfg(*overrides):
+    return load_config(None, ["data.shuffle_buffer=8", "data.num_workers=0", *overrides]).data
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards(folder, num_shards=4, per_shard=6)
+    return folder
+
+
+# ----------------------------------------------------------------------------- shard lists
+
+
+def test_resolve_folder_glob_brace_and_list(shards):
+    every = [str(p) for p in sorted(shards.glob("*.tar"))]
+    assert data.resolve_shards([str(shards)]) == every
+    assert data.resolve_shards(str(shards / "*.tar")) == every
+    assert data.resolve_shards([str(shards / "train-{000000..000001}.tar")]) == every[:2]
+    assert data.resolve_shards([every[0], every[3]]) == [every[0], every[3]]
+    assert data.resolve_shards(["pipe:cat x.tar"]) == ["pipe:cat x.tar"]
+
+
+def test_resolve_missing_or_empty_is_a_clear_error(tmp_path, shards):
+    with pytest.raises(data.DataError, match="data.shards is empty"):
+        data.resolve_shards([])
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.resolve_shards([str(tmp_path / "nowhere")])
+    with pytest.raises(data.DataError, match="holds no .tar files"):
+        data.resolve_shards([str(tmp_path)])
+    with pytest.raises(data.DataError, match="matches no files"):
+        data.resolve_shards([str(tmp_path / "*.tar")])
+    with pytest.raises(data.DataError, match="1 of 5 shards .* missing"):
+        data.resolve_shards([str(shards / "train-{000000..000004}.tar")])
+
+
+def test_shards_are_split_by_rank_and_worker():
+    urls = [f"s{i}.tar" for i in range(8)]
+    parts = [data.shards_for(urls, r, 2, w, 2) for r in range(2) for w in range(2)]
+    assert sorted(sum(parts, [])) == sorted(urls)  # disjoint and complete
+    assert data.shards_for(urls[:1], 1, 2, 0, 4) == urls[:1]  # too few shards: everyone reads them all
+    assert set(data.shards_for(urls[:3], 1, 2, 1, 2)) == {"s1.tar"}  # split by rank only
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_crop_boxes_cover_the_requested_scale():
+    rng = random.Random(0)
+    for _ in range(500):
+        top, left, h, w = data.random_resized_crop(rng, 256, 342, (0.5, 1.0), (3 / 4, 4 / 3))
+        assert 0 <= top and top + h <= 256 and 0 <= left and left + w <= 342
+        assert 0.5 * 0.97 <= h * w / (256 * 342) <= 1.0
+        assert 3 / 4 * 0.95 <= w / h <= 4 / 3 * 1.05
+
+
+def _sample(frames):
+    return {f"f{t}.jpg": simplejpeg.encode_jpeg(f, quality=98, colorsubsampling="444") for t, f in enumerate(frames)}
+
+
+def test_same_crop_and_flip_on_every_frame_and_independent_views():
+    yy, xx = np.mgrid[0:96, 0:128]
+    f0 = np.stack([xx * 2, yy * 2, (xx + yy)], -1).clip(0, 255).astype(np.uint8)  # asymmetric ramps
+    f1 = 255 - f0  # any shared crop/flip keeps view1 == 255 - view0
+    rng = random.Random(1)
+    views = data.make_sample(_sample([f0, f1]), rng, num_frames=2, size=48, repeats=8)
+    assert len(views) == 8
+    for v in views:
+        assert v.shape == (2, 3, 48, 48) and v.dtype == torch.uint8
+        assert (v[1].int() - (255 - v[0].int())).abs().max() <= 6  # JPEG + resize rounding only
+    flipped = [bool(v[0, 0, :, 0].float().mean() > v[0, 0, :, -1].float().mean()) for v in views]
+    assert any(flipped) and not all(flipped), "flip is drawn per view"
+    assert len({v[0].float().mean().item() for v in views}) == 8, "every view gets its own crop"
+
+
+def test_bad_sample_raises_in_make_sample():
+    with pytest.raises(KeyError):
+        good = _sample([np.zeros((16, 16, 3), np.uint8)])
+        data.make_sample(good, random.Random(0), num_frames=2, size=32, repeats=1)
+    with pytest.raises(ValueError):
+        data.make_sample({"f0.jpg": b"junk", "f1.jpg": b"junk"}, random.Random(0), num_frames=2, size=32, repeats=1)
+
+
+# ----------------------------------------------------------------------------- loader
+
+
+def _collect(loader):
+    return [(b["frames"].clone(), list(b["keys"]), b["skipped"]) for b in loader]
+
+
+def test_loader_yields_uint8_batches_exactly_num_batches(shards):
+    urls = data.resolve_shards([str(shards)])
+    cfg = data_cfg("data.repeated_sampling=2")
+    loader = data.make_loader(urls, cfg, size=32, batch_size=6, num_batches=7, seed=0, num_workers=2)
+    got = _collect(loader)
+    assert len(got) == 7
+    frames, keys, skipped = got[0]
+    assert frames.shape == (6, 2, 3, 32, 32) and frames.dtype == torch.uint8
+    assert keys[0] == keys[1], "repeated sampling: consecutive views of one decoded pair"
+    assert not torch.equal(frames[0], frames[1])
+    assert sum(s for _, _, s in got) == 0
+
+
+def test_stream_is_a_function_of_seed_and_rank(shards):
+    urls = data.resolve_shards([str(shards)])
+    cfg = data_cfg()
+
+    def run(seed, rank=0, world=1):
+        return _collect(data.make_loader(urls, cfg, size=32, batch_size=4, num_batches=3, seed=seed,
+                                         rank=rank, world=world, num_workers=2))
+
+    a, b, c = run(5), run(5), run(6)
+    assert all(torch.equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b))
+    assert any(not torch.equal(x[0], y[0]) for x, y in zip(a, c))
+    rank_shards = [{k.split("#")[0] for _, keys, _ in run(5, r, 2) for k in keys} for r in range(2)]
+    assert rank_shards[0] and rank_shards[1] and not rank_shards[0] & rank_shards[1]
+
+
+def test_truncated_shard_and_corrupt_jpeg_are_skipped_and_counted(tmp_path):
+    paths = write_shards(tmp_path, num_shards=2, per_shard=6)
+    truncate(paths[0])
+    bad_key = corrupt_first_jpeg(paths[1])
+    urls = data.resolve_shards([str(tmp_path)])
+    start = time.perf_counter()
+    got = _collect(data.make_loader(urls, data_cfg("data.repeated_sampling=1"), size=32, batch_size=4,
+                                    num_batches=12, seed=0, num_workers=0))
+    elapsed = time.perf_counter() - start
+    keys = {k for _, ks, _ in got for k in ks}
+    assert not any(k.endswith("#" + bad_key) for k in keys)
+    assert any("train-000000" in k for k in keys), "the readable head of the truncated shard is used"
+    skipped = sum(s for _, _, s in got)
+    assert skipped >= 2, skipped
+    # wds.warn_and_continue would sleep 0.5 s per error
+    assert elapsed < 0.25 * skipped + 2.0
+
+
+def test_shards_without_the_frames_asked_for_fail_clearly(shards):
+    cfg = load_config(None, ["data.num_frames=3", "model.mask_ratio=[0, 0, 0.95]", "data.shuffle_buffer=4"]).data
+    loader = data.make_loader(data.resolve_shards([str(shards)]), cfg, size=32, batch_size=4, num_batches=2,
+                              seed=0, num_workers=0)
+    with pytest.raises(data.DataError, match="in a row could not be used"):
+        _collect(loader)

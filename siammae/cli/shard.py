@@ -1,0 +1,141 @@
+"""``siammae shard``: a thin Click wrapper over :func:`siammae.shard.shard`.
+
+Nothing heavy is imported at module level (``siammae --help`` stays instant); the library is
+imported inside the command.
+"""
+
+import os
+import re
+
+import click
+
+SCHEMA = """\b
+Sample format (WebDataset; the trainer reads exactly this):
+  OUT/part<I>-w<W>-<seq>.tar  flat, sortable, never colliding across workers/machines
+  <key>.f0.jpg .. <key>.f{K-1}.jpg   frames in time order (f0 earliest)
+  <key>.json  {"src": path relative to SRC, "label": str|null,
+               "split": str|null, "fps": float, "frames": [ascending indices],
+               "gap": frames[-1]-frames[0], "size": [W, H] of the video,
+               "num_frames": frames in the video}
+  key = <stem>-<12 hex of sha1(src)>-<j:03d>, no dots.
+Also OUT/failed.jsonl (src, path, reason, error per failed video),
+OUT/stats.json, and bookkeeping in OUT/.shard/ (resume reads it)."""
+
+
+class RangeType(click.ParamType):
+    """``MIN-MAX`` -> (MIN, MAX) with 1 <= MIN <= MAX."""
+
+    name = "MIN-MAX"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(value))
+        if not match:
+            self.fail(f"{value!r} is not a range like 4-48", param, ctx)
+        lo = int(match.group(1))
+        hi = int(match.group(2) or lo)
+        if not 1 <= lo <= hi:
+            self.fail(f"{value!r}: need 1 <= MIN <= MAX", param, ctx)
+        return lo, hi
+
+
+class BytesType(click.ParamType):
+    """``500MB``, ``1GB``, ``2GiB`` or a plain byte count -> int."""
+
+    name = "SIZE"
+    UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?)?[bB]?\s*", str(value))
+        if not match:
+            self.fail(f"{value!r} is not a size like 500MB or 1GiB", param, ctx)
+        size = int(float(match.group(1)) * self.UNITS[(match.group(2) or "").lower()])
+        if size < 1024:
+            self.fail(f"{value!r}: shards need at least 1 KB", param, ctx)
+        return size
+
+
+@click.command(epilog=SCHEMA)
+@click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of videos (SRC).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for the shards (OUT).")
+@click.option(
+    "--layout",
+    type=click.Choice(["auto", "kinetics", "ucf101", "classes", "folder"]),
+    default="auto",
+    show_default=True,
+    help="kinetics: SRC/annotations/*.csv + SRC/<split>/, replacement/ preferred; ucf101: "
+    "SRC/ucfTrainTestlist/ + class folders; classes: SRC/[<split>/]<label>/*; folder: every video, recursive.",
+)
+@click.option(
+    "--list",
+    "list_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Shard only the videos of this file: one 'path [label]' per line (tab-separated if paths have "
+    "spaces), relative to SRC or absolute.",
+)
+@click.option("--split", help="kinetics: CSV names, comma-separated (train,val); ucf101: train|test; classes: a split folder.")
+@click.option("--fold", type=click.IntRange(1, 3), default=1, show_default=True, help="UCF-101 split fold (train/testlist0N).")
+@click.option("--frames", "frames", type=click.IntRange(2, 64), default=2, show_default=True, help="Frames per sample (2 = pairs).")
+@click.option("--per-video", type=click.IntRange(1, 10000), default=8, show_default=True, help="Samples drawn from each video.")
+@click.option(
+    "--gap",
+    type=RangeType(),
+    default="4-48",
+    show_default=True,
+    help="Frame gap first->last, drawn uniformly, in frames at --ref-fps; scaled to each video's fps.",
+)
+@click.option("--ref-fps", type=click.FloatRange(min=1), default=30.0, show_default=True, help="Frame rate --gap is given at.")
+@click.option("--short-side", type=click.IntRange(0, 4096), default=256, show_default=True, help="Resize frames to this short side, aspect kept (0: keep).")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
+@click.option("--subsampling", type=click.Choice(["420", "422", "444"]), default="420", show_default=True, help="JPEG chroma subsampling.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same inputs + seed -> same keys, frames and pixels.")
+@click.option("--shard-samples", type=click.IntRange(1), default=2000, show_default=True, help="Most samples per shard.")
+@click.option("--shard-size", type=BytesType(), default="1GB", show_default=True, help="Most bytes per shard.")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Worker processes [default: all cores].")
+@click.option("--part", type=click.IntRange(0), default=0, show_default=True, help="This machine's part (e.g. $SLURM_ARRAY_TASK_ID).")
+@click.option("--num-parts", type=click.IntRange(1), default=1, show_default=True, help="Machines sharing the collection.")
+@click.option("--strict", is_flag=True, help="Stop at the first video that fails (default: record it in failed.jsonl, go on).")
+@click.option("--retry-failed", is_flag=True, help="Try the videos of failed.jsonl again (by default a rerun skips them).")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def shard(src, out, layout, list_file, split, fold, frames, per_video, gap, ref_fps, short_side, quality,
+          subsampling, seed, shard_samples, shard_size, workers, part, num_parts, strict, retry_failed, progress):  # fmt: skip
+    """Decode videos once into WebDataset shards of JPEG frame pairs (or clips).
+
+    Each video gives --per-video samples; each sample's gap is drawn from --gap (frames at
+    --ref-fps, scaled to the video's frame rate) and its start uniformly. A rerun with the same
+    options resumes: videos in finished shards (and, unless --retry-failed, failed ones) are
+    skipped. Several machines share one collection with --part I --num-parts N (disjoint by a hash
+    of each path); their shards together equal a one-machine run.
+    """
+    from siammae.shard import EncodeSpec, SampleSpec, ShardConfig, ShardError, SourceError
+    from siammae.shard import shard as run_shard
+
+    if part >= num_parts:
+        raise click.BadParameter(f"--part {part} must be below --num-parts {num_parts}", param_hint="--part")
+    if gap[0] < frames - 1:
+        raise click.BadParameter(f"a gap of {gap[0]} frames cannot hold {frames} frames", param_hint="--gap")
+    config = ShardConfig(
+        sample=SampleSpec(per_video=per_video, frames=frames, gap=gap, ref_fps=ref_fps),
+        encode=EncodeSpec(short_side=short_side, quality=quality, subsampling=subsampling),
+        seed=seed,
+        max_samples=shard_samples,
+        max_bytes=shard_size,
+    )
+    try:
+        stats = run_shard(
+            src, out, config, layout=layout, split=split, fold=fold, list_file=list_file, workers=workers,
+            part=part, num_parts=num_parts, strict=strict, retry_failed=retry_failed, progress=progress,
+            log=lambda line: click.echo(line, err=True),
+        )  # fmt: skip
+    except (ShardError, SourceError) as error:
+        raise click.ClickException(str(error)) from None
+    total, run = stats["output"], stats["parts"][f"part{part:04d}"]
+    click.echo(
+        f"{run['videos_done']} videos sharded, {run['videos_failed']} failed, {run['videos_skipped']} skipped "
+        f"in {run['seconds']:.1f} s; {os.fspath(out)} holds {total['samples']} samples of {total['videos']} videos "
+        f"in {total['shards']} shards ({total['bytes'] / 1e6:.1f} MB)"
+        + (f"; failures in {os.path.join(out, 'failed.jsonl')}" if total["failed"] else "")
+    )

@@ -1,0 +1,24 @@
+"""``siammae shard``: videos -> WebDataset shards of JPEG frame pairs (or clips).
+
+Modules, one job each: :mod:`.sources` (find videos and labels), :mod:`.sampling` (which frames),
+:mod:`.decode` (read them), :mod:`.samples` (encode one video's samples: the format), :mod:`.writer`
+(tar shards, write-then-rename), :mod:`.run` (workers, parts, resume, failed.jsonl, stats.json).
+"""
+
+from siammae.shard.run import ShardConfig, ShardError, merge_records, part_of, shard
+from siammae.shard.samples import EncodeSpec
+from siammae.shard.sampling import SampleSpec
+from siammae.shard.sources import LAYOUTS, SourceError, find_videos
+
+__all__ = [
+    "EncodeSpec",
+    "LAYOUTS",
+    "SampleSpec",
+    "ShardConfig",
+    "ShardError",
+    "SourceError",
+    "find_videos",
+    "merge_records",
+    "part_of",
+    "shard",
+]

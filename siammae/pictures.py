@@ -1,0 +1,96 @@
+"""Pictures of a training run: reconstruction grids and the loss curve.
+
+Both take plain data (uint8 tensors, a metrics.jsonl path), not the model, so they can be drawn from
+anything that saved those.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+MIN_TILE = 128  # small frames (the tiny recipe's 64 px) are enlarged, pixel for pixel, to this size
+GAP = 4
+
+
+def masked_frame(frame: torch.Tensor, mask: torch.Tensor, patch_size: int, fill: int = 128) -> torch.Tensor:
+    """frame uint8 (3, H, W), mask (N,) 1 = masked, patches in raster order -> the frame with its masked
+    patches painted ``fill`` (what the encoder did not see)."""
+    _, H, W = frame.shape
+    grid = mask.view(H // patch_size, W // patch_size).bool()
+    pixel_mask = grid.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)
+    return torch.where(pixel_mask, torch.full_like(frame, fill), frame)
+
+
+def recon_grid(frames: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor, patch_size: int) -> np.ndarray:
+    """One row per sample: f1 | masked f2 | prediction | f2.
+
+    frames uint8 (B, T, 3, H, W), recon uint8 (B, 3, H, W) (the last frame with masked patches
+    predicted), mask (B, N) of the last frame -> HWC uint8 image.
+    """
+    frames, recon, mask = frames.cpu(), recon.cpu(), mask.cpu()
+    B, _, _, H, W = frames.shape
+    scale = max(1, math.ceil(MIN_TILE / max(H, W)))
+    rows = []
+    for b in range(B):
+        tiles = [frames[b, 0], masked_frame(frames[b, -1], mask[b], patch_size), recon[b], frames[b, -1]]
+        tiles = [t.permute(1, 2, 0).numpy().repeat(scale, 0).repeat(scale, 1) for t in tiles]
+        gap = np.full((H * scale, GAP, 3), 255, np.uint8)
+        rows.append(np.concatenate(sum([[t, gap] for t in tiles], [])[:-1], axis=1))
+    hgap = np.full((GAP, rows[0].shape[1], 3), 255, np.uint8)
+    return np.concatenate(sum([[r, hgap] for r in rows], [])[:-1], axis=0)
+
+
+def save_recon(path, frames: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor, patch_size: int) -> Path:
+    """Write :func:`recon_grid` as a PNG (parent folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(recon_grid(frames, recon, mask, patch_size)).save(path)
+    return path
+
+
+def read_metrics(metrics_path) -> list:
+    """The records of a ``metrics.jsonl`` (one JSON object a line); unreadable lines are ignored (a
+    run killed mid-write leaves a partial last line)."""
+    records = []
+    for line in Path(metrics_path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def plot_loss_curve(metrics_path, png_path) -> Path:
+    """Loss (log scale) and learning rate against the optimizer step, from a run's metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in read_metrics(metrics_path) if "loss" in r and "step" in r]
+    steps = [r["step"] for r in records]
+    losses = [r["loss"] if r["loss"] is not None and math.isfinite(r["loss"]) else float("nan") for r in records]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, losses, color="tab:blue", label="loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("reconstruction loss (masked f2 patches)")
+    if any(v > 0 for v in losses if math.isfinite(v)):
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    if records and "lr" in records[0]:
+        lr_ax = ax.twinx()
+        lr_ax.plot(steps, [r["lr"] for r in records], color="tab:orange", alpha=0.6, label="lr")
+        lr_ax.set_ylabel("learning rate", color="tab:orange")
+    ax.set_title(f"{Path(metrics_path).parent.name}: {len(records)} log points")
+    fig.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional
 
 from siammae.shard.sampling import SampleSpec
 from siammae.shard.samples import EncodeSpec, VideoFailed, make_samples
-from siammae.shard.sources import Video, find_videos
+from siammae.shard.sources import find_videos
 from siammae.shard.writer import ShardWriter, read_manifests, write_atomic
 
 FORMAT_VERSION = 1
@@ -120,6 +120,17 @@ def _dump_jsonl(records: List[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
 
 
+def _flatten(record: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}"""
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def _check_config(state_root: Path, config: ShardConfig) -> None:
     path = state_root / "config.json"
     identity = config.identity()
@@ -129,9 +140,11 @@ def _check_config(state_root: Path, config: ShardConfig) -> None:
         except ValueError:
             previous = None
         if previous != identity:
+            old, new = _flatten(previous or {}), _flatten(identity)
+            changed = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
             raise ShardError(
-                f"{path.parent.parent} holds shards made with other options ({previous}); "
-                f"rerun with the same options or choose a new --out"
+                f"{path.parent.parent} holds shards made with other options ({changed}); "
+                "rerun with the same options or choose a new --out"
             )
     else:
         write_atomic(path, json.dumps(identity, indent=1).encode())

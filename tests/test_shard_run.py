@@ -1,0 +1,247 @@
+"""`siammae shard` end to end on tiny synthetic videos: the sample format read back with webdataset,
+determinism, bad files, --strict, parts, kill -9 and resume."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import simplejpeg
+import webdataset as wds
+from click.testing import CliRunner
+
+from siammae.cli.shard import shard as shard_command
+from siammae.shard import EncodeSpec, SampleSpec, ShardConfig, shard
+from siammae.shard.decode import open_video
+from tests.shard_fixtures import make_bad_files, make_video, read_index
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ShardConfig(sample=SampleSpec(per_video=4), encode=EncodeSpec(short_side=64), max_samples=10)
+SMALL_ARGS = ["--per-video", "4", "--short-side", "64", "--shard-samples", "10", "--no-progress"]
+FIELDS = {"src", "label", "split", "fps", "frames", "gap", "size", "num_frames"}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Six class-folder videos: mp4 at 25 fps, avi at 30 fps, mkv at 30 fps (64-96 frames, 96x128)."""
+    root = tmp_path_factory.mktemp("videos")
+    for i in range(6):
+        suffix, fps = [(".mp4", 25), (".avi", 30), (".mkv", 30)][i % 3]
+        make_video(root / f"class{i % 2}" / f"clip.{i}{suffix}", num_frames=64 + 16 * (i % 3), fps=fps)
+    return root
+
+
+@pytest.fixture(scope="module")
+def reference(videos, tmp_path_factory):
+    """One uninterrupted two-worker run of ``videos`` with SMALL."""
+    out = tmp_path_factory.mktemp("reference")
+    shard(videos, out, SMALL, workers=2, progress=False, log=lambda _: None)
+    return out
+
+
+def read_samples(out) -> dict:
+    """{key: {member: bytes}} of every shard in ``out``; fails on a duplicate key."""
+    samples = {}
+    for tar in sorted(Path(out).glob("*.tar")):
+        for sample in wds.WebDataset(os.fspath(tar), shardshuffle=False):
+            key = sample["__key__"]
+            assert key not in samples, f"duplicate key {key}"
+            samples[key] = {k: v for k, v in sample.items() if not k.startswith("__")}
+    return samples
+
+
+def test_samples_read_back_with_webdataset(videos, reference):
+    samples = read_samples(reference)
+    assert len(samples) == 6 * 4
+    for key, sample in samples.items():
+        assert "." not in key and "/" not in key
+        assert set(sample) == {"f0.jpg", "f1.jpg", "json"}
+        record = json.loads(sample["json"].decode("utf-8"))
+        assert set(record) == FIELDS
+        t0, t1 = record["frames"]
+        lo, hi = SMALL.sample.gap_range(record["fps"])
+        assert t0 < t1 and record["gap"] == t1 - t0 and lo <= record["gap"] <= hi
+        assert record["fps"] == (25.0 if record["src"].endswith(".mp4") else 30.0)
+        assert record["size"] == [128, 96] and record["num_frames"] in (64, 80, 96)
+        assert record["label"] == record["src"].split("/")[0] and record["split"] is None
+        for name, index in (("f0.jpg", t0), ("f1.jpg", t1)):
+            height, width, colorspace, subsampling = simplejpeg.decode_jpeg_header(sample[name])
+            assert (width, height) == (85, 64) and subsampling == "420"
+            assert read_index(simplejpeg.decode_jpeg(sample[name])) == index  # the frame the json names
+    names = sorted(p.name for p in reference.glob("*.tar"))
+    assert all(re.fullmatch(r"part0000-w\d\d-\d{6}\.tar", n) for n in names)
+    assert not list((reference / ".shard" / "tmp").iterdir())
+    stats = json.loads((reference / "stats.json").read_text())
+    assert (stats["videos_done"], stats["videos_failed"], stats["samples"]) == (6, 0, 24)
+    assert stats["output"]["shards"] == len(names) and stats["shards"] == len(names)
+    assert stats["bytes"] == sum(p.stat().st_size for p in reference.glob("*.tar"))
+    assert (reference / "failed.jsonl").read_text() == ""
+
+
+def test_same_inputs_and_seed_same_samples_whatever_the_workers(videos, reference, tmp_path):
+    other = ShardConfig(sample=SMALL.sample, encode=SMALL.encode, max_samples=3)
+    shard(videos, tmp_path / "a", other, workers=1, progress=False, log=lambda _: None)
+    assert read_samples(tmp_path / "a") == read_samples(reference)
+    reseeded = ShardConfig(sample=SMALL.sample, encode=SMALL.encode, seed=1)
+    shard(videos, tmp_path / "b", reseeded, workers=1, progress=False, log=lambda _: None)
+    assert read_samples(tmp_path / "b").keys() == read_samples(reference).keys()
+    assert read_samples(tmp_path / "b") != read_samples(reference)
+
+
+def test_default_size_clips_and_resume_skips_done(videos, tmp_path):
+    config = ShardConfig(sample=SampleSpec(per_video=2, frames=3))
+    list_file = tmp_path / "list.txt"
+    list_file.write_text("class1/clip.1.avi\n")
+    shard(videos, tmp_path / "out", config, list_file=list_file, workers=1, progress=False, log=lambda _: None)
+    samples = read_samples(tmp_path / "out")
+    assert len(samples) == 2
+    for sample in samples.values():
+        assert set(sample) == {"f0.jpg", "f1.jpg", "f2.jpg", "json"}
+        frames = json.loads(sample["json"])["frames"]
+        assert frames == sorted(set(frames)) and len(frames) == 3
+        assert [read_index(simplejpeg.decode_jpeg(sample[f"f{i}.jpg"])) for i in range(3)] == frames
+        assert simplejpeg.decode_jpeg_header(sample["f0.jpg"])[:2] == (256, 341)  # short side 256
+    stats = shard(videos, tmp_path / "out", config, list_file=list_file, workers=1, progress=False, log=lambda _: None)
+    assert stats["videos_skipped"] == 1 and stats["videos_done"] == 0 and stats["output"]["samples"] == 2
+
+
+def test_bad_files_go_to_failed_jsonl_and_the_run_goes_on(videos, tmp_path):
+    src = tmp_path / "src"
+    expected = make_bad_files(src)
+    make_video(src / "good.mp4", num_frames=64)
+    result = CliRunner().invoke(shard_command, ["--src", str(src), "--out", str(tmp_path / "out"), "--workers", "2", *SMALL_ARGS])
+    assert result.exit_code == 0, result.output
+    failed = [json.loads(line) for line in (tmp_path / "out" / "failed.jsonl").read_text().splitlines()]
+    assert {r["src"]: r["reason"] for r in failed} == expected
+    assert all(r["error"] and set(r) == {"src", "path", "reason", "error"} for r in failed)
+    assert {json.loads(s["json"])["src"] for s in read_samples(tmp_path / "out").values()} == {"good.mp4"}
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert (stats["videos_done"], stats["videos_failed"], stats["output"]["failed"]) == (1, 4, 4)
+    # a rerun skips the failures; --retry-failed tries them again (and they fail again)
+    again = CliRunner().invoke(shard_command, ["--src", str(src), "--out", str(tmp_path / "out"), *SMALL_ARGS])
+    assert again.exit_code == 0 and "5 skipped" in again.output
+    retry = CliRunner().invoke(shard_command, ["--src", str(src), "--out", str(tmp_path / "out"), "--retry-failed", *SMALL_ARGS])
+    assert retry.exit_code == 0 and "4 failed" in retry.output
+    assert len((tmp_path / "out" / "failed.jsonl").read_text().splitlines()) == 4
+
+
+def test_strict_stops_with_an_error(tmp_path):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "zero.mp4").write_bytes(b"")
+    make_video(src / "a" / "good.mp4")
+    result = CliRunner().invoke(shard_command, ["--src", str(src), "--out", str(tmp_path / "out"), "--strict", "--workers", "1", *SMALL_ARGS])
+    assert result.exit_code == 1
+    assert "zero.mp4: empty" in result.output and "--strict" in result.output
+
+
+def test_no_videos_or_all_failed_is_an_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(shard_command, ["--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o1"), *SMALL_ARGS])
+    assert result.exit_code == 1 and "no videos found" in result.output
+    make_bad_files(tmp_path / "bad")
+    result = CliRunner().invoke(shard_command, ["--src", str(tmp_path / "bad"), "--out", str(tmp_path / "o2"), *SMALL_ARGS])
+    assert result.exit_code == 1 and "all 4 videos failed" in result.output and "failed.jsonl" in result.output
+
+
+def test_options_must_match_to_resume(videos, reference, tmp_path):
+    result = CliRunner().invoke(shard_command, ["--src", str(videos), "--out", str(reference), *SMALL_ARGS, "--seed", "7"])
+    assert result.exit_code == 1 and "seed 0 -> 7" in result.output
+
+
+def test_parts_are_disjoint_and_cover_a_one_machine_run(videos, reference, tmp_path):
+    keys_by_part = []
+    for part in range(3):
+        out = tmp_path / f"own{part}"
+        shard(videos, out, SMALL, workers=1, part=part, num_parts=3, progress=False, log=lambda _: None)
+        keys_by_part.append(set(read_samples(out)))
+        shard(videos, tmp_path / "shared", SMALL, workers=1, part=part, num_parts=3, progress=False, log=lambda _: None)
+    assert sum(len(k) for k in keys_by_part) == len(set().union(*keys_by_part))  # disjoint
+    assert read_samples(tmp_path / "shared") == read_samples(reference)  # together: the one-machine run
+    stats = json.loads((tmp_path / "shared" / "stats.json").read_text())
+    assert stats["videos_listed"] == 6 and sorted(stats["parts"]) == ["part0000", "part0001", "part0002"]
+
+
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    src = tmp_path / "src"
+    for i in range(16):
+        make_video(src / f"v{i:02d}.mp4", num_frames=96, fps=30, height=192, width=256)
+    args = ["--src", str(src), "--per-video", "6", "--shard-samples", "6", "--short-side", "128", "--workers", "2"]
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, str(REPO / "tools" / "shard"), "--out", str(reference), *args, "--no-progress"], check=True, capture_output=True)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "tools" / "shard"), "--out", str(out), *args, "--no-progress"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while len(list(out.glob("*.tar"))) < 3 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)  # the command and its workers
+    process.wait()
+    killed_with = len(list(out.glob("*.tar")))
+    assert 0 < killed_with < 16, "the run was not interrupted mid-way"
+    read_samples(out)  # every tar under its final name is complete
+    subprocess.run([sys.executable, str(REPO / "tools" / "shard"), "--out", str(out), *args, "--no-progress"], check=True, capture_output=True)
+    assert read_samples(out) == read_samples(reference)
+    assert not list((out / ".shard" / "tmp").iterdir())
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["videos_skipped"] >= killed_with and stats["output"]["videos"] == 16
+
+
+def test_ffmpeg_transcode_fallback_reads_the_same_frames(tmp_path):
+    path = make_video(tmp_path / "v.avi", num_frames=40, fps=30)
+    reads = []
+    for transcode in (False, True):
+        with open_video(os.fspath(path), 64, transcode=transcode) as reader:
+            frames = dict(reader.read([0, 7, 39], 64))
+            reads.append((reader.num_frames, reader.fps, reader.source_size, {i: f.shape for i, f in frames.items()}))
+            assert {i: read_index(f) for i, f in frames.items()} == {0: 0, 7: 7, 39: 39}
+    assert reads[0] == reads[1]
+
+
+def test_help_documents_the_schema():
+    result = CliRunner().invoke(shard_command, ["--help"])
+    assert result.exit_code == 0
+    for word in ["f0.jpg", "num_frames", "failed.jsonl", "--part", "--num-parts", "--strict", "--gap", "--list"]:
+        assert word in result.output
+
+
+CRASHING_SITECUSTOMIZE = '''
+import os, signal
+import siammae.shard.run as run
+
+_make_samples = run.make_samples
+
+def make_samples(video, *args, **kwargs):
+    if video.src == "crash.mp4":
+        os.kill(os.getpid(), signal.SIGKILL)  # what a decoder segfault looks like from outside
+    return _make_samples(video, *args, **kwargs)
+
+run.make_samples = make_samples
+'''
+
+
+def test_a_worker_that_dies_costs_only_its_video(tmp_path):
+    src = tmp_path / "src"
+    for i in range(5):
+        make_video(src / f"v{i}.mp4", num_frames=48)
+    make_video(src / "crash.mp4", num_frames=48)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CRASHING_SITECUSTOMIZE)  # loaded by every worker process
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
+    args = [sys.executable, str(REPO / "tools" / "shard"), "--src", str(src), "--workers", "2", "--per-video", "4"]
+    args += ["--short-side", "64", "--shard-samples", "100", "--no-progress"]
+    done = subprocess.run([*args, "--out", str(tmp_path / "out")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    failed = [json.loads(line) for line in (tmp_path / "out" / "failed.jsonl").read_text().splitlines()]
+    assert [(r["src"], r["reason"]) for r in failed] == [("crash.mp4", "crash")]
+    (src / "crash.mp4").unlink()
+    subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True)
+    assert read_samples(tmp_path / "out") == read_samples(tmp_path / "reference")

@@ -66,7 +66,8 @@ class VideoReader:
         self._decord_error = decord.DECORDError
         try:
             # One thread: a worker per core is the parallelism; decoder threads would oversubscribe.
-            self._reader = decord.VideoReader(path, num_threads=1)
+            with _quiet_stderr():
+                self._reader = decord.VideoReader(path, num_threads=1)
             self.num_frames = len(self._reader)
             self.fps = float(source_fps if source_fps else self._reader.get_avg_fps())
         except (self._decord_error, RuntimeError) as error:
@@ -101,6 +102,25 @@ class VideoReader:
 
     def close(self) -> None:
         self._reader = None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (decord logs an ERROR line for every file it cannot open, which
+    would bury the progress bar; the reason goes to failed.jsonl instead)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def _first_line(error: BaseException) -> str:

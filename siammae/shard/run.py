@@ -297,7 +297,8 @@ def shard(
         raise ShardError(error)
     part_done = sum(1 for v in videos if v.src in _output_totals(out, state_root)["done"])
     if videos and part_done == 0:
-        raise ShardError(f"all {len(videos)} videos failed; reasons in {out / 'failed.jsonl'}")
+        which = f" of part {part}/{num_parts}" if num_parts > 1 else ""
+        raise ShardError(f"all {len(videos)} videos{which} failed; reasons in {out / 'failed.jsonl'}")
     if not videos:
         log(f"part {part}/{num_parts} holds none of the {len(listing.videos)} videos")
     return merged

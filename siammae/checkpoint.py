@@ -1,0 +1,358 @@
+"""Load a frozen ViT encoder from whatever a user has, strictly; export it in timm's layout.
+
+Sources (:func:`load_encoder`):
+
+- a training run folder (``config.yaml`` + ``checkpoints/checkpoint_<N>/``): the newest checkpoint
+  with the trainer's ``complete`` marker (others may be half written and are skipped);
+- one checkpoint folder or its ``model.safetensors`` / ``pytorch_model.bin``: the architecture comes
+  from the run's ``config.yaml`` found above it;
+- an exported ``encoder.safetensors`` (:func:`export_encoder`): its metadata names the timm model;
+- a timm ViT name plus ``weights`` (DINO, MAE, ... weights a user has locally): patch and image size
+  are read off the weights' shapes;
+- a timm ViT name (or a run folder) with ``random_init=True``: random weights, only when asked.
+
+A training checkpoint holds the whole SiamMAE; its frame encoder is ``encoder.*`` (the one that sees
+the full, unmasked first frame; a ``siamese-unshared`` model's ``encoder_f2.*`` is not used).
+Weights are read from safetensors or with ``torch.load(weights_only=True)``: never by unpickling
+arbitrary objects. Loading is strict: missing, unexpected or mis-shaped keys are a
+:class:`CheckpointError` that lists them (DINO's script only prints them, so a wrong file silently
+evaluates a random network).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+COMPLETE = "complete"  # the trainer's marker file inside a finished checkpoint folder
+EXPORT_FORMAT = "siammae-encoder"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.bin", "model.pt", "model.pth")
+CONTAINER_KEYS = ("state_dict", "model", "teacher", "module", "encoder")
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile / DDP wrappers
+ENCODER_PREFIXES = ("encoder.", "backbone.")  # SiamMAE training model / DINO teacher
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used as asked; the message is for the user."""
+
+
+@dataclass
+class EncoderInfo:
+    """What was loaded, recorded in ``propagation.json`` and in exported metadata."""
+
+    timm_model: str
+    patch_size: int
+    img_size: int
+    source: str
+    weights: Optional[str] = None  # the file the weights came from; None for random init
+    step: Optional[int] = None  # training step of a run checkpoint
+    config: Optional[object] = field(default=None, repr=False)  # a run's Config, when known
+
+    def timm_kwargs(self) -> dict:
+        return {"num_classes": 0, "patch_size": self.patch_size, "img_size": self.img_size}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("config")
+        return d
+
+
+# ----------------------------------------------------------------------------- reading weights
+
+
+def read_weights(path: Path) -> tuple[dict, dict]:
+    """(state dict, safetensors metadata or {}) from a .safetensors file or a torch file read with
+    ``weights_only=True``. Containers (``{"model": ...}``, DINO's ``{"teacher": ...}``) are unwrapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: cannot be read with torch.load(weights_only=True) ({str(e).splitlines()[0]}); "
+            "only plain tensors are loaded, never pickled objects. Re-save just the state dict."
+        ) from None
+    return unwrap_state_dict(obj, path), {}
+
+
+def unwrap_state_dict(obj, where="checkpoint") -> dict:
+    """The tensor dict inside common checkpoint containers."""
+    for _ in range(3):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        if not isinstance(obj, dict):
+            break
+        inner = next((obj[k] for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+    raise CheckpointError(f"{where}: no state dict of tensors found (top level: {keys})")
+
+
+def _strip(sd: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def encoder_state_dict(sd: dict, prefix: Optional[str] = None) -> dict:
+    """The encoder's keys in timm's layout: wrapper prefixes removed, then ``prefix`` (or, when None,
+    ``encoder.`` of a SiamMAE checkpoint / ``backbone.`` of a DINO one, if present) selected and
+    stripped. A pure function, applied before the strict load."""
+    for wrapper in WRAPPER_PREFIXES:
+        if sd and all(k.startswith(wrapper) for k in sd):
+            sd = _strip(sd, wrapper)
+    if prefix is None:
+        prefix = next((p for p in ENCODER_PREFIXES if any(k.startswith(p) for k in sd)), "")
+    if prefix:
+        selected = _strip(sd, prefix)
+        if not selected:
+            raise CheckpointError(f"no keys start with '{prefix}' (first keys: {list(sd)[:5]})")
+        return selected
+    return sd
+
+
+def _listing(keys, limit=12) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_strict(model: nn.Module, sd: dict, what: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists every mismatch by name."""
+    own = model.state_dict()
+    missing = set(own) - set(sd)
+    unexpected = set(sd) - set(own)
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in set(sd) & set(own) if sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_listing(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches (checkpoint vs model): {_listing(shapes, 6)}")
+        raise CheckpointError(f"{what} does not match the model: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+# ----------------------------------------------------------------------------- locating checkpoints
+
+
+def complete_checkpoints(run_dir: Path) -> list:
+    """``checkpoints/checkpoint_<N>`` folders with the ``complete`` marker, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [
+        p for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("checkpoint_") and p.name.split("_")[-1].isdigit()
+        and (p / COMPLETE).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
+
+
+def _weights_in(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"{folder}: no weights file ({', '.join(WEIGHT_FILES)})")
+
+
+def _run_config(start: Path):
+    """The run's resolved config.yaml in ``start`` or up to three folders above it, else None."""
+    from siammae.config import ConfigError, read_config
+
+    for folder in [start, *list(start.parents)[:3]]:
+        if (folder / "config.yaml").is_file():
+            try:
+                return read_config(folder / "config.yaml")
+            except ConfigError as e:
+                raise CheckpointError(str(e)) from None
+    return None
+
+
+def _step(path: Path) -> Optional[int]:
+    for part in (path.name, path.parent.name):
+        if part.startswith("checkpoint_") and part.split("_")[-1].isdigit():
+            return int(part.split("_")[-1])
+    return None
+
+
+def _is_timm_name(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def create_vit(info: EncoderInfo, dynamic: bool = True) -> nn.Module:
+    """An empty timm ViT for ``info``; ``dynamic`` lets it take any input size (position embeddings
+    interpolated bicubically by timm, as DINO and MAE evaluations do)."""
+    import timm
+
+    kwargs = info.timm_kwargs()
+    if dynamic:
+        kwargs["dynamic_img_size"] = True
+    try:
+        return timm.create_model(info.timm_model, pretrained=False, **kwargs)
+    except Exception as e:
+        raise CheckpointError(f"timm cannot build {info.timm_model} with {kwargs}: {e}") from None
+
+
+def _from_config(cfg, source: str, weights: Optional[Path], sd: Optional[dict], dynamic: bool):
+    from siammae.model import build_encoder, timm_spec
+
+    name, _ = timm_spec(cfg.model)
+    info = EncoderInfo(name, cfg.model.patch_size, cfg.model.img_size, source,
+                       str(weights) if weights else None, _step(weights) if weights else None, cfg)
+    if sd is None:  # random init: the run's own encoder (sin-cos positions), rebuilt dynamic
+        enc = build_encoder(cfg.model)
+        sd = enc.state_dict()
+    model = create_vit(info, dynamic)
+    load_strict(model, sd, f"encoder weights from {source}")
+    return model, info
+
+
+def _infer_sizes(sd: dict, name: str) -> tuple[int, int]:
+    """(patch size, image size) of ViT weights from the shapes of the patch and position embeddings."""
+    import timm
+
+    default = timm.create_model(name, pretrained=False, num_classes=0)
+    patch = default.patch_embed.patch_size[0]
+    img = default.patch_embed.img_size[0]
+    w = sd.get("patch_embed.proj.weight")
+    if w is not None and w.ndim == 4:
+        patch = int(w.shape[-1])
+    pos = sd.get("pos_embed")
+    if pos is not None and pos.ndim == 3:
+        prefix = 0 if getattr(default, "no_embed_class", False) else default.num_prefix_tokens
+        side = int(round((pos.shape[1] - prefix) ** 0.5))
+        if side * side == pos.shape[1] - prefix:
+            img = side * patch
+    else:
+        img = img // default.patch_embed.patch_size[0] * patch
+    return patch, img
+
+
+def load_encoder(
+    checkpoint: str | os.PathLike,
+    weights: Optional[str | os.PathLike] = None,
+    random_init: bool = False,
+    prefix: Optional[str] = None,
+    dynamic: bool = True,
+) -> tuple[nn.Module, EncoderInfo]:
+    """(timm ViT in eval mode, :class:`EncoderInfo`) for any of the sources in the module docstring."""
+    path = Path(checkpoint)
+    source = str(checkpoint)
+    if path.exists():
+        if weights is not None:
+            raise CheckpointError("--weights goes with a timm model name, not with a checkpoint path")
+        if path.is_dir() and (path / "config.yaml").is_file() and not any(
+            (path / n).is_file() for n in WEIGHT_FILES
+        ):
+            cfg = _run_config(path)
+            if random_init:
+                model, info = _from_config(cfg, source, None, None, dynamic)
+                return model.eval(), info
+            ckpts = complete_checkpoints(path)
+            if not ckpts:
+                raise CheckpointError(
+                    f"{path}: no complete checkpoint in {path / 'checkpoints'} "
+                    f"(a checkpoint counts once the trainer has written its '{COMPLETE}' marker)"
+                )
+            file = _weights_in(ckpts[-1])
+        elif path.is_dir():
+            if (path.name.startswith("checkpoint_") and not (path / COMPLETE).is_file()):
+                raise CheckpointError(f"{path}: incomplete checkpoint (no '{COMPLETE}' marker)")
+            file = _weights_in(path)
+            cfg = _run_config(path)
+        else:
+            file, cfg = path, None
+        if random_init:
+            raise CheckpointError("--random-init goes with a timm model name or a run folder, not a weights file")
+        sd, meta = read_weights(file)
+        if meta.get("format") == EXPORT_FORMAT:
+            info = EncoderInfo(meta["timm_model"], int(meta["patch_size"]), int(meta["img_size"]), source, str(file))
+            model = create_vit(info, dynamic)
+            load_strict(model, encoder_state_dict(sd, prefix if prefix is not None else ""), f"{file}")
+            return model.eval(), info
+        if cfg is None:
+            cfg = _run_config(file.parent)
+        if cfg is None:
+            raise CheckpointError(
+                f"{file}: cannot tell the architecture (no run config.yaml above it, no export metadata); "
+                "pass a timm model name as the checkpoint and this file as --weights"
+            )
+        model, info = _from_config(cfg, source, file, encoder_state_dict(sd, prefix), dynamic)
+        return model.eval(), info
+
+    if not _is_timm_name(source):
+        raise CheckpointError(f"'{source}' is neither an existing path nor a timm model name")
+    if weights is None and not random_init:
+        raise CheckpointError(
+            f"'{source}' is a timm model name: pass --weights FILE, or --random-init for random weights"
+        )
+    if weights is not None and random_init:
+        raise CheckpointError("--weights and --random-init exclude each other")
+    if random_init:
+        import timm
+
+        default = timm.create_model(source, pretrained=False, num_classes=0)
+        info = EncoderInfo(source, default.patch_embed.patch_size[0], default.patch_embed.img_size[0], source)
+        model = create_vit(info, dynamic)
+        return model.eval(), info
+    sd, _ = read_weights(Path(weights))
+    sd = encoder_state_dict(sd, prefix)
+    patch, img = _infer_sizes(sd, source)
+    info = EncoderInfo(source, patch, img, source, str(weights))
+    model = create_vit(info, dynamic)
+    load_strict(model, sd, f"{weights}")
+    return model.eval(), info
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_encoder(model: nn.Module, info: EncoderInfo, out: str | os.PathLike) -> Path:
+    """Write the encoder as timm's state dict to safetensors, with metadata::
+
+        timm.create_model(meta["timm_model"], num_classes=0, **json.loads(meta["timm_kwargs"]))
+
+    loads it with ``strict=True`` (for patch 16 at 224, plain ``create_model(name, num_classes=0)``)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    kwargs = {k: v for k, v in info.timm_kwargs().items() if k != "num_classes"}
+    meta = {
+        "format": EXPORT_FORMAT,
+        "timm_model": info.timm_model,
+        "patch_size": str(info.patch_size),
+        "img_size": str(info.img_size),
+        "timm_kwargs": json.dumps(kwargs),
+        "source": info.source,
+    }
+    if info.step is not None:
+        meta["step"] = str(info.step)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(sd, str(tmp), metadata=meta)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,31 @@
+"""``siammae export``: the frame encoder of a checkpoint as a timm ViT state dict in safetensors."""
+
+import click
+
+from siammae.cli.propagate import encoder_options, load_encoder_or_fail
+
+
+@click.command()
+@encoder_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .safetensors file.")
+def export(checkpoint, weights, weights_prefix, out):
+    """Write the encoder in timm's layout, with the timm model name and patch/image size as metadata.
+
+    \b
+    The file loads strictly into timm:
+        from safetensors import safe_open; import json, timm
+        meta = safe_open(OUT, "pt").metadata()
+        vit = timm.create_model(meta["timm_model"], num_classes=0, **json.loads(meta["timm_kwargs"]))
+        vit.load_state_dict(safetensors.torch.load_file(OUT), strict=True)
+    (for patch 16 at 224: simply timm.create_model(name, num_classes=0)). It is also a valid
+    --checkpoint for `siammae propagate`.
+    """
+    from siammae.checkpoint import export_encoder
+
+    if not out.endswith(".safetensors"):
+        raise click.BadParameter("the output file must end in .safetensors", param_hint="--out")
+    encoder, info = load_encoder_or_fail(checkpoint, weights, weights_prefix)
+    path = export_encoder(encoder, info, out)
+    n = sum(p.numel() for p in encoder.parameters())
+    kwargs = {k: v for k, v in info.timm_kwargs().items() if k != "num_classes"}
+    click.echo(f"wrote {path}: {info.timm_model} {kwargs}, {n / 1e6:.1f}M parameters, from {info.source}")

@@ -1,0 +1,121 @@
+"""``siammae propagate``: DAVIS-2017 label propagation with a frozen encoder, then J&F.
+
+A thin wrapper over :mod:`siammae.checkpoint`, :mod:`siammae.propagate` and :mod:`siammae.measures`;
+torch is imported inside the command so ``--help`` is instant.
+"""
+
+import click
+
+from siammae.cli.evaluate import parse_sequences, run_evaluation
+
+PROTOCOL_NAMES = ["siammae", "dino", "crw"]
+
+
+def encoder_options(f):
+    """--checkpoint / --weights / --weights-prefix / --random-init, shared with ``export``."""
+    options = [
+        click.option("--checkpoint", required=True,
+                     help="A training run folder (newest complete checkpoint), a checkpoint folder or file, "
+                          "an exported encoder.safetensors, or a timm ViT name (with --weights or --random-init)."),
+        click.option("--weights", type=click.Path(exists=True, dir_okay=False),
+                     help="Weights file (.safetensors, or .pth/.pt/.bin read with weights_only=True) for a "
+                          "timm model name given as --checkpoint, e.g. DINO or MAE weights."),
+        click.option("--weights-prefix", default=None,
+                     help="Keep only keys with this prefix (stripped). Default: 'encoder.' of a SiamMAE "
+                          "checkpoint or 'backbone.' of a DINO one when present, else all keys."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def load_encoder_or_fail(checkpoint, weights, weights_prefix, random_init=False):
+    from siammae.checkpoint import CheckpointError, load_encoder
+
+    try:
+        return load_encoder(checkpoint, weights=weights, random_init=random_init, prefix=weights_prefix)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def pick_device(name):
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
+    return name
+
+
+@click.command()
+@click.option("--davis", required=True, type=click.Path(exists=True, file_okay=False),
+              help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/).")
+@encoder_options
+@click.option("--random-init", is_flag=True, help="Use random weights (a baseline); needs a timm name or run folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder: <seq>/<frame>.png, propagation.json, the J&F CSVs.")
+@click.option("--split", default="val", show_default=True, help="ImageSets/2017/<split>.txt.")
+@click.option("--sequences", default=None, help="Comma-separated subset of the split's sequences.")
+@click.option("--resolution", default="480p", show_default=True, help="480p or Full-Resolution.")
+@click.option("--protocol", type=click.Choice(PROTOCOL_NAMES), default=None,
+              help="Preset: siammae (paper Table 4b, temperature 0.7), dino, crw. Default: the run's "
+                   "eval.protocol, else siammae. Flags below override single knobs.")
+@click.option("--topk", type=click.IntRange(min=1), help="Context tokens each target token averages.")
+@click.option("--queue", type=click.IntRange(min=0), help="Previous predicted frames kept as context.")
+@click.option("--radius", type=click.FloatRange(min=0), help="Local window radius in tokens (0: none).")
+@click.option("--window", type=click.Choice(["disk", "square"]), help="Window shape.")
+@click.option("--window-on-first/--no-window-on-first", default=None, help="Restrict the first frame too.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Softmax temperature.")
+@click.option("--size", "short_side", type=click.IntRange(min=0),
+              help="Short side of the network input in pixels (0: native).")
+@click.option("--multiple", type=click.IntRange(min=0), help="Long side made a multiple of this (0: patch).")
+@click.option("--first-labels", type=click.Choice(["area", "nearest"]), help="First mask onto the token grid.")
+@click.option("--keep-small/--no-keep-small", default=None, help="Every first-frame object keeps >= 1 token.")
+@click.option("--minmax/--no-minmax", default=None, help="Min-max rescale soft labels before argmax (DINO).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Frames per forward pass.")
+@click.option("--overlay", type=click.IntRange(min=0), default=0, is_flag=False, flag_value=8,
+              help="Write OUT/overlays/<seq>.png, N frames with their predicted masks (--overlay alone: 8).")
+@click.option("--no-eval", is_flag=True, help="Do not compute J&F afterwards.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def propagate(davis, checkpoint, weights, weights_prefix, random_init, out, split, sequences, resolution,
+              protocol, topk, queue, radius, window, window_on_first, temperature, short_side, multiple,
+              first_labels, keep_small, minmax, device, batch_size, overlay, no_eval, quiet):
+    """Propagate the first frame's masks through DAVIS-2017 videos, then score them.
+
+    Features: the encoder's last block after the final norm, [CLS] dropped, tokens L2-normalised.
+    Each frame's labels are the softmax-weighted top-k of the first frame's and the last QUEUE
+    frames' soft labels. Every setting used is written to OUT/propagation.json.
+
+    \b
+    siammae propagate --davis DAVIS --checkpoint runs/siammae --out out/
+    siammae propagate --davis DAVIS --checkpoint vit_small_patch16_224 --weights dino.pth \\
+        --protocol dino --out out/dino
+    """
+    from siammae.davis import DavisError
+    from siammae.propagate import PROTOCOLS, propagate as run
+
+    device = pick_device(device)
+    encoder, info = load_encoder_or_fail(checkpoint, weights, weights_prefix, random_init)
+    run_eval = info.config.eval if info.config is not None else None
+    preset = PROTOCOLS[protocol or (run_eval.protocol if run_eval else "siammae")]
+    defaults = {}
+    if run_eval is not None:  # the run's own eval settings, below explicit flags
+        defaults = dict(topk=run_eval.topk, queue=run_eval.queue, radius=run_eval.radius,
+                        temperature=run_eval.temperature)
+    flags = dict(topk=topk, queue=queue, radius=radius, window=window, window_on_first=window_on_first,
+                 temperature=temperature, short_side=short_side, multiple=multiple, first_labels=first_labels,
+                 keep_small=keep_small, minmax=minmax)
+    try:
+        chosen = preset.replace(**defaults).replace(**flags)
+        record = run(encoder, davis, out, chosen, split=split, sequences=parse_sequences(sequences),
+                     resolution=resolution, device=device, batch_size=batch_size, overlay=overlay,
+                     progress=not quiet, settings=dict(encoder=info.to_dict()))
+    except (DavisError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    t = record["timing"]
+    click.echo(f"propagated {len(record['sequences'])} sequences, {t['frames']} frames in {t['seconds']:.1f} s "
+               f"({t['fps']:.2f} frames/s) with protocol {chosen.name} -> {out}")
+    if not no_eval:
+        run_evaluation(davis, out, split, record["sequences"], resolution)

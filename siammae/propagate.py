@@ -1,0 +1,401 @@
+"""Label propagation on DAVIS-2017 with a frozen ViT: every protocol choice is a named field.
+
+For each frame t > 0 of a sequence (the common scheme of DINO, CRW and the SiamMAE paper):
+
+1. Features: the frame resized as the protocol says, through the ViT; tokens of the last block after
+   the final norm, prefix tokens ([CLS]) dropped, each token L2-normalised -> (N, D), N = h * w.
+2. Context: the first frame (ground truth) plus a FIFO queue of the last ``queue`` frames' *soft*
+   predicted label maps, each with its features. Memory is bounded by the queue, not the video.
+3. Affinity: cosine similarity / temperature between each target token and every context token;
+   tokens outside the local window (in token units) are excluded; the top-k over all context tokens
+   *jointly* get softmax weights (renormalised over the k); the soft label is their weighted sum.
+4. Output: bilinear upsampling of the soft labels straight to the original frame size, argmax, a
+   palette PNG named like the frame.
+
+Small objects: an object whose first-frame mask covers too little of any token can never be
+predicted. With ``first_labels="area"`` the first mask is area-averaged onto the token grid (each
+token holds the fraction of each object in it) and ``keep_small`` then makes sure every object of
+the first frame owns at least one token: where an object is not the majority of any token, the token
+with its largest fraction is given to it outright. DINO's script instead resizes the mask with
+nearest neighbour (``first_labels="nearest"``) and loses such objects (they score 0).
+
+Presets (:data:`PROTOCOLS`) and where each value comes from:
+
+- ``siammae``: the paper's Table 4b for DAVIS (top-k 7, queue 20, neighbourhood 20). The paper gives
+  no temperature or resolution; we use CropMAE's SiamMAE evaluation: temperature 0.7, a disk of
+  radius 20 tokens (dy^2 + dx^2 < r^2) not applied to the first frame, frames 480 high with the
+  width rounded to a multiple of the patch (854 -> 864 for patch 16; CropMAE used a fixed 480x880).
+- ``dino``: facebookresearch/dino ``eval_video_segmentation.py``: top-k 5, 7 previous frames, a
+  square window of +-12 tokens on every context frame, temperature 0.1, short side 480 with the long
+  side floored to a multiple of 64, std 0.228 (its typo of 0.229), nearest-neighbour first mask,
+  per-channel min-max rescaling before the argmax. (It upsamples by the patch factor then resizes the
+  argmax with nearest; we upsample once, bilinearly, to the original size.)
+- ``crw``: ajabri/videowalk ``test.py``: top-k 10, 20 context frames front-padded with copies of
+  frame 0, a disk of radius 12 not applied to the first frame, temperature 0.05, native 480p.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from siammae.davis import (
+    DavisSequence,
+    load_sequence,
+    read_annotation,
+    read_frame,
+    select_sequences,
+    write_labels,
+)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Every knob of label propagation. Distances are in tokens (feature-grid cells)."""
+
+    name: str
+    topk: int
+    queue: int  # previous predicted frames kept as context, besides the first frame
+    radius: float  # local window radius; 0 = no window
+    window: str  # "disk": dy^2 + dx^2 < radius^2 (CRW); "square": |dy|, |dx| <= radius (DINO)
+    window_on_first: bool  # restrict the first frame's tokens too
+    temperature: float
+    pad_queue: bool = False  # start with the queue full of copies of frame 0 (CRW)
+    short_side: int = 480  # frames resized so that their short side is this; 0 = native size
+    multiple: int = 0  # the long side (and a native short side) is made a multiple of this; 0 = patch
+    rounding: str = "nearest"  # how the long side reaches the multiple: "nearest" or "floor"
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    first_labels: str = "area"  # first mask onto the grid: "area" (fractions) or "nearest"
+    keep_small: bool = True  # every first-frame object keeps >= 1 token (see module docstring)
+    minmax: bool = False  # min-max rescale each upsampled channel before argmax (DINO)
+
+    def __post_init__(self):
+        checks = [
+            (self.topk >= 1, "topk must be >= 1"),
+            (self.queue >= 0, "queue must be >= 0"),
+            (self.radius >= 0, "radius must be >= 0"),
+            (self.window in ("disk", "square"), "window must be disk or square"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.short_side >= 0 and self.multiple >= 0, "short_side and multiple must be >= 0"),
+            (self.rounding in ("nearest", "floor"), "rounding must be nearest or floor"),
+            (self.first_labels in ("area", "nearest"), "first_labels must be area or nearest"),
+            (len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"protocol {self.name}: {message}")
+
+    def replace(self, **changes) -> "Protocol":
+        """A copy with the given knobs changed (None values are ignored); renamed ``<name>+custom``."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            return self
+        differs = any(getattr(self, k) != v for k, v in changes.items() if k != "name")
+        name = changes.pop("name", f"{self.name}+custom" if differs else self.name)
+        return dataclasses.replace(self, name=name, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PROTOCOLS = {
+    "siammae": Protocol("siammae", topk=7, queue=20, radius=20, window="disk", window_on_first=False,
+                        temperature=0.7),
+    "dino": Protocol("dino", topk=5, queue=7, radius=12, window="square", window_on_first=True,
+                     temperature=0.1, multiple=64, rounding="floor", std=(0.228, 0.224, 0.225),
+                     first_labels="nearest", keep_small=False, minmax=True),
+    "crw": Protocol("crw", topk=10, queue=20, radius=12, window="disk", window_on_first=False,
+                    temperature=0.05, pad_queue=True, keep_small=False),
+}
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def resized_shape(height: int, width: int, protocol: Protocol, patch: int) -> tuple[int, int]:
+    """Network input size (H', W') for a frame: short side -> ``short_side``, long side keeping the
+    aspect ratio, both multiples of the patch (and of ``multiple`` for the long side)."""
+    multiple = protocol.multiple or patch
+    short, long_ = min(height, width), max(height, width)
+    if protocol.short_side:
+        new_short = protocol.short_side
+        new_long = long_ * new_short / short
+    else:
+        new_short, new_long = short, float(long_)
+    to_multiple = math.floor if protocol.rounding == "floor" else round
+    new_long = max(multiple, int(to_multiple(new_long / multiple)) * multiple)
+    new_short = max(patch, int(round(new_short / patch)) * patch)
+    return (new_short, new_long) if height <= width else (new_long, new_short)
+
+
+def window_mask(h: int, w: int, radius: float, shape: str, device=None) -> Optional[torch.Tensor]:
+    """(N, N) bool, True where context token j is inside target token i's window; None = no window."""
+    if radius <= 0:
+        return None
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    dy = (ys[:, None] - ys[None, :]).abs()
+    dx = (xs[:, None] - xs[None, :]).abs()
+    if shape == "disk":
+        return (dy * dy + dx * dx).float() < radius * radius
+    return (dy <= radius) & (dx <= radius)
+
+
+def first_frame_labels(labels: np.ndarray, grid: tuple[int, int], protocol: Protocol) -> torch.Tensor:
+    """First-frame ids (H, W) -> soft labels (K + 1, h * w) on the token grid, K = max id."""
+    num = int(labels.max()) + 1
+    lab = torch.from_numpy(labels.astype(np.int64))
+    if protocol.first_labels == "nearest":
+        small = F.interpolate(lab[None, None].float(), size=grid, mode="nearest")[0, 0].long()
+        return F.one_hot(small, num).permute(2, 0, 1).reshape(num, -1).float()
+    onehot = F.one_hot(lab, num).permute(2, 0, 1).float()[None]  # (1, K+1, H, W)
+    soft = F.interpolate(onehot, size=grid, mode="area")[0].reshape(num, -1)
+    if protocol.keep_small:
+        owner = soft.argmax(0)
+        for k in range(1, num):
+            if (lab == k).any() and not (owner == k).any():
+                cell = int(soft[k].argmax())
+                soft[:, cell] = 0
+                soft[k, cell] = 1
+                owner[cell] = k
+    return soft
+
+
+# ----------------------------------------------------------------------------- features
+
+
+class FeatureExtractor:
+    """Frames -> L2-normalised patch tokens of the last block after the final norm."""
+
+    def __init__(self, encoder: torch.nn.Module, protocol: Protocol, device: torch.device):
+        self.encoder = encoder.to(device).eval()
+        self.protocol = protocol
+        self.device = device
+        self.patch = int(encoder.patch_embed.patch_size[0])
+        self.prefix = int(getattr(encoder, "num_prefix_tokens", 1))
+        self.mean = torch.tensor(protocol.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(protocol.std, device=device).view(1, 3, 1, 1)
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        return resized_shape(height, width, self.protocol, self.patch)
+
+    @torch.inference_mode()
+    def __call__(self, frames: List[np.ndarray]) -> torch.Tensor:
+        """A list of (H, W, 3) uint8 frames of one size -> (B, h * w, D) unit-norm tokens."""
+        x = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        size = self.input_size(*x.shape[-2:])
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        x = (x - self.mean) / self.std
+        tokens = self.encoder.forward_features(x)[:, self.prefix :]
+        return F.normalize(tokens.float(), dim=-1)
+
+
+# ----------------------------------------------------------------------------- propagation
+
+
+class LabelPropagator:
+    """The context (first frame + FIFO queue of soft labels) and one propagation step per frame."""
+
+    def __init__(self, protocol: Protocol, grid: tuple[int, int], first_feats: torch.Tensor,
+                 first_labels: torch.Tensor, max_elements: int = 1 << 25):
+        self.p = protocol
+        self.grid = grid
+        self.first = (first_feats, first_labels.to(first_feats.device))
+        self.queue = deque(maxlen=protocol.queue)
+        if protocol.pad_queue:
+            self.queue.extend([self.first] * protocol.queue)
+        self.window = window_mask(*grid, protocol.radius, protocol.window, first_feats.device)
+        self.max_elements = max_elements
+
+    def context(self):
+        return [self.first, *self.queue]
+
+    @torch.inference_mode()
+    def step(self, feats: torch.Tensor) -> torch.Tensor:
+        """Target tokens (N, D) -> soft labels (L, N); the result joins the queue."""
+        ctx = self.context()
+        keys = torch.cat([f for f, _ in ctx])  # (C*N, D)
+        labels = torch.cat([lab for _, lab in ctx], dim=1).T  # (C*N, L)
+        C, N = len(ctx), feats.shape[0]
+        k = min(self.p.topk, C * N)
+        out = torch.empty(N, labels.shape[1], device=feats.device)
+        rows = max(1, self.max_elements // (C * N))
+        for start in range(0, N, rows):
+            q = feats[start : start + rows]
+            sim = (q @ keys.T).view(q.shape[0], C, N)
+            if self.window is not None:
+                allowed = self.window[start : start + rows]
+                first = 0 if self.p.window_on_first else 1
+                sim[:, first:].masked_fill_(~allowed[:, None], float("-inf"))
+            vals, idx = sim.view(q.shape[0], C * N).topk(k, dim=1)
+            weights = torch.softmax(vals / self.p.temperature, dim=1)
+            weights = torch.nan_to_num(weights)  # a token with fewer than k candidates: -inf -> 0
+            out[start : start + rows] = torch.einsum("nk,nkl->nl", weights, labels[idx])
+        pred = out.T.contiguous()
+        if self.queue.maxlen:
+            self.queue.append((feats, pred))
+        return pred
+
+
+def soft_to_ids(soft: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], minmax: bool) -> np.ndarray:
+    """Soft labels (L, h*w) -> ids (H, W) uint8 at the original frame size."""
+    up = F.interpolate(soft.view(1, -1, *grid), size=size, mode="bilinear", align_corners=False)[0]
+    if minmax:
+        lo = up.amin(dim=(1, 2), keepdim=True)
+        hi = up.amax(dim=(1, 2), keepdim=True)
+        up = (up - lo) / (hi - lo).clamp_min(1e-12)
+    return up.argmax(0).to(torch.uint8).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- sequences
+
+
+def overlay_strip(frames: List[np.ndarray], labels: List[np.ndarray], height: int = 240) -> np.ndarray:
+    """Frames with their masks blended in the DAVIS colours, side by side, ``height`` pixels high."""
+    from PIL import Image
+
+    from siammae.palette import PALETTE
+
+    colours = np.array(PALETTE, dtype=np.float32).reshape(256, 3)
+    tiles = []
+    for frame, lab in zip(frames, labels):
+        blend = frame.astype(np.float32)
+        fg = lab > 0
+        blend[fg] = 0.45 * blend[fg] + 0.55 * colours[lab[fg]]
+        im = Image.fromarray(blend.astype(np.uint8))
+        w = max(1, round(im.width * height / im.height))
+        tiles.append(np.asarray(im.resize((w, height), Image.BILINEAR)))
+        tiles.append(np.full((height, 4, 3), 255, np.uint8))
+    return np.concatenate(tiles[:-1], axis=1)
+
+
+def propagate_sequence(
+    extractor: FeatureExtractor,
+    seq: DavisSequence,
+    protocol: Protocol,
+    out_dir: Path,
+    batch_size: int = 8,
+    overlay: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Write ``out_dir/<seq>/<frame>.png`` for every frame (frame 0 = its ground truth).
+
+    Frames are read and encoded ``batch_size`` at a time, so memory holds one batch and the queue.
+    ``overlay`` > 0 also writes ``out_dir/overlays/<seq>.png``, a strip of that many frames.
+    Returns timing figures."""
+    from tqdm import tqdm
+
+    seq_dir = Path(out_dir) / seq.name
+    seq_dir.mkdir(parents=True, exist_ok=True)
+    first_ids = read_annotation(seq.first_annotation)
+    T = len(seq.frames)
+    shown = set(np.linspace(0, T - 1, min(overlay, T)).round().astype(int).tolist()) if overlay else set()
+    strip_frames, strip_labels = [], []
+    t_feat = t_prop = 0.0
+    propagator = None
+    start = time.perf_counter()
+    bar = tqdm(total=T, desc=seq.name, unit="frame", dynamic_ncols=True, disable=not progress, leave=False)
+    for b0 in range(0, T, batch_size):
+        frames = [read_frame(p) for p in seq.frames[b0 : b0 + batch_size]]
+        shapes = {f.shape for f in frames}
+        if len(shapes) > 1 or frames[0].shape[:2] != first_ids.shape:
+            from siammae.davis import DavisError
+
+            raise DavisError(f"sequence '{seq.name}': frames differ in size from the first annotation "
+                             f"{first_ids.shape[1]}x{first_ids.shape[0]}")
+        t0 = time.perf_counter()
+        feats = extractor(frames)
+        _sync(extractor.device)
+        t_feat += time.perf_counter() - t0
+        size = extractor.input_size(*first_ids.shape)
+        grid = (size[0] // extractor.patch, size[1] // extractor.patch)
+        for i, frame in enumerate(frames):
+            t = b0 + i
+            t0 = time.perf_counter()
+            if t == 0:
+                soft = first_frame_labels(first_ids, grid, protocol).to(extractor.device)
+                propagator = LabelPropagator(protocol, grid, feats[0], soft)
+                ids = first_ids
+            else:
+                soft = propagator.step(feats[i])
+                ids = soft_to_ids(soft, grid, first_ids.shape, protocol.minmax)
+            t_prop += time.perf_counter() - t0
+            write_labels(seq_dir / f"{seq.frames[t].stem}.png", ids)
+            if t in shown:
+                strip_frames.append(frame)
+                strip_labels.append(ids)
+            bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    if overlay:
+        from PIL import Image
+
+        (Path(out_dir) / "overlays").mkdir(exist_ok=True)
+        Image.fromarray(overlay_strip(strip_frames, strip_labels)).save(Path(out_dir) / "overlays" / f"{seq.name}.png")
+    return dict(frames=T, seconds=elapsed, fps=T / max(elapsed, 1e-9), feature_seconds=t_feat,
+                propagation_seconds=t_prop, grid=list(grid), input_size=list(size))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def propagate(
+    encoder: torch.nn.Module,
+    davis_root,
+    out_dir,
+    protocol: Protocol,
+    split: str = "val",
+    sequences: Optional[Sequence[str]] = None,
+    resolution: str = "480p",
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+    overlay: int = 0,
+    progress: bool = True,
+    settings: Optional[dict] = None,
+) -> dict:
+    """Propagate every selected sequence into ``out_dir``; writes ``out_dir/propagation.json`` (the
+    protocol, ``settings`` such as the encoder's description, per-sequence timings) and returns it."""
+    from tqdm import tqdm
+
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = select_sequences(davis_root, split, sequences)
+    seqs = [load_sequence(davis_root, n, resolution) for n in names]  # check all before starting
+    extractor = FeatureExtractor(encoder, protocol, device)
+    record = dict(
+        protocol=protocol.to_dict(),
+        davis=str(davis_root), split=split, resolution=resolution, sequences=names,
+        device=str(device), batch_size=batch_size, patch_size=extractor.patch,
+        features="last block after final norm, prefix tokens dropped, L2-normalised",
+        **(settings or {}),
+    )
+    timings = {}
+    for seq in tqdm(seqs, desc="sequences", unit="seq", dynamic_ncols=True, disable=not progress):
+        timings[seq.name] = propagate_sequence(extractor, seq, protocol, out_dir, batch_size, overlay, progress)
+    total_frames = sum(t["frames"] for t in timings.values())
+    total_seconds = sum(t["seconds"] for t in timings.values())
+    record["timing"] = dict(frames=total_frames, seconds=round(total_seconds, 3),
+                            fps=round(total_frames / max(total_seconds, 1e-9), 3), per_sequence=timings)
+    tmp = out_dir / "propagation.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, out_dir / "propagation.json")
+    return record

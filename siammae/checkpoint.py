@@ -230,11 +230,16 @@ def _from_config(cfg, source: str, weights: Optional[Path], sd: Optional[dict], 
     return model, info
 
 
-def _infer_sizes(sd: dict, name: str) -> tuple[int, int]:
-    """(patch size, image size) of ViT weights from the shapes of the patch and position embeddings."""
+def _default_vit(name: str) -> nn.Module:
+    """The named timm model without weights (on the meta device: no memory, no initialisation)."""
     import timm
 
-    default = timm.create_model(name, pretrained=False, num_classes=0)
+    return timm.create_model(name, pretrained=False, num_classes=0, device="meta")
+
+
+def _infer_sizes(sd: dict, name: str) -> tuple[int, int]:
+    """(patch size, image size) of ViT weights from the shapes of the patch and position embeddings."""
+    default = _default_vit(name)
     patch = default.patch_embed.patch_size[0]
     img = default.patch_embed.img_size[0]
     w = sd.get("patch_embed.proj.weight")
@@ -312,9 +317,7 @@ def load_encoder(
     if weights is not None and random_init:
         raise CheckpointError("--weights and --random-init exclude each other")
     if random_init:
-        import timm
-
-        default = timm.create_model(source, pretrained=False, num_classes=0)
+        default = _default_vit(source)
         info = EncoderInfo(source, default.patch_embed.patch_size[0], default.patch_embed.img_size[0], source)
         model = create_vit(info, dynamic)
         return model.eval(), info

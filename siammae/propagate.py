@@ -24,7 +24,8 @@ Presets (:data:`PROTOCOLS`) and where each value comes from:
 - ``siammae``: the paper's Table 4b for DAVIS (top-k 7, queue 20, neighbourhood 20). The paper gives
   no temperature or resolution; we use CropMAE's SiamMAE evaluation: temperature 0.7, a disk of
   radius 20 tokens (dy^2 + dx^2 < r^2) not applied to the first frame, frames 480 high with the
-  width rounded to a multiple of the patch (854 -> 864 for patch 16; CropMAE used a fixed 480x880).
+  width rounded to the nearest multiple of the patch (854 -> 848 for patch 16, 856 for patch 8;
+  CropMAE used a fixed 480x880).
 - ``dino``: facebookresearch/dino ``eval_video_segmentation.py``: top-k 5, 7 previous frames, a
   square window of +-12 tokens on every context frame, temperature 0.1, short side 480 with the long
   side floored to a multiple of 64, std 0.228 (its typo of 0.229), nearest-neighbour first mask,
@@ -357,6 +358,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def check_davis(davis_root, split="val", sequences=None, resolution="480p") -> List[DavisSequence]:
+    """Every selected sequence's files, checked before any work starts (raises DavisError)."""
+    return [load_sequence(davis_root, n, resolution) for n in select_sequences(davis_root, split, sequences)]
+
+
 def propagate(
     encoder: torch.nn.Module,
     davis_root,
@@ -377,9 +383,9 @@ def propagate(
 
     device = torch.device(device)
     out_dir = Path(out_dir)
+    seqs = check_davis(davis_root, split, sequences, resolution)
+    names = [s.name for s in seqs]
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = select_sequences(davis_root, split, sequences)
-    seqs = [load_sequence(davis_root, n, resolution) for n in names]  # check all before starting
     extractor = FeatureExtractor(encoder, protocol, device)
     record = dict(
         protocol=protocol.to_dict(),

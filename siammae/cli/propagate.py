@@ -94,9 +94,19 @@ def propagate(davis, checkpoint, weights, weights_prefix, random_init, out, spli
         --protocol dino --out out/dino
     """
     from siammae.davis import DavisError
-    from siammae.propagate import PROTOCOLS, propagate as run
+    from siammae.propagate import PROTOCOLS, check_davis, propagate as run
 
     device = pick_device(device)
+    try:
+        seqs = check_davis(davis, split, parse_sequences(sequences), resolution)  # before loading weights
+    except DavisError as e:
+        raise click.ClickException(str(e)) from None
+    unscorable = [s.name for s in seqs if len(s.annotations) != len(s.frames)]
+    if unscorable and not no_eval:
+        raise click.ClickException(
+            f"sequence(s) without an annotation for every frame cannot be scored: {', '.join(unscorable[:5])}; "
+            "pass --no-eval to only propagate (e.g. test-dev)"
+        )
     encoder, info = load_encoder_or_fail(checkpoint, weights, weights_prefix, random_init)
     run_eval = info.config.eval if info.config is not None else None
     preset = PROTOCOLS[protocol or (run_eval.protocol if run_eval else "siammae")]

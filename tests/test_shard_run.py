@@ -245,3 +245,20 @@ def test_a_worker_that_dies_costs_only_its_video(tmp_path):
     (src / "crash.mp4").unlink()
     subprocess.run([*args, "--out", str(tmp_path / "reference")], check=True, capture_output=True)
     assert read_samples(tmp_path / "out") == read_samples(tmp_path / "reference")
+
+
+def test_workers_that_cannot_start_stop_the_run_instead_of_respawning(tmp_path):
+    make_video(tmp_path / "src" / "v.mp4", num_frames=32)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os\nimport siammae.shard.run as run\n"
+        "def broken(*args, **kwargs):\n    os._exit(3)\n"
+        "run.ShardWriter = broken\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
+    command = [sys.executable, str(REPO / "tools" / "shard"), "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out")]
+    done = subprocess.run([*command, "--workers", "2", "--no-progress"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "died while starting (exit code 3" in done.stderr
+    assert (tmp_path / "out" / "failed.jsonl").read_text() == ""  # the video is not blamed

@@ -35,6 +35,7 @@ from siammae.shard.sources import find_videos
 from siammae.shard.writer import ShardWriter, read_manifests, write_atomic
 
 FORMAT_VERSION = 1
+MAX_CRASHES_IN_A_ROW = 8  # worker deaths with no finished video in between: something else is wrong
 
 
 class ShardError(RuntimeError):
@@ -72,9 +73,10 @@ def part_of(src: str, num_parts: int) -> int:
 def _worker(worker_id: str, out: str, state: str, config: ShardConfig, tasks, results) -> None:
     """Process the Videos received on ``tasks`` until None, reporting on ``results``:
     ("done", id, src, n_samples) | ("failed", id, src, reason, message) | ("shard", id, manifest) |
-    ("fatal", id, message) | ("exit", id)."""
+    ("fatal", id, message) | ("exit", id), after ("ready", id) once it has started."""
     writer = ShardWriter(Path(out), Path(state), worker_id, config.max_samples, config.max_bytes)
     tmp_dir = os.path.join(out, ".shard", "tmp")
+    results.send(("ready", worker_id))
     try:
         while True:
             video = tasks.recv()
@@ -208,6 +210,7 @@ class _Worker:
     results: object  # Connection: worker -> main
     assigned: deque = field(default_factory=deque)  # Videos sent, not yet reported, in order
     unflushed: List[tuple] = field(default_factory=list)  # (Video, samples) done, shard not closed yet
+    ready: bool = False  # it started and said so
     stopped: bool = False  # sent None
     exited: bool = False
 
@@ -318,7 +321,7 @@ def _run_workers(todo, out, part_dir, part_name, config, workers, strict, progre
     pending = deque(todo)
     pool: Dict[str, _Worker] = {}
     serial = [0]
-    state = {"error": None, "stopping": False}
+    state = {"error": None, "stopping": False, "crashes_in_a_row": 0}
 
     def start_worker():
         name = f"{part_name}-w{serial[0]:02d}"
@@ -348,7 +351,10 @@ def _run_workers(todo, out, part_dir, part_name, config, workers, strict, progre
 
     def handle(worker: _Worker, message):
         kind = message[0]
-        if kind == "done":
+        if kind == "ready":
+            worker.ready = True
+        elif kind == "done":
+            state["crashes_in_a_row"] = 0
             video = worker.assigned.popleft()
             worker.unflushed.append((video, message[3]))
             counts["done"] += 1
@@ -372,9 +378,18 @@ def _run_workers(todo, out, part_dir, part_name, config, workers, strict, progre
         """A worker died: blame its current video, requeue the rest and its unfinished shard's videos."""
         worker.exited = True
         worker.process.join(timeout=5)
-        if worker.assigned:
-            code = worker.process.exitcode
+        worker.tasks.close()
+        worker.results.close()
+        code = worker.process.exitcode
+        if not worker.ready:  # the environment, not a video: stop rather than respawn forever
+            state["error"] = state["error"] or f"a worker process died while starting (exit code {code}; its traceback, if any, is above)"
+            state["stopping"] = True
+        elif worker.assigned:
             record_failure(worker.assigned.popleft(), "crash", f"worker died (exit code {code}) while decoding")
+            state["crashes_in_a_row"] += 1
+            if state["crashes_in_a_row"] >= MAX_CRASHES_IN_A_ROW:
+                state["error"] = state["error"] or f"{MAX_CRASHES_IN_A_ROW} workers in a row died while decoding"
+                state["stopping"] = True
         pending.extendleft(reversed(list(worker.assigned) + [v for v, _ in worker.unflushed]))
         counts["done"] -= len(worker.unflushed)
         counts["samples"] -= sum(n for _, n in worker.unflushed)
@@ -429,6 +444,7 @@ def _run_workers(todo, out, part_dir, part_name, config, workers, strict, progre
         failed_file.close()
         for worker in pool.values():
             worker.process.join(timeout=10)
-            worker.tasks.close()
-            worker.results.close()
+            if not worker.tasks.closed:
+                worker.tasks.close()
+                worker.results.close()
     return state["error"]

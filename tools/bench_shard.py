@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Benchmark `siammae shard` against the bare sequential decord decode of the same videos.
+
+For 1 and 2 worker processes (or --workers ...) it times, on the same videos:
+  decode  every frame of every video read in order with decord (one reader per video, one thread),
+          the videos split over the workers: the floor any decode-based tool pays;
+  shard   a complete `siammae shard` run with the default options (8 pairs per video, short side
+          256, JPEG q90 4:2:0), start-up, listing and bookkeeping included.
+and prints both with the ratio shard/decode (issue 3's target: within 2x on one core) and the
+speed-up from 1 to N workers. Medians of --repeat runs.
+
+  python tools/bench_shard.py                     # 16 synthetic 10 s 320x240 x264 videos
+  python tools/bench_shard.py --videos DIR        # your own videos (any folder layout)
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
+
+from siammae.shard import ShardConfig, find_videos, shard  # noqa: E402
+from siammae.shard.decode import read_all  # noqa: E402
+
+
+def make_videos(folder: Path, count: int, seconds: float, size, fps: float) -> None:
+    """Synthetic scenes (siammae.synth) encoded with x264, made once and kept in ``folder``."""
+    from siammae.synth import synth_videos
+
+    frames = int(round(seconds * fps))
+    marker = folder / f".made-{count}-{frames}-{size[0]}x{size[1]}-{fps:g}"
+    if marker.is_file():
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"making {count} synthetic videos of {frames} frames at {size[1]}x{size[0]} in {folder} ...", flush=True)
+    synth_videos(folder, num_videos=count, frames=frames, size=size, fps=fps, seed=0)
+    marker.touch()
+
+
+def decode_all(paths, workers: int) -> float:
+    """Seconds to decode every frame of ``paths`` with ``workers`` processes (a pool over videos)."""
+    started = time.perf_counter()
+    if workers == 1:
+        frames = sum(read_all(p) for p in paths)
+    else:
+        with mp.get_context("forkserver").Pool(workers) as pool:
+            frames = sum(pool.imap_unordered(read_all, paths, chunksize=1))
+    elapsed = time.perf_counter() - started
+    decode_all.frames = frames
+    return elapsed
+
+
+def shard_all(src: Path, workers: int) -> float:
+    out = Path(tempfile.mkdtemp(prefix="bench-shard-out-"))
+    try:
+        started = time.perf_counter()
+        stats = shard(src, out, ShardConfig(), workers=workers, progress=False, log=lambda _: None)
+        elapsed = time.perf_counter() - started
+        shard_all.samples = stats["output"]["samples"]
+        shard_all.bytes = stats["output"]["bytes"]
+        return elapsed
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=Path, help="folder of videos (default: make synthetic ones)")
+    parser.add_argument("--count", type=int, default=16, help="synthetic videos")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--size", default="240x320", help="synthetic HxW")
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "siammae-bench-shard-videos")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    src = args.videos
+    if src is None:
+        src = args.cache
+        make_videos(src, args.count, args.seconds, tuple(int(v) for v in args.size.split("x")), args.fps)
+    paths = [v.path for v in find_videos(src).videos]
+    read_all(paths[0])  # warm the page cache and the decoder libraries
+    print(f"{len(paths)} videos in {src}; {os.cpu_count()} cores; medians of {args.repeat} runs", flush=True)
+
+    rows = {}
+    for workers in args.workers:
+        decode = statistics.median(decode_all(paths, workers) for _ in range(args.repeat))
+        sharded = statistics.median(shard_all(src, workers) for _ in range(args.repeat))
+        rows[workers] = (decode, sharded)
+        print(
+            f"workers {workers}: decode {decode:6.2f} s ({decode_all.frames / decode:6.0f} frames/s)   "
+            f"shard {sharded:6.2f} s ({len(paths) / sharded:5.1f} videos/s, {shard_all.samples / sharded:6.1f} samples/s)   "
+            f"shard/decode {sharded / decode:4.2f}x",
+            flush=True,
+        )
+    print(f"{decode_all.frames} frames decoded per pass; shard output {shard_all.samples} samples, {shard_all.bytes / 1e6:.1f} MB")
+    base = min(args.workers)
+    for workers in args.workers:
+        if workers != base:
+            d0, s0 = rows[base]
+            d1, s1 = rows[workers]
+            print(f"speed-up {base} -> {workers} workers: shard {s0 / s1:4.2f}x   (bare decode {d0 / d1:4.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -247,7 +247,9 @@ def main(argv=None, on_step=None) -> dict:
 
     out = Path(cfg.train.output_dir)
     ckpt_root = out / "checkpoints"
-    state = PartialState()
+    # Without a GPU, Accelerate sets up several processes (gloo) only when told to use the CPU.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    state = PartialState(cpu=cpu)
     precision, precision_note = pick_precision(cfg.train.mixed_precision, state.device)
     world, accum = state.num_processes, cfg.train.grad_accum
     if cfg.train.global_batch_size % (world * accum):
@@ -261,7 +263,7 @@ def main(argv=None, on_step=None) -> dict:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
 
-    accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=accum,
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=accum,
                               log_with="tensorboard" if cfg.train.tensorboard else None, project_dir=str(out))
     main_proc = accelerator.is_main_process
     say = accelerator.print
@@ -363,12 +365,10 @@ def main(argv=None, on_step=None) -> dict:
         if on_step is not None:
             on_step(step, model, keys, accelerator)
 
-        if progress.nonfinite_in_a_row >= cfg.train.max_nonfinite:
-            accelerator.end_training()
-            raise RuntimeError(nonfinite_message(step, progress.nonfinite_in_a_row, accelerator.mixed_precision))
+        stop = progress.nonfinite_in_a_row >= cfg.train.max_nonfinite  # the same on every rank
 
         # Logs, pictures, checkpoints.
-        if step % cfg.train.log_every == 0 or step == total_steps:
+        if step % cfg.train.log_every == 0 or step == total_steps or stop:
             elapsed = time.perf_counter() - window["t"]
             record = dict(step=step, samples=progress.samples,
                           loss=window["loss"] / window["n_loss"] if window["n_loss"] else float("nan"),
@@ -383,6 +383,13 @@ def main(argv=None, on_step=None) -> dict:
             if cfg.train.tensorboard:
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
             window = dict(t=time.perf_counter(), wait=0.0, steps=0, loss=0.0, n_loss=0)
+        if stop:
+            bar.close()
+            accelerator.end_training()
+            if main_proc:
+                print(f"error: {nonfinite_message(step, progress.nonfinite_in_a_row, accelerator.mixed_precision)}",
+                      file=sys.stderr)
+            raise SystemExit(1)
         if main_proc and cfg.train.recon_every > 0 and (step % cfg.train.recon_every == 0 or step == total_steps):
             write_recon(accelerator, model, frames_u8, out, step, cfg)
         if step % cfg.train.save_every == 0 or step == total_steps:

@@ -84,15 +84,18 @@ def corrupt_first_jpeg(path) -> str:
 # ----------------------------------------------------------------------------- torchrun entry point
 
 
-def _record_steps(out_dir: str):
+def _record_steps(out_dir: str, exit_at: int = 0):
     """An ``on_step`` callback for ``siammae.train.main`` that writes, per rank, one JSON line per
-    optimizer step: the step, a fingerprint of the weights and the samples of the step's batches."""
-    import torch
+    optimizer step: the step, a fingerprint of the weights and the samples of the step's batches.
+    With ``exit_at`` > 0 the process dies (``os._exit``, no clean-up, like a kill) at that step."""
+    import os
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     def on_step(step, model, batch_keys, accelerator):
+        if step == exit_at:
+            os._exit(17)
         params = [p.detach().double() for p in accelerator.unwrap_model(model).parameters()]
         fingerprint = [float(sum(p.sum() for p in params)), float(sum((p * p).sum() for p in params))]
         rank = accelerator.process_index
@@ -103,8 +106,13 @@ def _record_steps(out_dir: str):
     return on_step
 
 
+def read_records(out_dir, rank: int = 0) -> list:
+    path = Path(out_dir) / f"rank{rank}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 if __name__ == "__main__":
-    # torchrun --nproc_per_node 2 tests/train_fixtures.py RECORD_DIR RECIPE [overrides...]
+    # [torchrun --nproc_per_node 2] tests/train_fixtures.py RECORD_DIR EXIT_AT RECIPE [overrides...]
     from siammae import train
 
-    train.main(sys.argv[2:], on_step=_record_steps(sys.argv[1]))
+    train.main(sys.argv[3:], on_step=_record_steps(sys.argv[1], int(sys.argv[2])))

@@ -1,0 +1,219 @@
+"""The trainer: schedule and optimizer groups, checkpoint bookkeeping, and end-to-end runs of the tiny
+recipe on synthetic shards (learning, outputs, exact resume, two processes, failures before work).
+
+End-to-end runs are subprocesses, as a user runs them (``python -m siammae.train`` / torchrun), with
+one thread each so that CPU results are reproducible and the 2-core machines are not oversubscribed.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from siammae import train
+from siammae.config import ConfigError, load_config
+from train_fixtures import read_records, write_shards
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "train_fixtures.py"
+# tiny, made smaller still: 4x4 patches of 8 px, 8 pairs a step, 12 steps, checkpoints every 6.
+SMALL = ["model.img_size=32", "data.shuffle_buffer=16", "train.global_batch_size=8", "train.samples=96",
+         "train.save_every=6", "train.log_every=1", "train.recon_every=6", "optim.warmup_samples=16"]
+
+
+def env():
+    e = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    e.pop("CUDA_VISIBLE_DEVICES", None)
+    return e
+
+
+def run(args, timeout=300, check=True):
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def trainer(out, shards, *extra, record=None, exit_at=0, check=True):
+    overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={out}", *SMALL, *extra]
+    if record is None:
+        return run(["-m", "siammae.train", *overrides], check=check)
+    return run([str(FIXTURES), str(record), str(exit_at), *overrides], check=check)
+
+
+def metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards(folder, num_shards=4, per_shard=8, width=64, height=48)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, shards):
+    """12 steps without interruption, recorded step by step."""
+    base = tmp_path_factory.mktemp("straight")
+    proc = trainer(base / "run", shards, "data.num_workers=1", record=base / "record")
+    return base, proc
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine():
+    lrs = [train.learning_rate(s, 1.0, 0.1, 10, 110) for s in range(110)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
+    assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.55)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] > 0.1
+    assert train.learning_rate(110, 1.0, 0.1, 10, 110) == pytest.approx(0.1)
+    assert train.learning_rate(0, 1.0, 0.0, 0, 10) == pytest.approx(1.0)  # no warm-up
+
+
+def test_run_lengths_in_samples_or_epochs():
+    cfg = load_config("base")
+    total, warmup = train.run_lengths(cfg)
+    assert total == math.ceil(2000 * 240_000 / 2048) and warmup == round(40 * 240_000 / 2048)
+    cfg = load_config("base", ["train.samples=4096", "optim.warmup_samples=2048"])
+    assert train.run_lengths(cfg) == (2, 1)
+
+
+def test_no_weight_decay_on_biases_norms_positions_and_tokens():
+    from siammae.model import build_model
+
+    cfg = load_config("tiny", ["model.img_size=32"])
+    model = build_model(cfg.model)
+    decay, no_decay = train.param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    decay_names = {names[id(p)] for p in decay["params"]}
+    assert {"encoder.cls_token", "decoder.mask_token"} <= no_decay_names
+    assert all(n.endswith("bias") or "norm" in n or "token" in n for n in no_decay_names)
+    assert "encoder.blocks.0.attn.qkv.weight" in decay_names
+    assert not any("pos_embed" in n for n in decay_names | no_decay_names)  # frozen sin-cos: not trained
+    assert len(decay_names | no_decay_names) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_resume_picks_newest_complete_checkpoint(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step, complete in [(6, True), (12, True), (18, False)]:  # 18: killed while saving
+        (root / f"checkpoint_{step}").mkdir(parents=True)
+        if complete:
+            (root / f"checkpoint_{step}" / train.COMPLETE).write_text("{}")
+    cfg = load_config("tiny", [f"train.output_dir={tmp_path}"])
+    assert train.resume_from(cfg, root) == root / "checkpoint_12"
+    cfg.train.resume = str(root / "checkpoint_6")
+    assert train.resume_from(cfg, root) == root / "checkpoint_6"
+    cfg.train.resume = str(root / "checkpoint_18")
+    with pytest.raises(ConfigError, match="not a complete checkpoint"):
+        train.resume_from(cfg, root)
+    cfg.train.resume = "never"
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train.resume_from(cfg, root)
+    assert train.resume_from(cfg, tmp_path / "elsewhere") is None
+
+
+def test_metrics_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(dict(step=s)) + "\n" for s in range(1, 9)) + '{"step": 9, "lo')
+    train.keep_metrics_until(path, 6)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_tiny_run_learns_and_writes_checkpoints_pictures_and_logs(straight):
+    base, proc = straight
+    out = base / "run"
+    recs = metrics(out)
+    assert [r["step"] for r in recs] == list(range(1, 13))
+    losses = [r["loss"] for r in recs]
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    assert all(r["pairs_per_s"] > 0 and 0 <= r["data_wait"] <= 1 and r["skipped"] == 0 for r in recs)
+    assert load_config(out / "config.yaml").train.global_batch_size == 8  # resolved config, loadable
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert ckpts == ["checkpoint_12", "checkpoint_6"]  # keep_last=2
+    for name in ckpts:
+        assert (out / "checkpoints" / name / "complete").is_file()
+        assert (out / "checkpoints" / name / "model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "recon").iterdir()) == ["step_0000006.png", "step_0000012.png"]
+    assert list((out / "tensorboard").rglob("events.out.tfevents*"))
+    assert "done: 12 steps, 96 pairs seen" in proc.stdout + proc.stderr
+    from siammae.pictures import plot_loss_curve
+
+    assert plot_loss_curve(out / "metrics.jsonl", base / "loss.png").stat().st_size > 1000
+
+
+def test_resume_after_a_kill_equals_the_straight_run(straight, shards, tmp_path):
+    base, _ = straight
+    out, record = tmp_path / "run", tmp_path / "record"
+    killed = trainer(out, shards, "data.num_workers=1", record=record, exit_at=8, check=False)
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_6"]
+    proc = trainer(out, shards, "data.num_workers=1", record=record)
+    assert "resuming from" in proc.stdout + proc.stderr
+
+    want, got = read_records(base / "record"), read_records(record)
+    assert [r["step"] for r in got] == list(range(1, 8)) + list(range(7, 13))
+    got = {r["step"]: r for r in got}  # the resumed run's records overwrite the killed run's
+    for r in want:
+        assert got[r["step"]]["keys"] == r["keys"], f"step {r['step']} read other samples"
+        assert got[r["step"]]["weights"] == pytest.approx(r["weights"], rel=1e-6), f"weights differ at step {r['step']}"
+    m_want, m_got = metrics(base / "run"), metrics(out)
+    assert [r["step"] for r in m_got] == list(range(1, 13))
+    assert [r["lr"] for r in m_got] == [r["lr"] for r in m_want]
+    assert [r["loss"] for r in m_got] == pytest.approx([r["loss"] for r in m_want], rel=1e-5)
+    a = load_file(base / "run" / "checkpoints" / "checkpoint_12" / "model.safetensors")
+    b = load_file(out / "checkpoints" / "checkpoint_12" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+    again = trainer(out, shards, "data.num_workers=1")
+    assert "nothing to do" in again.stdout + again.stderr
+
+
+def test_two_processes_same_steps_different_shards_identical_weights(shards, tmp_path):
+    record = tmp_path / "record"
+    overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={tmp_path / 'run'}", *SMALL,
+                 "train.samples=32", "data.num_workers=0", "train.tensorboard=false"]
+    run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         str(FIXTURES), str(record), "0", *overrides])
+    r0, r1 = read_records(record, 0), read_records(record, 1)
+    assert [r["step"] for r in r0] == [r["step"] for r in r1] == [1, 2, 3, 4]
+    assert r0[0]["world"] == 2
+    for a, b in zip(r0, r1):
+        assert a["weights"] == b["weights"], f"ranks diverged at step {a['step']}"
+        assert len(a["keys"]) == len(b["keys"]) == 4  # 8 pairs a step, 4 per process
+    shards0 = {k.split("#")[0] for r in r0 for k in r["keys"]}
+    shards1 = {k.split("#")[0] for r in r1 for k in r["keys"]}
+    assert shards0 and shards1 and not shards0 & shards1
+    assert r0[0]["weights"] != r0[-1]["weights"]
+
+
+def test_bad_key_or_missing_shards_fail_before_any_work(shards, tmp_path):
+    proc = trainer(tmp_path / "a", shards, "train.bogus=1", check=False)
+    assert proc.returncode == 2 and "train.bogus" in proc.stderr
+    proc = trainer(tmp_path / "b", tmp_path / "no_shards_here", check=False)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_persistent_non_finite_loss_stops_with_a_clear_message(shards, tmp_path):
+    proc = trainer(tmp_path / "run", shards, "optim.base_lr=1e36", "optim.clip_grad=0", "train.max_nonfinite=3",
+                   "data.num_workers=0", "train.tensorboard=false", check=False)
+    assert proc.returncode != 0
+    assert "not finite for 3 steps in a row" in proc.stderr and "stopping at step" in proc.stderr
+    recs = metrics(tmp_path / "run")
+    assert recs[-1]["nonfinite"] == 3

@@ -110,20 +110,30 @@ def checkpoint_dirs(folder: Path, complete_only: bool = True) -> list:
 
 def resume_from(cfg, ckpt_root: Path) -> Path | None:
     """The checkpoint to continue from: ``train.resume`` is auto (newest complete, or none), never (a
-    fresh start; refused if the run folder already holds checkpoints) or a checkpoint folder."""
+    fresh start, see :func:`set_aside`) or a checkpoint folder."""
     mode = cfg.train.resume
-    existing = checkpoint_dirs(ckpt_root)
-    if mode == "auto":
-        return existing[-1] if existing else None
     if mode == "never":
-        if existing:
-            raise ConfigError(f"train.resume=never but {ckpt_root} already holds checkpoints "
-                              f"(newest {existing[-1].name}): choose another train.output_dir or remove them")
         return None
+    if mode == "auto":
+        existing = checkpoint_dirs(ckpt_root)
+        return existing[-1] if existing else None
     path = Path(mode)
     if not (path / COMPLETE).is_file():
         raise ConfigError(f"train.resume={mode}: not a complete checkpoint folder (no '{COMPLETE}' marker)")
     return path
+
+
+def set_aside(out: Path) -> Path | None:
+    """A fresh start in a run folder that holds an earlier run: its checkpoints and metrics move to
+    ``previous-<time>/`` (never deleted: ``train.resume=never`` on the wrong folder must not cost a run)."""
+    old = [out / name for name in ("checkpoints", "metrics.jsonl", "recon") if (out / name).exists()]
+    if not checkpoint_dirs(out / "checkpoints", complete_only=False) and not (out / "metrics.jsonl").exists():
+        return None
+    dest = out / time.strftime("previous-%Y%m%d-%H%M%S")
+    dest.mkdir(parents=True)
+    for path in old:
+        path.rename(dest / path.name)
+    return dest
 
 
 def save_checkpoint(accelerator, ckpt_root: Path, step: int, keep: int) -> Path:
@@ -269,6 +279,8 @@ def main(argv=None, on_step=None) -> dict:
     say = accelerator.print
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)
+        if cfg.train.resume == "never" and (aside := set_aside(out)):
+            say(f"note: train.resume=never: the earlier run's checkpoints and metrics moved to {aside}")
         previous = out / "config.yaml"
         if resume is not None and previous.is_file():
             old, new = read_config(previous).to_dict(), cfg.to_dict()

@@ -119,9 +119,45 @@ def test_resume_picks_newest_complete_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="not a complete checkpoint"):
         train.resume_from(cfg, root)
     cfg.train.resume = "never"
-    with pytest.raises(ConfigError, match="already holds checkpoints"):
-        train.resume_from(cfg, root)
-    assert train.resume_from(cfg, tmp_path / "elsewhere") is None
+    assert train.resume_from(cfg, root) is None
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    aside = train.set_aside(tmp_path)  # a fresh start moves the earlier run aside, deletes nothing
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoints", "metrics.jsonl"]
+    assert len(list((aside / "checkpoints").iterdir())) == 3 and not root.exists()
+    assert train.set_aside(tmp_path) is None
+
+
+class FakeAccelerator:
+    """Just what save_checkpoint uses; ``save_state`` can die half-way, like a killed process."""
+
+    is_main_process = True
+
+    def __init__(self, die=False):
+        self.die = die
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, path):
+        Path(path).mkdir(parents=True)
+        (Path(path) / "model.safetensors").write_bytes(b"weights")
+        if self.die:
+            raise KeyboardInterrupt("killed while saving")
+        (Path(path) / "optimizer.bin").write_bytes(b"state")
+
+
+def test_checkpoints_are_marked_complete_pruned_and_survive_a_kill_while_saving(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (6, 12):
+        train.save_checkpoint(FakeAccelerator(), root, step, keep=2)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_checkpoint(FakeAccelerator(die=True), root, 18, keep=2)
+    assert [p.name for p in train.checkpoint_dirs(root)] == ["checkpoint_6", "checkpoint_12"]
+    cfg = load_config("tiny")
+    assert train.resume_from(cfg, root) == root / "checkpoint_12"  # the half-written 18 is ignored
+    train.save_checkpoint(FakeAccelerator(), root, 18, keep=2)  # redoing step 18 replaces the leftover
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint_12", "checkpoint_18"]
+    assert (root / "checkpoint_18" / "optimizer.bin").is_file() and (root / "checkpoint_18" / "complete").is_file()
 
 
 def test_metrics_after_the_checkpoint_are_dropped_on_resume(tmp_path):

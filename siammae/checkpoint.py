@@ -133,7 +133,10 @@ def _listing(keys, limit=12) -> str:
 
 
 def load_strict(model: nn.Module, sd: dict, what: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that lists every mismatch by name."""
+    """``load_state_dict(strict=True)`` with an error that lists every mismatch by name.
+
+    ``model`` may live on the meta device (built without initialising weights that are about to be
+    replaced): the loaded tensors are then assigned, as float32."""
     own = model.state_dict()
     missing = set(own) - set(sd)
     unexpected = set(sd) - set(own)
@@ -147,7 +150,11 @@ def load_strict(model: nn.Module, sd: dict, what: str) -> None:
         if shapes:
             parts.append(f"shape mismatches (checkpoint vs model): {_listing(shapes, 6)}")
         raise CheckpointError(f"{what} does not match the model: " + "; ".join(parts))
-    model.load_state_dict(sd, strict=True)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"{what}: tensors not in the state dict stayed uninitialised: {_listing(left)}")
 
 
 # ----------------------------------------------------------------------------- locating checkpoints
@@ -202,14 +209,17 @@ def _is_timm_name(name: str) -> bool:
 # ----------------------------------------------------------------------------- building
 
 
-def create_vit(info: EncoderInfo, dynamic: bool = True) -> nn.Module:
-    """An empty timm ViT for ``info``; ``dynamic`` lets it take any input size (position embeddings
-    interpolated bicubically by timm, as DINO and MAE evaluations do)."""
+def create_vit(info: EncoderInfo, dynamic: bool = True, empty: bool = True) -> nn.Module:
+    """A timm ViT for ``info``; ``dynamic`` lets it take any input size (position embeddings
+    interpolated bicubically by timm, as DINO and MAE evaluations do); ``empty`` builds it on the
+    meta device, to be filled by :func:`load_strict` (random initialisation is slow on a CPU)."""
     import timm
 
     kwargs = info.timm_kwargs()
     if dynamic:
         kwargs["dynamic_img_size"] = True
+    if empty:
+        kwargs["device"] = "meta"
     try:
         return timm.create_model(info.timm_model, pretrained=False, **kwargs)
     except Exception as e:
@@ -319,7 +329,7 @@ def load_encoder(
     if random_init:
         default = _default_vit(source)
         info = EncoderInfo(source, default.patch_embed.patch_size[0], default.patch_embed.img_size[0], source)
-        model = create_vit(info, dynamic)
+        model = create_vit(info, dynamic, empty=False)
         return model.eval(), info
     sd, _ = read_weights(Path(weights))
     sd = encoder_state_dict(sd, prefix)

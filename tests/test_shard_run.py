@@ -262,3 +262,16 @@ def test_workers_that_cannot_start_stop_the_run_instead_of_respawning(tmp_path):
     assert done.returncode == 1
     assert "died while starting (exit code 3" in done.stderr
     assert (tmp_path / "out" / "failed.jsonl").read_text() == ""  # the video is not blamed
+
+
+def test_one_part_cannot_be_written_by_two_runs_at_once(videos, tmp_path):
+    import fcntl
+
+    from siammae.shard import ShardError
+
+    lock_path = tmp_path / "out" / ".shard" / "part0000" / "lock"
+    lock_path.parent.mkdir(parents=True)
+    with open(lock_path, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ShardError, match="another siammae shard is writing part0000"):
+            shard(videos, tmp_path / "out", SMALL, workers=1, progress=False, log=lambda _: None)

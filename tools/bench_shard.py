@@ -87,12 +87,20 @@ def main() -> None:
         make_videos(src, args.count, args.seconds, tuple(int(v) for v in args.size.split("x")), args.fps)
     paths = [v.path for v in find_videos(src).videos]
     read_all(paths[0])  # warm the page cache and the decoder libraries
-    print(f"{len(paths)} videos in {src}; {os.cpu_count()} cores; medians of {args.repeat} runs", flush=True)
+    print(f"{len(paths)} videos in {src}; {os.cpu_count()} cores; medians of {args.repeat} runs; "
+          f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
 
+    # Interleaved (decode, shard, for each worker count, per repeat) so that load from other
+    # processes on the machine hits both sides alike; the load average is printed with the figures.
+    times = {(w, kind): [] for w in args.workers for kind in ("decode", "shard")}
+    for _ in range(args.repeat):
+        for workers in args.workers:
+            times[workers, "decode"].append(decode_all(paths, workers))
+            times[workers, "shard"].append(shard_all(src, workers))
     rows = {}
     for workers in args.workers:
-        decode = statistics.median(decode_all(paths, workers) for _ in range(args.repeat))
-        sharded = statistics.median(shard_all(src, workers) for _ in range(args.repeat))
+        decode = statistics.median(times[workers, "decode"])
+        sharded = statistics.median(times[workers, "shard"])
         rows[workers] = (decode, sharded)
         print(
             f"workers {workers}: decode {decode:6.2f} s ({decode_all.frames / decode:6.0f} frames/s)   "
@@ -101,6 +109,7 @@ def main() -> None:
             flush=True,
         )
     print(f"{decode_all.frames} frames decoded per pass; shard output {shard_all.samples} samples, {shard_all.bytes / 1e6:.1f} MB")
+    print(f"load average after: {os.getloadavg()[0]:.1f} (above the core count, other processes shared the cores)")
     base = min(args.workers)
     for workers in args.workers:
         if workers != base:

@@ -18,7 +18,9 @@ new worker takes its place.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -239,6 +241,8 @@ def shard(
     """
     if not 0 <= part < num_parts:
         raise ShardError(f"--part {part} is outside 0..{num_parts - 1}")
+    if importlib.util.find_spec("decord") is None:
+        raise ShardError("decord is not installed: pip install decord (wheels exist for x86-64 only)")
     started = time.time()
     listing = find_videos(src, layout, split, fold, list_file)
     if not listing.videos:
@@ -253,6 +257,29 @@ def shard(
     part_dir = state_root / part_name
     (part_dir / "manifests").mkdir(parents=True, exist_ok=True)
     (state_root / "tmp").mkdir(parents=True, exist_ok=True)
+    with _part_lock(part_dir):
+        return _shard_part(
+            listing, videos, missing, out, part, num_parts, config, workers, strict, retry_failed, progress, log, started
+        )
+
+
+@contextlib.contextmanager
+def _part_lock(part_dir: Path):
+    """Hold an exclusive lock on the part's folder: two runs of one part into one OUT would collide."""
+    import fcntl
+
+    with open(part_dir / "lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ShardError(f"another siammae shard is writing {part_dir.name} of {part_dir.parent.parent}") from None
+        yield
+
+
+def _shard_part(listing, videos, missing, out, part, num_parts, config, workers, strict, retry_failed, progress, log, started):
+    state_root = out / ".shard"
+    part_name = f"part{part:04d}"
+    part_dir = state_root / part_name
     _check_config(state_root, config)
     for stale in (state_root / "tmp").glob(f"{part_name}-*"):  # unfinished shards of a killed run
         stale.unlink(missing_ok=True)

@@ -55,6 +55,9 @@ def test_kinetics_csv_quoted_labels_odd_ids_missing_rows_and_replacements(tmp_pa
     assert [v.src for v in only_test.videos] == ["test/TEST-id_001_000003_000013.mp4"] and only_test.missing == 0
     with pytest.raises(SourceError, match="val"):
         find_videos(root, split="val")
+    (root / "annotations" / "validate.csv").write_text("label,youtube_id,time_start,time_end\nx,v1,0,10\n")
+    touch(root, "val/v1_000000_000010.mp4")  # CSV and folder name the split differently
+    assert [v.src for v in find_videos(root, split="validate").videos] == ["val/v1_000000_000010.mp4"]
 
 
 def test_ucf101_lists_crlf_and_handstand_quirk(tmp_path):

@@ -7,7 +7,9 @@ For 1 and 2 worker processes (or --workers ...) it times, on the same videos:
   shard   a complete `siammae shard` run with the default options (8 pairs per video, short side
           256, JPEG q90 4:2:0), start-up, listing and bookkeeping included.
 and prints both with the ratio shard/decode (issue 3's target: within 2x on one core) and the
-speed-up from 1 to N workers. Medians of --repeat runs.
+speed-up from 1 to N workers. Medians of --repeat runs, interleaved. Wall time shows the speed-up
+but suffers from other load on the machine; CPU time (summed over the processes) does not, and
+equal CPU per video at 1 and N workers with a small main-process share means the work divides.
 
   python tools/bench_shard.py                     # 16 synthetic 10 s 320x240 x264 videos
   python tools/bench_shard.py --videos DIR        # your own videos (any folder layout)
@@ -43,20 +45,28 @@ def make_videos(folder: Path, count: int, seconds: float, size, fps: float) -> N
     marker.touch()
 
 
-def decode_all(paths, workers: int) -> float:
-    """Seconds to decode every frame of ``paths`` with ``workers`` processes (a pool over videos)."""
+def timed_read_all(path):
+    """(frames, CPU seconds) of decoding every frame of ``path``."""
+    started = time.process_time()
+    frames = read_all(path)
+    return frames, time.process_time() - started
+
+
+def decode_all(paths, workers: int):
+    """(wall seconds, CPU seconds) to decode every frame of ``paths`` with ``workers`` processes."""
     started = time.perf_counter()
     if workers == 1:
-        frames = sum(read_all(p) for p in paths)
+        results = [timed_read_all(p) for p in paths]
     else:
         with mp.get_context("forkserver").Pool(workers) as pool:
-            frames = sum(pool.imap_unordered(read_all, paths, chunksize=1))
+            results = list(pool.imap_unordered(timed_read_all, paths, chunksize=1))
     elapsed = time.perf_counter() - started
-    decode_all.frames = frames
-    return elapsed
+    decode_all.frames = sum(f for f, _ in results)
+    return elapsed, sum(c for _, c in results)
 
 
-def shard_all(src: Path, workers: int) -> float:
+def shard_all(src: Path, workers: int):
+    """(wall seconds, CPU seconds of workers + main) of a complete run into a fresh folder."""
     out = Path(tempfile.mkdtemp(prefix="bench-shard-out-"))
     try:
         started = time.perf_counter()
@@ -64,7 +74,8 @@ def shard_all(src: Path, workers: int) -> float:
         elapsed = time.perf_counter() - started
         shard_all.samples = stats["output"]["samples"]
         shard_all.bytes = stats["output"]["bytes"]
-        return elapsed
+        part = stats["parts"]["part0000"]
+        return elapsed, part["cpu_seconds_workers"] + part["cpu_seconds_main"]
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -99,13 +110,14 @@ def main() -> None:
             times[workers, "shard"].append(shard_all(src, workers))
     rows = {}
     for workers in args.workers:
-        decode = statistics.median(times[workers, "decode"])
-        sharded = statistics.median(times[workers, "shard"])
+        decode, decode_cpu = (statistics.median(x) for x in zip(*times[workers, "decode"]))
+        sharded, shard_cpu = (statistics.median(x) for x in zip(*times[workers, "shard"]))
         rows[workers] = (decode, sharded)
         print(
-            f"workers {workers}: decode {decode:6.2f} s ({decode_all.frames / decode:6.0f} frames/s)   "
-            f"shard {sharded:6.2f} s ({len(paths) / sharded:5.1f} videos/s, {shard_all.samples / sharded:6.1f} samples/s)   "
-            f"shard/decode {sharded / decode:4.2f}x",
+            f"workers {workers}: wall: decode {decode:6.2f} s ({decode_all.frames / decode:5.0f} frames/s), "
+            f"shard {sharded:6.2f} s ({len(paths) / sharded:4.1f} videos/s, {shard_all.samples / sharded:5.1f} samples/s), "
+            f"shard/decode {sharded / decode:4.2f}x | CPU: decode {decode_cpu:6.2f} s, shard {shard_cpu:6.2f} s, "
+            f"shard/decode {shard_cpu / decode_cpu:4.2f}x",
             flush=True,
         )
     print(f"{decode_all.frames} frames decoded per pass; shard output {shard_all.samples} samples, {shard_all.bytes / 1e6:.1f} MB")

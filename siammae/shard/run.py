@@ -75,7 +75,7 @@ def part_of(src: str, num_parts: int) -> int:
 def _worker(worker_id: str, out: str, state: str, config: ShardConfig, tasks, results) -> None:
     """Process the Videos received on ``tasks`` until None, reporting on ``results``:
     ("done", id, src, n_samples) | ("failed", id, src, reason, message) | ("shard", id, manifest) |
-    ("fatal", id, message) | ("exit", id), after ("ready", id) once it has started."""
+    ("fatal", id, message) | ("exit", id, cpu_seconds), after ("ready", id) once it has started."""
     writer = ShardWriter(Path(out), Path(state), worker_id, config.max_samples, config.max_bytes)
     tmp_dir = os.path.join(out, ".shard", "tmp")
     results.send(("ready", worker_id))
@@ -102,7 +102,7 @@ def _worker(worker_id: str, out: str, state: str, config: ShardConfig, tasks, re
     except OSError as error:  # disk full, OUT gone, ...: every worker would fail the same way
         writer.abort()
         results.send(("fatal", worker_id, f"writing shards in {out}: {error}"))
-    results.send(("exit", worker_id))
+    results.send(("exit", worker_id, time.process_time()))
 
 
 # --- bookkeeping ----------------------------------------------------------------------------------
@@ -302,7 +302,8 @@ def _shard_part(listing, videos, missing, out, part, num_parts, config, workers,
         + f"; {len(videos) - len(todo)} already done or failed, {len(todo)} to do"
     )
 
-    counts = {"done": 0, "failed": 0, "samples": 0, "shards": 0, "bytes": 0}
+    counts = {"done": 0, "failed": 0, "samples": 0, "shards": 0, "bytes": 0, "cpu": 0.0}
+    cpu_started = time.process_time()
     error = None
     if todo:
         error = _run_workers(todo, out, part_dir, part_name, config, workers, strict, progress, failed_path, counts)
@@ -320,6 +321,9 @@ def _shard_part(listing, videos, missing, out, part, num_parts, config, workers,
         "shards": counts["shards"],
         "bytes": counts["bytes"],
         "seconds": round(time.time() - started, 2),
+        # CPU time of the workers that exited normally, and of this process (listing, bookkeeping)
+        "cpu_seconds_workers": round(counts["cpu"], 2),
+        "cpu_seconds_main": round(time.process_time() - cpu_started, 2),
     }
     write_atomic(part_dir / "stats.json", (json.dumps(stats, indent=1) + "\n").encode())
     merged = merge_records(out)
@@ -398,6 +402,7 @@ def _run_workers(todo, out, part_dir, part_name, config, workers, strict, progre
             state["error"] = state["error"] or message[2]
             state["stopping"] = True
         elif kind == "exit":
+            counts["cpu"] += message[2]
             worker.exited = True
         bar.set_postfix(samples=counts["samples"], failed=counts["failed"], refresh=False)
 

@@ -99,6 +99,11 @@ def kinetics_stem(youtube_id: str, start, end) -> str:
     return f"{youtube_id}_{int(float(start)):06d}_{int(float(end)):06d}"
 
 
+# Mirrors disagree on the validation split's name; the CSV and the folder may use different ones.
+_VAL = ("val", "validate", "validation", "valid")
+_SPLIT_ALIASES = {name: (name,) + tuple(n for n in _VAL if n != name) for name in _VAL}
+
+
 def _index_stems(root: Path) -> Dict[str, Path]:
     return {p.stem: p for p in walk_videos(root)} if root.is_dir() else {}
 
@@ -119,7 +124,8 @@ def read_kinetics(root: Path, splits: Optional[Sequence[str]] = None) -> Listing
     videos, missing = [], []
     for csv_path in csvs:
         split = csv_path.stem
-        on_disk = _index_stems(root / split)
+        folders = [root / name for name in _SPLIT_ALIASES.get(split, (split,))]
+        on_disk = _index_stems(next((f for f in folders if f.is_dir()), root / split))
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or not {"youtube_id", "time_start", "time_end"} <= set(reader.fieldnames):

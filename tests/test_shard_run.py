@@ -205,6 +205,18 @@ def test_ffmpeg_transcode_fallback_reads_the_same_frames(tmp_path):
     assert reads[0] == reads[1]
 
 
+def test_reading_in_small_batches_gives_the_same_frames(tmp_path, monkeypatch):
+    from siammae.shard import decode
+
+    path = os.fspath(make_video(tmp_path / "v.mp4", num_frames=40))
+    with open_video(path, 64) as reader:
+        whole = dict(reader.read([1, 2, 30, 31, 39], 64))
+    monkeypatch.setattr(decode, "MAX_BATCH_BYTES", 1)  # one frame per decord call
+    with open_video(path, 64) as reader:
+        single = dict(reader.read([1, 2, 30, 31, 39], 64))
+    assert whole.keys() == single.keys() and all((whole[i] == single[i]).all() for i in whole)
+
+
 def test_help_documents_the_schema():
     result = CliRunner().invoke(shard_command, ["--help"])
     assert result.exit_code == 0

@@ -12,7 +12,7 @@ def _spread(values, unit=""):
     return f"min {values['min']:g}{unit}, median {values['median']:g}{unit}, mean {values['mean']:g}{unit}, max {values['max']:g}{unit}"
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--sheet", type=click.Path(dir_okay=False), help="Also draw a contact sheet of a few samples into this PNG.")
 @click.option("--count", type=click.IntRange(1, 200), default=8, show_default=True, help="Samples on the contact sheet.")

@@ -18,7 +18,8 @@ Sample format (WebDataset; the trainer reads exactly this):
                "gap": frames[-1]-frames[0], "size": [W, H] of the video,
                "num_frames": frames in the video}
   key = <stem>-<12 hex of sha1(src)>-<j:03d>, no dots.
-Also OUT/failed.jsonl (src, path, reason, error per failed video),
+Also OUT/failed.jsonl (src, path, reason, error per failed video;
+reason: missing, empty, unreadable, too_short, crash, error),
 OUT/stats.json, and bookkeeping in OUT/.shard/ (resume reads it)."""
 
 
@@ -58,7 +59,7 @@ class BytesType(click.ParamType):
         return size
 
 
-@click.command(epilog=SCHEMA)
+@click.command(epilog=SCHEMA, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of videos (SRC).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for the shards (OUT).")
 @click.option(

@@ -107,7 +107,8 @@ class Protocol:
         if not changes:
             return self
         differs = any(getattr(self, k) != v for k, v in changes.items() if k != "name")
-        name = changes.pop("name", f"{self.name}+custom" if differs else self.name)
+        custom = self.name if self.name.endswith("+custom") else f"{self.name}+custom"
+        name = changes.pop("name", custom if differs else self.name)
         return dataclasses.replace(self, name=name, **changes)
 
     def to_dict(self) -> dict:
@@ -217,7 +218,8 @@ class LabelPropagator:
                  first_labels: torch.Tensor, max_elements: int = 1 << 25):
         self.p = protocol
         self.grid = grid
-        self.first = (first_feats, first_labels.to(first_feats.device))
+        # Clones: a row of a batch of features would keep the whole batch alive in the queue.
+        self.first = (first_feats.clone(), first_labels.to(first_feats.device))
         self.queue = deque(maxlen=protocol.queue)
         if protocol.pad_queue:
             self.queue.extend([self.first] * protocol.queue)
@@ -250,7 +252,7 @@ class LabelPropagator:
             out[start : start + rows] = torch.einsum("nk,nkl->nl", weights, labels[idx])
         pred = out.T.contiguous()
         if self.queue.maxlen:
-            self.queue.append((feats, pred))
+            self.queue.append((feats.clone(), pred))
         return pred
 
 
@@ -387,7 +389,10 @@ def propagate(
     names = [s.name for s in seqs]
     out_dir.mkdir(parents=True, exist_ok=True)
     extractor = FeatureExtractor(encoder, protocol, device)
+    from siammae import __version__
+
     record = dict(
+        siammae_version=__version__,
         protocol=protocol.to_dict(),
         davis=str(davis_root), split=split, resolution=resolution, sequences=names,
         device=str(device), batch_size=batch_size, patch_size=extractor.patch,

@@ -135,3 +135,36 @@ def test_unsafe_and_unknown_inputs_are_refused(tmp_path):
         load_encoder(tmp_path / "run")
     vit, info = load_encoder(tmp_path / "run", random_init=True)  # explicit: allowed
     assert info.weights is None and vit.patch_embed.patch_size == (8, 8)
+
+
+def test_run_eval_settings_are_propagate_defaults(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from siammae.cli.propagate import propagate as propagate_cmd
+    from siammae.palette import save_indexed_png
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "checkpoint_5"
+    ckpt.mkdir(parents=True)
+    cfg = load_config("tiny", ["eval.protocol=crw", "eval.topk=2"])
+    dump_config(cfg, run / "config.yaml")
+    model = build_model(cfg.model)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors"))
+    (ckpt / "complete").touch()
+    davis = tmp_path / "davis"
+    for sub in ("JPEGImages/480p/a", "Annotations/480p/a", "ImageSets/2017"):
+        (davis / sub).mkdir(parents=True)
+    (davis / "ImageSets/2017/val.txt").write_text("a\n")
+    rng = np.random.default_rng(0)
+    for t in range(3):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(davis / f"JPEGImages/480p/a/{t:05d}.jpg")
+        save_indexed_png(davis / f"Annotations/480p/a/{t:05d}.png", np.eye(48, 64, dtype=np.uint8))
+    base = ["--davis", str(tmp_path / "davis"), "--checkpoint", str(run), "--size", "0", "--quiet", "--no-eval"]
+    r = CliRunner().invoke(propagate_cmd, base + ["--out", str(tmp_path / "o1")])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "o1" / "propagation.json").read_text())
+    assert saved["protocol"]["name"] == "crw+custom" and saved["protocol"]["topk"] == 2
+    assert saved["protocol"]["temperature"] == 0.05 and saved["encoder"]["step"] == 5
+    r = CliRunner().invoke(propagate_cmd, base + ["--out", str(tmp_path / "o2"), "--topk", "4"])  # flag wins
+    assert json.loads((tmp_path / "o2" / "propagation.json").read_text())["protocol"]["topk"] == 4

@@ -200,7 +200,7 @@ def test_propagate_command_end_to_end(tmp_path):
     write_sequence(tmp_path / "davis", "b", frames[::-1], labels[::-1])
     args = ["--davis", str(tmp_path / "davis"), "--checkpoint", "vit_tiny_patch16_224", "--random-init",
             "--out", str(tmp_path / "out"), "--size", "0", "--sequences", "b", "--topk", "3", "--quiet",
-            "--device", "cpu"]
+            "--device", "cpu", "--overlay"]
     r = CliRunner().invoke(propagate_cmd, args)
     assert r.exit_code == 0, r.output
     assert "J&F-Mean" in r.output
@@ -209,6 +209,7 @@ def test_propagate_command_end_to_end(tmp_path):
     assert saved["protocol"]["name"] == "siammae+custom" and saved["protocol"]["topk"] == 3
     assert saved["encoder"]["timm_model"] == "vit_tiny_patch16_224" and saved["encoder"]["weights"] is None
     assert saved["sequences"] == ["b"]
+    assert (tmp_path / "out" / "overlays" / "b.png").is_file()
     rows = (tmp_path / "out" / "per-sequence_results-val.csv").read_text().splitlines()
     assert rows[1].startswith("b_1,")
 

@@ -118,7 +118,7 @@ def propagate(davis, checkpoint, weights, weights_prefix, random_init, out, spli
                  temperature=temperature, short_side=short_side, multiple=multiple, first_labels=first_labels,
                  keep_small=keep_small, minmax=minmax)
     try:
-        chosen = preset.replace(**defaults).replace(**flags)
+        chosen = preset.replace(**{**defaults, **{k: v for k, v in flags.items() if v is not None}})
         record = run(encoder, davis, out, chosen, split=split, sequences=parse_sequences(sequences),
                      resolution=resolution, device=device, batch_size=batch_size, overlay=overlay,
                      progress=not quiet, settings=dict(encoder=info.to_dict()))

@@ -1,0 +1,101 @@
+"""Label-propagation speed: frames/s of feature extraction and of propagation, and peak memory.
+
+    python tools/bench_propagate.py                       # ViT-S/16, 480x854 frames, siammae protocol
+    python tools/bench_propagate.py --model vit_small_patch8_224 --device cuda --frames 60
+
+Random weights (speed does not depend on them) and random frames at DAVIS 480p size. Feature
+extraction is timed over batches of ``--batch-size`` frames; propagation is timed in the steady state
+(the queue already full), one frame at a time, including upsampling to 480x854 and the argmax.
+PNG writing and JPEG decoding are not included. Peak memory: CUDA allocator peak on a GPU, the
+process's peak resident set size on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None):
+    from siammae.checkpoint import load_encoder
+    from siammae.propagate import PROTOCOLS, FeatureExtractor, LabelPropagator, soft_to_ids
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="vit_small_patch16_224")
+    ap.add_argument("--protocol", default="siammae", choices=sorted(PROTOCOLS))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=854)
+    ap.add_argument("--frames", type=int, default=16, help="frames timed in each part")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--objects", type=int, default=3)
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    protocol = PROTOCOLS[args.protocol]
+    encoder, info = load_encoder(args.model, random_init=True)
+    extractor = FeatureExtractor(encoder, protocol, device)
+    H, W = args.height, args.width
+    size = extractor.input_size(H, W)
+    grid = (size[0] // extractor.patch, size[1] // extractor.patch)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(args.batch_size)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    # Feature extraction: one warm-up batch, then enough batches for --frames frames.
+    extractor(frames)
+    sync(device)
+    batches = max(1, -(-args.frames // args.batch_size))
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        feats = extractor(frames)
+    sync(device)
+    feat_fps = batches * args.batch_size / (time.perf_counter() - t0)
+
+    # Propagation in the steady state: fill the queue, then time --frames steps.
+    L = args.objects + 1
+    first = torch.softmax(torch.randn(L, grid[0] * grid[1], device=device), 0)
+    prop = LabelPropagator(protocol, grid, feats[0], first)
+    for i in range(protocol.queue + 1):
+        prop.step(feats[i % len(feats)])
+    sync(device)
+    t0 = time.perf_counter()
+    for i in range(args.frames):
+        soft = prop.step(feats[i % len(feats)])
+        ids = soft_to_ids(soft, grid, (H, W), protocol.minmax)
+    sync(device)
+    prop_fps = args.frames / (time.perf_counter() - t0)
+    assert ids.shape == (H, W)
+
+    if device.type == "cuda":
+        peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU (allocator peak)"
+        name = torch.cuda.get_device_name(device)
+    else:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        peak = f"{rss / 2**20:.2f} GiB process RSS"
+        name = f"CPU, {torch.get_num_threads()} threads"
+    both = 1 / (1 / feat_fps + 1 / prop_fps)
+    print(f"device            {name}")
+    print(f"model             {info.timm_model} (patch {extractor.patch}), protocol {protocol.name} "
+          f"(top-k {protocol.topk}, queue {protocol.queue}, radius {protocol.radius:g})")
+    print(f"frames            {H}x{W} -> network input {size[0]}x{size[1]}, grid {grid[0]}x{grid[1]} tokens")
+    print(f"feature extraction {feat_fps:8.2f} frames/s  (batch {args.batch_size})")
+    print(f"propagation        {prop_fps:8.2f} frames/s  (queue full, incl. upsample + argmax)")
+    print(f"together           {both:8.2f} frames/s")
+    print(f"peak memory        {peak}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -226,16 +226,16 @@ def test_help_documents_the_schema():
 
 CRASHING_SITECUSTOMIZE = '''
 import os, signal
-import siammae.shard.run as run
+import siammae.shard.pool as pool
 
-_make_samples = run.make_samples
+_make_samples = pool.make_samples
 
 def make_samples(video, *args, **kwargs):
     if video.src == "crash.mp4":
         os.kill(os.getpid(), signal.SIGKILL)  # what a decoder segfault looks like from outside
     return _make_samples(video, *args, **kwargs)
 
-run.make_samples = make_samples
+pool.make_samples = make_samples
 '''
 
 
@@ -264,9 +264,9 @@ def test_workers_that_cannot_start_stop_the_run_instead_of_respawning(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(
-        "import os\nimport siammae.shard.run as run\n"
+        "import os\nimport siammae.shard.pool as pool\n"
         "def broken(*args, **kwargs):\n    os._exit(3)\n"
-        "run.ShardWriter = broken\n"
+        "pool.ShardWriter = broken\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
     command = [sys.executable, str(REPO / "tools" / "shard"), "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out")]

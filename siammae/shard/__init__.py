@@ -2,7 +2,8 @@
 
 Modules, one job each: :mod:`.sources` (find videos and labels), :mod:`.sampling` (which frames),
 :mod:`.decode` (read them), :mod:`.samples` (encode one video's samples: the format), :mod:`.writer`
-(tar shards, write-then-rename), :mod:`.run` (workers, parts, resume, failed.jsonl, stats.json).
+(tar shards, write-then-rename), :mod:`.pool` (worker processes, crash recovery), :mod:`.run` (parts,
+resume, failed.jsonl, stats.json).
 """
 
 from siammae.shard.run import ShardConfig, ShardError, merge_records, part_of, shard

@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Training throughput of one device: pairs/s for SiamMAE ViT-S/16 at 224 (the base recipe's model),
+forward + backward + AdamW step with the trainer's precision rule, on batches already on the device
+(the input pipeline is measured by tools/bench_loader.py). On a GPU, also the model-FLOPs utilisation:
+FLOPs of one step counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention) divided by
+time and by the GPU's dense fp16/bf16 peak.
+
+  python tools/bench_train.py                          # base recipe, batch 8 on CPU / 128 on GPU
+  python tools/bench_train.py --recipe vits8 --batch 64 model.attention=math
+
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from siammae.config import load_config  # noqa: E402
+from siammae.model import build_model  # noqa: E402
+from siammae.pixels import normalize  # noqa: E402
+from siammae.train import param_groups, pick_precision  # noqa: E402
+
+# Dense fp16/bf16 tensor-core peaks (TFLOP/s), by a substring of the device name.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0,
+               "RTX 4090": 165.0, "TITAN RTX": 130.0, "RTX A6000": 155.0}
+
+
+def peak_tflops(device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k.lower() in name.lower()), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="base")
+    parser.add_argument("--batch", type=int, help="pairs per step (default 8 on CPU, 128 on GPU)")
+    parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 30 on GPU)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU (default: by name)")
+    parser.add_argument("overrides", nargs="*", metavar="group.key=value")
+    args = parser.parse_args()
+
+    from accelerate import Accelerator
+
+    cfg = load_config(args.recipe, args.overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision, note = pick_precision(cfg.train.mixed_precision, device)
+    accelerator = Accelerator(mixed_precision=precision)
+    gpu = device.type == "cuda"
+    batch = args.batch or (128 if gpu else 8)
+    steps = args.steps or (30 if gpu else 5)
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    model = build_model(cfg.model)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=1e-4, betas=tuple(cfg.optim.betas))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    size, T = cfg.model.img_size, cfg.data.num_frames
+    frames = torch.randint(0, 256, (batch, T, 3, size, size), dtype=torch.uint8, device=accelerator.device)
+
+    def step():
+        loss, _, _ = model(normalize(frames))
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def sync():
+        if gpu:
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops_per_step = counter.get_total_flops()
+    sync()
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    loss.item()
+    sync()
+    elapsed = time.perf_counter() - start
+
+    pairs_per_s = steps * batch / elapsed
+    achieved = flops_per_step * steps / elapsed / 1e12
+    peak = args.peak_tflops or peak_tflops(device)
+    name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    report = dict(device=name, recipe=args.recipe, arch=cfg.model.arch, patch=cfg.model.patch_size, img=size,
+                  decoder=f"{cfg.model.decoder} {cfg.model.decoder_depth}x{cfg.model.decoder_dim}",
+                  precision=accelerator.mixed_precision, batch=batch, steps=steps,
+                  pairs_per_s=round(pairs_per_s, 2), step_s=round(elapsed / steps, 4),
+                  gflops_per_pair=round(flops_per_step / batch / 1e9, 2), achieved_tflops=round(achieved, 3),
+                  mfu=round(achieved / peak, 4) if peak else None,
+                  max_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None)
+    if note:
+        print(f"note: {note}")
+    print(f"{name}: {pairs_per_s:.1f} pairs/s ({report['step_s']} s per step of {batch}), "
+          f"{report['gflops_per_pair']} GFLOP per pair (fwd+bwd), {achieved:.2f} TFLOP/s"
+          + (f", MFU {report['mfu']:.1%}" if report["mfu"] else ""))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 from siammae.shard.samples import VideoFailed, make_samples
 from siammae.shard.writer import ShardWriter
 
+IN_FLIGHT = 2  # videos sent ahead to a worker, so it never waits for the main process between videos
 MAX_CRASHES_IN_A_ROW = 8  # worker deaths with no finished video in between: something else is wrong
 
 
@@ -163,10 +164,10 @@ def run_workers(todo, out, part_dir, part_name, config, workers, strict, progres
             start_worker()
 
     def tend(worker: _Worker):
-        """Keep two videos in flight; send None once there is nothing left for it."""
+        """Keep IN_FLIGHT videos in flight; send None once there is nothing left for it."""
         if worker.exited or worker.stopped:
             return
-        while not state["stopping"] and pending and len(worker.assigned) < 2:
+        while not state["stopping"] and pending and len(worker.assigned) < IN_FLIGHT:
             video = pending.popleft()
             worker.assigned.append(video)
             try:

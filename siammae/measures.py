@@ -18,8 +18,8 @@ Definitions (davisvideochallenge/davis2017-evaluation, ``davis2017/metrics.py``,
 
 Speed: J for every object and frame comes from one ``bincount``; the disk dilation is replaced by an
 exact Euclidean distance transform (a pixel lies in the dilation iff its distance to the nearest
-boundary pixel is <= r), computed only on the box around the two boundaries. Full DAVIS val takes
-well under a minute on two cores.
+boundary pixel is <= r), computed only on the box around the two boundaries. A 70-frame 480p
+sequence with 3 objects scores in about 2 s on two (shared) cores, so DAVIS val takes about a minute.
 """
 
 from __future__ import annotations

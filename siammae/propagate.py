@@ -163,18 +163,21 @@ def first_frame_labels(labels: np.ndarray, grid: tuple[int, int], protocol: Prot
     num = int(labels.max()) + 1
     lab = torch.from_numpy(labels.astype(np.int64))
     if protocol.first_labels == "nearest":
-        small = F.interpolate(lab[None, None].float(), size=grid, mode="nearest")[0, 0].long()
+        # Pixel-centre sampling, as PIL's NEAREST resize in DINO's script.
+        small = F.interpolate(lab[None, None].float(), size=grid, mode="nearest-exact")[0, 0].long()
         return F.one_hot(small, num).permute(2, 0, 1).reshape(num, -1).float()
     onehot = F.one_hot(lab, num).permute(2, 0, 1).float()[None]  # (1, K+1, H, W)
     soft = F.interpolate(onehot, size=grid, mode="area")[0].reshape(num, -1)
     if protocol.keep_small:
         owner = soft.argmax(0)
+        given = torch.zeros_like(owner, dtype=torch.bool)  # cells already handed to a small object
         for k in range(1, num):
             if (lab == k).any() and not (owner == k).any():
-                cell = int(soft[k].argmax())
+                cell = int(soft[k].masked_fill(given, -1).argmax())
                 soft[:, cell] = 0
                 soft[k, cell] = 1
                 owner[cell] = k
+                given[cell] = True
     return soft
 
 

@@ -98,6 +98,10 @@ def test_small_objects_keep_a_token():
     assert set(nearest.unique().tolist()) <= {0.0, 1.0}
     ids = soft_to_ids(keep, (8, 8), (64, 64), minmax=False)
     assert (ids == 2).any() and ids.shape == (64, 64)
+    # Two small objects in one token: each still gets a token of its own.
+    labels[50:52, 50:52] = 3
+    both = first_frame_labels(labels, (8, 8), PROTOCOLS["siammae"]).argmax(0)
+    assert (both == 2).sum() == 1 and (both == 3).sum() == 1
 
 
 # ----------------------------------------------------------------------------- the propagator

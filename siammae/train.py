@@ -283,8 +283,11 @@ def main(argv=None, on_step=None) -> dict:
             say(f"note: train.resume=never: the earlier run's checkpoints and metrics moved to {aside}")
         previous = out / "config.yaml"
         if resume is not None and previous.is_file():
-            old, new = read_config(previous).to_dict(), cfg.to_dict()
-            changed = [f"{g}.{k}" for g in new for k in new[g] if old[g][k] != new[g][k] and k != "resume"]
+            try:
+                old, new = read_config(previous).to_dict(), cfg.to_dict()
+                changed = [f"{g}.{k}" for g in new for k in new[g] if old[g][k] != new[g][k] and k != "resume"]
+            except ConfigError as e:
+                changed = [f"(the earlier config.yaml does not read: {e})"]
             if changed:
                 say(f"note: config differs from the run being resumed in: {', '.join(changed)}")
         dump_config(cfg, previous)
@@ -317,8 +320,9 @@ def main(argv=None, on_step=None) -> dict:
     if cfg.train.tensorboard:
         accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    device = accelerator.device.type + (f" ({torch.get_num_threads()} threads)" if accelerator.device.type == "cpu" else "")
     say(f"siammae.train: {describe(urls)}; {n_params / 1e6:.1f}M trainable parameters; {world} process(es) on "
-        f"{accelerator.device.type}{f' ({torch.get_num_threads()} threads)' if accelerator.device.type == 'cpu' else ''}, precision {accelerator.mixed_precision}; {total_steps} steps of "
+        f"{device}, precision {accelerator.mixed_precision}; {total_steps} steps of "
         f"{cfg.train.global_batch_size} pairs ({micro_batch} per process x {accum} accumulation), "
         f"warm-up {warmup_steps} steps, peak lr {peak_lr:.3g}; run folder {out}")
 
@@ -358,8 +362,8 @@ def main(argv=None, on_step=None) -> dict:
             nonfinite += (~finite).float()
 
         # One small all-reduce: mean loss, non-finite micro-batches and skipped samples over all ranks.
-        stats = accelerator.reduce(torch.stack([loss_sum, nonfinite, torch.tensor(float(skipped), device=accelerator.device)]), "sum")
-        total_loss, bad, skipped_all = stats.tolist()
+        local = torch.stack([loss_sum, nonfinite, torch.tensor(float(skipped), device=accelerator.device)])
+        total_loss, bad, skipped_all = accelerator.reduce(local, "sum").tolist()
         if bad > 0:  # gradients hold NaN/inf on every rank after the all-reduce: drop them
             optimizer.zero_grad(set_to_none=True)
             progress.nonfinite += 1

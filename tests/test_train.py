@@ -225,6 +225,21 @@ def test_resume_after_a_kill_equals_the_straight_run(straight, shards, tmp_path)
     assert "nothing to do" in again.stdout + again.stderr
 
 
+def test_gradient_accumulation_matches_one_big_batch(straight, shards, tmp_path):
+    """2 micro-batches of 4 read the same 8 pairs and draw the same masks as one batch of 8: the
+    weights after each step match the straight run's (same run length, so the same schedule)."""
+    base, _ = straight
+    record = tmp_path / "record"
+    proc = trainer(tmp_path / "run", shards, "data.num_workers=1", "train.grad_accum=2", record=record,
+                   exit_at=4, check=False)
+    assert proc.returncode == 17, proc.stderr[-2000:]
+    want, got = read_records(base / "record")[:3], read_records(record)
+    assert [r["step"] for r in got] == [1, 2, 3]
+    for a, b in zip(want, got):
+        assert a["keys"] == b["keys"]
+        assert b["weights"] == pytest.approx(a["weights"], rel=1e-7)  # one update moves them ~1e-4
+
+
 def test_two_processes_same_steps_different_shards_identical_weights(shards, tmp_path):
     record = tmp_path / "record"
     overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={tmp_path / 'run'}", *SMALL,

@@ -28,6 +28,7 @@ import glob
 import math
 import os
 import random
+import signal
 import sys
 from pathlib import Path
 from typing import Iterator, List, Sequence
@@ -297,6 +298,14 @@ def make_dataset(urls: Sequence[str], data_cfg, *, size: int, batch_size: int, s
     )
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGINT to the trainer: a cluster that signals every process of a job
+    would otherwise kill them first, and the trainer could not finish its step and save (see
+    ``siammae.train``). They exit with the trainer all the same."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(urls: Sequence[str], data_cfg, *, size: int, batch_size: int, num_batches: int, seed,
                 rank: int = 0, world: int = 1, num_workers: int | None = None) -> wds.WebLoader:
     """A loader yielding exactly ``num_batches`` per-rank batches (``.with_epoch`` on the loader, not on
@@ -306,7 +315,7 @@ def make_loader(urls: Sequence[str], data_cfg, *, size: int, batch_size: int, nu
     """
     workers = data_cfg.num_workers if num_workers is None else num_workers
     dataset = make_dataset(urls, data_cfg, size=size, batch_size=batch_size, seed=seed, rank=rank, world=world)
-    extra = dict(prefetch_factor=2) if workers > 0 else {}
+    extra = dict(prefetch_factor=2, worker_init_fn=_ignore_stop_signals) if workers > 0 else {}
     loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers,
                            pin_memory=torch.cuda.is_available(), **extra)
     return loader.with_epoch(num_batches)

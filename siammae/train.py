@@ -14,7 +14,9 @@ optimizer step (:func:`learning_rate`), set on the parameter groups; no schedule
 Data segments: the endless data stream is cut into segments of ``train.save_every`` steps, each with
 its own seed (:func:`segment_loader`). Checkpoints fall on segment boundaries, so a resumed run reads
 exactly the batches the uninterrupted run would have read: same steps, same learning rates, same
-weights (up to floating-point reduction order on GPUs).
+weights (up to floating-point reduction order on GPUs). A run stopped by SIGTERM/SIGUSR1 (pre-emption)
+saves where it is; resuming there starts a new segment (seeded by its step): the same schedule and
+counters, other samples.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -216,6 +219,19 @@ def flat_hparams(cfg) -> dict:
     return flat
 
 
+def catch_stop_signals() -> dict:
+    """SIGTERM (cluster pre-emption, ``scancel``) and SIGUSR1 (SLURM's ``--signal`` warning) ask the
+    loop to finish the current step, save a checkpoint and exit; running the command again resumes."""
+    requested = {"signal": 0}
+
+    def handler(signum, _frame):
+        requested["signal"] = signum
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, handler)
+    return requested
+
+
 def nonfinite_message(step: int, count: int, precision: str) -> str:
     cause = ("with fp16 this is usually overflow in the activations: try train.mixed_precision=bf16 or no"
              if precision == "fp16" else "usually too high a learning rate or exploding updates")
@@ -332,6 +348,7 @@ def main(argv=None, on_step=None) -> dict:
     seconds_before = progress.train_seconds
     window = dict(t=time.perf_counter(), wait=0.0, steps=0, loss=0.0, n_loss=0)
     data_iter, segment_end = None, progress.step
+    stop_signal = catch_stop_signals()
     frames_u8 = None
     last_ckpt = resume
 
@@ -361,9 +378,11 @@ def main(argv=None, on_step=None) -> dict:
             loss_sum += torch.where(finite, loss.detach().float(), 0.0)
             nonfinite += (~finite).float()
 
-        # One small all-reduce: mean loss, non-finite micro-batches and skipped samples over all ranks.
-        local = torch.stack([loss_sum, nonfinite, torch.tensor(float(skipped), device=accelerator.device)])
-        total_loss, bad, skipped_all = accelerator.reduce(local, "sum").tolist()
+        # One small all-reduce: mean loss, non-finite micro-batches, skipped samples and stop requests
+        # over all ranks, so every rank takes the same decisions below.
+        local = torch.cat([torch.stack([loss_sum, nonfinite]),
+                           torch.tensor([float(skipped), float(stop_signal["signal"] > 0)], device=accelerator.device)])
+        total_loss, bad, skipped_all, signalled = accelerator.reduce(local, "sum").tolist()
         if bad > 0:  # gradients hold NaN/inf on every rank after the all-reduce: drop them
             optimizer.zero_grad(set_to_none=True)
             progress.nonfinite += 1
@@ -413,10 +432,15 @@ def main(argv=None, on_step=None) -> dict:
             raise SystemExit(1)
         if main_proc and cfg.train.recon_every > 0 and (step % cfg.train.recon_every == 0 or step == total_steps):
             write_recon(accelerator, model, frames_u8, out, step, cfg)
-        if step % cfg.train.save_every == 0 or step == total_steps:
+        if step % cfg.train.save_every == 0 or step == total_steps or signalled:
             progress.train_seconds = seconds_before + time.perf_counter() - session_start
             last_ckpt = save_checkpoint(accelerator, ckpt_root, step, cfg.train.keep_last)
         bar.update(1)
+        if signalled:
+            bar.close()
+            accelerator.end_training()
+            say(f"stopped by a signal after step {step}; checkpoint {last_ckpt}; run the same command to continue")
+            raise SystemExit(128 + (stop_signal["signal"] or signal.SIGTERM))
 
     bar.close()
     wall = time.perf_counter() - session_start

@@ -225,6 +225,20 @@ def test_resume_after_a_kill_equals_the_straight_run(straight, shards, tmp_path)
     assert "nothing to do" in again.stdout + again.stderr
 
 
+def test_sigterm_saves_where_it_is_and_the_run_continues(straight, shards, tmp_path):
+    base, _ = straight
+    out, record = tmp_path / "run", tmp_path / "record"
+    stopped = trainer(out, shards, "data.num_workers=1", record=record, exit_at=-8, check=False)
+    assert stopped.returncode == 128 + 15, stopped.stderr[-2000:]
+    # the signal arrives during step 8's callback: step 9 notices it (in the all-reduce) and saves
+    assert "stopped by a signal after step 9" in stopped.stdout + stopped.stderr
+    assert [p.name for p in train.checkpoint_dirs(out / "checkpoints")] == ["checkpoint_6", "checkpoint_9"]
+    trainer(out, shards, "data.num_workers=1", record=record)
+    steps = [r["step"] for r in read_records(record)]
+    assert steps == list(range(1, 13))  # nothing lost, nothing repeated
+    assert [r["lr"] for r in metrics(out)] == [r["lr"] for r in metrics(base / "run")]
+
+
 def test_gradient_accumulation_matches_one_big_batch(straight, shards, tmp_path):
     """2 micro-batches of 4 read the same 8 pairs and draw the same masks as one batch of 8: the
     weights after each step match the straight run's (same run length, so the same schedule)."""

@@ -87,8 +87,10 @@ def corrupt_first_jpeg(path) -> str:
 def _record_steps(out_dir: str, exit_at: int = 0):
     """An ``on_step`` callback for ``siammae.train.main`` that writes, per rank, one JSON line per
     optimizer step: the step, a fingerprint of the weights and the samples of the step's batches.
-    With ``exit_at`` > 0 the process dies (``os._exit``, no clean-up, like a kill) at that step."""
+    With ``exit_at`` > 0 the process dies (``os._exit``, no clean-up, like a kill) at that step; with
+    ``exit_at`` < 0 it sends itself SIGTERM at step ``-exit_at`` (like a cluster pre-empting the job)."""
     import os
+    import signal
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,6 +98,8 @@ def _record_steps(out_dir: str, exit_at: int = 0):
     def on_step(step, model, batch_keys, accelerator):
         if step == exit_at:
             os._exit(17)
+        if step == -exit_at:
+            os.kill(os.getpid(), signal.SIGTERM)
         params = [p.detach().double() for p in accelerator.unwrap_model(model).parameters()]
         fingerprint = [float(sum(p.sum() for p in params)), float(sum((p * p).sum() for p in params))]
         rank = accelerator.process_index

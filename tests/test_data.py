@@ -70,6 +70,20 @@ def test_crop_boxes_cover_the_requested_scale():
         assert 3 / 4 * 0.95 <= w / h <= 4 / 3 * 1.05
 
 
+def test_fast_crop_resize_matches_the_plain_computation():
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(2)]
+    box = (5, 9, 30, 34)
+    for flip in (False, True):
+        got = data.crop_resize(frames, box, 24, flip)  # (T, 24, 24, 3) uint8
+        assert got.shape == (2, 24, 24, 3) and got.dtype == torch.uint8 and got.is_contiguous()
+        for t, frame in enumerate(frames):
+            crop = torch.from_numpy(frame[5:35, 9:43]).permute(2, 0, 1).float()[None]  # planar float
+            want = torch.nn.functional.interpolate(crop, size=(24, 24), mode="bilinear", antialias=True)[0]
+            want = want.flip(-1) if flip else want
+            assert (got[t].permute(2, 0, 1).float() - want).abs().max() <= 1.0
+
+
 def _sample(frames):
     return {f"f{t}.jpg": simplejpeg.encode_jpeg(f, quality=98, colorsubsampling="444") for t, f in enumerate(frames)}
 

@@ -31,7 +31,7 @@ import random
 import signal
 import sys
 from pathlib import Path
-from typing import Iterator, List, Sequence
+from typing import List, Sequence
 
 import numpy as np
 import simplejpeg

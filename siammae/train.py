@@ -336,7 +336,8 @@ def main(argv=None, on_step=None) -> dict:
     if cfg.train.tensorboard:
         accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    device = accelerator.device.type + (f" ({torch.get_num_threads()} threads)" if accelerator.device.type == "cpu" else "")
+    threads = torch.get_num_threads()
+    device = accelerator.device.type + (f" ({threads} thread{'s' * (threads != 1)})" if accelerator.device.type == "cpu" else "")
     say(f"siammae.train: {describe(urls)}; {n_params / 1e6:.1f}M trainable parameters; {world} process(es) on "
         f"{device}, precision {accelerator.mixed_precision}; {total_steps} steps of "
         f"{cfg.train.global_batch_size} pairs ({micro_batch} per process x {accum} accumulation), "

@@ -104,7 +104,7 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
         encoder, info = load_encoder(run_dir, random_init=random_init)
         res_dir = out / "propagation" / name
         propagate(encoder, davis, res_dir, protocol, overlay=size.overlays, progress=progress,
-                  settings={"encoder": name})
+                  settings={"encoder": dict(info.to_dict(), role=name)})
         evaluation = evaluate(davis, res_dir)
         write_csvs(evaluation, res_dir)
         results[name] = evaluation.global_row()
@@ -134,6 +134,15 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
     for what, path in report["paths"].items():
         log(f"  {what:16s} {path}")
     return report
+
+
+def verdict(results: dict) -> str | None:
+    """None when the trained encoder's J&F beats the random one's, else the message saying it does not."""
+    trained, random = (results[k]["J&F-Mean"] for k in ("trained", "random"))
+    if trained > random:
+        return None
+    return (f"the trained encoder (J&F {100 * trained:.1f}) does not beat the random one ({100 * random:.1f}): "
+            "something in data, model or training is broken")
 
 
 def comparison_table(results: dict) -> str:

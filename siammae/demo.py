@@ -35,7 +35,7 @@ class DemoSize:
     sequences: int = 12
     sequence_frames: int = 32
     sequence_size: tuple = (96, 160)  # H, W
-    overlays: int = 3
+    overlays: int = 3  # frames in each sequence's overlay strip
     seed: int = 0
 
 

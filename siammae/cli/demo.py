@@ -3,7 +3,6 @@
 import click
 
 
-
 class HxW(click.ParamType):
     """A frame size written ``HEIGHTxWIDTH``, both even (4:2:0 video)."""
 

@@ -160,16 +160,14 @@ def load_strict(model: nn.Module, sd: dict, what: str) -> None:
 # ----------------------------------------------------------------------------- locating checkpoints
 
 
-def complete_checkpoints(run_dir: Path) -> list:
-    """``checkpoints/checkpoint_<N>`` folders with the ``complete`` marker, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
+def checkpoint_dirs(folder: Path, complete_only: bool = True) -> list:
+    """``checkpoint_<step>`` folders in ``folder``, oldest first; by default only those with the trainer's
+    ``complete`` marker (the trainer and the loaders below share this one definition)."""
+    folder = Path(folder)
+    if not folder.is_dir():
         return []
-    found = [
-        p for p in root.iterdir()
-        if p.is_dir() and p.name.startswith("checkpoint_") and p.name.split("_")[-1].isdigit()
-        and (p / COMPLETE).is_file()
-    ]
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("checkpoint_")
+             and p.name.split("_")[-1].isdigit() and (not complete_only or (p / COMPLETE).is_file())]
     return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
 
 
@@ -286,7 +284,7 @@ def load_encoder(
             if random_init:
                 model, info = _from_config(cfg, source, None, None, dynamic)
                 return model.eval(), info
-            ckpts = complete_checkpoints(path)
+            ckpts = checkpoint_dirs(path / "checkpoints")
             if not ckpts:
                 raise CheckpointError(
                     f"{path}: no complete checkpoint in {path / 'checkpoints'} "

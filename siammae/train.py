@@ -33,11 +33,11 @@ from pathlib import Path
 
 import torch
 
+from siammae.checkpoint import COMPLETE, checkpoint_dirs
 from siammae.config import ConfigError, dump_config, load_config, read_config
 from siammae.data import DataError, describe, make_loader, resolve_shards
 
 NO_WEIGHT_DECAY = {"pos_embed", "decoder_pos_embed", "cls_token", "mask_token", "reg_token", "dist_token"}
-COMPLETE = "complete"  # marker file written inside a checkpoint folder once every file of it is saved
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -100,15 +100,6 @@ class Progress:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value)
-
-
-def checkpoint_dirs(folder: Path, complete_only: bool = True) -> list:
-    """``checkpoint_<step>`` folders, oldest first; by default only those with the ``complete`` marker."""
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("checkpoint_")
-             and p.name.split("_")[-1].isdigit() and (not complete_only or (p / COMPLETE).is_file())]
-    return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
 
 
 def resume_from(cfg, ckpt_root: Path) -> Path | None:

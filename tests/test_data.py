@@ -73,17 +73,24 @@ def test_crop_boxes_cover_the_requested_scale():
 def test_fast_crop_resize_matches_the_plain_computation():
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(2)]
-    box = (5, 9, 30, 34)
+    box = (5, 9, 30, 34)  # below AREA_FACTOR x the output: bilinear
     for flip in (False, True):
         got = data.crop_resize(frames, box, 24, flip)  # (T, 24, 24, 3) uint8
         assert got.shape == (2, 24, 24, 3) and got.dtype == torch.uint8 and got.is_contiguous()
         for t, frame in enumerate(frames):
             crop = torch.from_numpy(frame[5:35, 9:43]).permute(2, 0, 1).float()[None]  # planar float
-            want = torch.nn.functional.interpolate(crop, size=(24, 24), mode="bilinear", antialias=True)[0]
+            want = torch.nn.functional.interpolate(crop, size=(24, 24), mode="bilinear", align_corners=False)[0]
             want = want.flip(-1) if flip else want
             assert (got[t].permute(2, 0, 1).float() - want).abs().max() <= 1.0
 
 
+def test_large_crops_are_area_averaged_not_aliased():
+    # A one-pixel checkerboard shrunk 4x: every output pixel averages 16 source pixels (grey), where
+    # bilinear sampling would pick a few and keep the pattern's extremes.
+    board = ((np.indices((96, 96)).sum(0) % 2) * 255).astype(np.uint8)
+    frame = np.repeat(board[..., None], 3, axis=-1)
+    got = data.crop_resize([frame], (0, 0, 96, 96), 24, False).float()
+    assert (got - 127.5).abs().max() <= 1.0
 def _sample(frames):
     return {f"f{t}.jpg": simplejpeg.encode_jpeg(f, quality=98, colorsubsampling="444") for t, f in enumerate(frames)}
 

@@ -75,7 +75,9 @@ class DataConfig:
     crop_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     crop_ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333333])
     hflip: float = 0.5
-    # Samples buffered per worker before decoding (compressed bytes, so this is cheap).
+    # Samples buffered per worker before decoding (compressed bytes, so this is cheap). A shard holds
+    # each video's pairs one after another, so the buffer must span many videos: a batch drawn from a
+    # buffer of a few videos' pairs trains on near-duplicates (seen in the tiny recipe, issue 6).
     shuffle_buffer: int = 2000
     num_workers: int = 8
 

@@ -27,11 +27,13 @@ from typing import Callable
 class DemoSize:
     """Knobs that trade the demo's run time for its margin. Defaults: ~5 minutes on 2 CPU cores."""
 
-    steps: int = 300
+    steps: int = 600
     batch: int = 16
     videos: int = 64
     video_frames: int = 96
     video_size: tuple = (96, 128)  # H, W
+    pairs_per_video: int = 32
+    gap: tuple = (1, 4)  # frames between f1 and f2 (30 fps), see run_demo
     sequences: int = 12
     sequence_frames: int = 32
     sequence_size: tuple = (96, 160)  # H, W
@@ -54,6 +56,7 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
     from siammae.propagate import PROTOCOLS, propagate
     from siammae.shard.run import ShardConfig, shard
     from siammae.shard.samples import EncodeSpec
+    from siammae.shard.sampling import SampleSpec
     from siammae.synth import synth_davis, synth_videos
     from siammae.train import main as train
 
@@ -70,7 +73,13 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
 
     t = _stage(log, 2, "shard the videos into WebDataset shards of frame pairs")
     # Frames keep their size (short side = the videos'), so crops of the 64-px recipe see whole objects.
-    config = ShardConfig(encode=EncodeSpec(short_side=min(size.video_size)), seed=size.seed)
+    # Gaps of 1-4 frames, not the paper's 4-48: the synthetic objects move up to 4 px and turn up to
+    # 3.4 degrees per frame on a 96-px frame, far faster than Kinetics. At gaps of 4-48 frames, f1
+    # copied in place predicted f2 worse than f2's mean colour (MSE 1.02 vs 0.68), so there was no
+    # correspondence to learn in minutes and the trained encoder only tied the random one (J&F 47.5
+    # vs 46.6); at 1-4 frames (0.20 vs 0.71) it scored 52.5 after 300 steps, 54.4 after 600 (issue 6).
+    config = ShardConfig(sample=SampleSpec(per_video=size.pairs_per_video, gap=size.gap),
+                         encode=EncodeSpec(short_side=min(size.video_size)), seed=size.seed)
     stats = shard(out / "videos", out / "shards", config, workers=2, progress=progress, log=log)
     log(f"    {stats['samples']} pairs in {stats['shards']} shards")
     timings["shard"] = time.time() - t
@@ -136,13 +145,19 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
     return report
 
 
-def verdict(results: dict) -> str | None:
-    """None when the trained encoder's J&F beats the random one's, else the message saying it does not."""
-    trained, random = (results[k]["J&F-Mean"] for k in ("trained", "random"))
-    if trained > random:
+# How far (in J&F points) the trained encoder must be ahead of the random one for the demo to pass.
+# At the default size it led by 5.0-6.8 points over training seeds 0-2 (J&F 52.5, 51.6, 53.4 vs
+# 46.6); each defect fixed in issue 6 left it at or below the random encoder (32-49).
+MARGIN = 3.0
+
+
+def verdict(results: dict, margin: float = MARGIN) -> str | None:
+    """None when the trained encoder's J&F beats the random one's by ``margin`` points, else why not."""
+    trained, random = (100 * results[k]["J&F-Mean"] for k in ("trained", "random"))
+    if trained >= random + margin:
         return None
-    return (f"the trained encoder (J&F {100 * trained:.1f}) does not beat the random one ({100 * random:.1f}): "
-            "something in data, model or training is broken")
+    return (f"the trained encoder (J&F {trained:.1f}) does not beat the random one ({random:.1f}) by "
+            f"{margin:g} points: something in data, model or training is broken")
 
 
 def comparison_table(results: dict) -> str:

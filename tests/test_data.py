@@ -91,6 +91,8 @@ def test_large_crops_are_area_averaged_not_aliased():
     frame = np.repeat(board[..., None], 3, axis=-1)
     got = data.crop_resize([frame], (0, 0, 96, 96), 24, False).float()
     assert (got - 127.5).abs().max() <= 1.0
+
+
 def _sample(frames):
     return {f"f{t}.jpg": simplejpeg.encode_jpeg(f, quality=98, colorsubsampling="444") for t, f in enumerate(frames)}
 

@@ -3,23 +3,7 @@
 import click
 
 from siammae.cli.shard import RangeType
-
-
-class HxW(click.ParamType):
-    """A frame size written ``HEIGHTxWIDTH``, both even (4:2:0 video)."""
-
-    name = "HxW"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            h, w = (int(v) for v in str(value).lower().split("x"))
-        except ValueError:
-            self.fail(f"{value!r} is not a size HxW such as 96x128", param, ctx)
-        if h < 16 or w < 16 or h % 2 or w % 2:
-            self.fail(f"{value!r}: height and width must be even and at least 16", param, ctx)
-        return h, w
+from siammae.cli.synth import SizeType
 
 
 @click.command()
@@ -35,12 +19,12 @@ class HxW(click.ParamType):
 @click.option("--gap", default="1-4", show_default=True, type=RangeType(),
               help="Frames between the two frames of a training pair (the synthetic objects move fast: "
               "see siammae/demo.py).")
-@click.option("--video-size", default="96x128", show_default=True, type=HxW(), help="Training video frame size.")
+@click.option("--video-size", default="96x128", show_default=True, type=SizeType(), help="Training video frame size.")
 @click.option("--sequences", default=12, show_default=True, type=click.IntRange(min=1),
               help="Validation sequences in the synthetic DAVIS set.")
 @click.option("--sequence-frames", default=32, show_default=True, type=click.IntRange(min=2),
               help="Frames per validation sequence.")
-@click.option("--sequence-size", default="96x160", show_default=True, type=HxW(),
+@click.option("--sequence-size", default="96x160", show_default=True, type=SizeType(),
               help="Validation frame size (propagated at this size).")
 @click.option("--seed", default=0, show_default=True, help="Seed of every generator and of training.")
 @click.option("--quiet", is_flag=True, help="No progress bars for the data and propagation stages "

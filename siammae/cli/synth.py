@@ -18,7 +18,7 @@ class SizeType(click.ParamType):
         try:
             h, w = (int(part) for part in str(value).lower().split("x"))
         except ValueError:
-            self.fail(f"{value!r} is not HEIGHTxWIDTH, e.g. 128x224", param, ctx)
+            self.fail(f"{value!r} is not a size HxW (HEIGHTxWIDTH), e.g. 128x224", param, ctx)
         if h < 16 or w < 16 or h % 2 or w % 2:
             self.fail(f"{value!r}: height and width must be even and at least 16", param, ctx)
         return h, w

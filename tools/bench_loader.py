@@ -5,7 +5,7 @@ Everything runs in this one process, pinned to one core with one thread, so the 
 (a DataLoader with W workers scales them by about W). Measured, in turns, median of --repeat runs:
 
   pipeline     siammae.data as the trainer runs it: tar read -> shuffle -> decode f0/f1 (simplejpeg)
-               -> one random-resized crop + flip for both frames -> 224 px uint8 batch. Once with
+               -> one random-resized crop + flip for both frames, cut into a 224 px uint8 batch. Once with
                repeated sampling 1 (one training pair per decoded pair: the like-for-like figure) and
                once with the recipe's 2 (training pairs per second as the trainer sees them).
   floor        tar read + the two JPEG decodes only: what any shard-based loader pays.
@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import simplejpeg  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
@@ -111,12 +112,15 @@ def on_the_fly_rate(videos, args, reuse: bool) -> float:
             first = rng.randrange(n - gap)
             frames = list(vr.get_batch([first, first + gap]).asnumpy())
             box = random_resized_crop(rng, *frames[0].shape[:2], (0.5, 1.0), (3 / 4, 4 / 3))
-            flip = rng.random() < 0.5
-            yield crop_resize(frames, box, args.size, flip)
+            yield frames, box, rng.random() < 0.5
 
     def batches(src):
-        while True:
-            yield to_chw(torch.stack([next(src) for _ in range(args.batch)]))
+        while True:  # cut into the batch, as the pipeline does
+            out = np.empty((args.batch, 2, args.size, args.size, 3), dtype=np.uint8)
+            for i in range(args.batch):
+                frames, box, flip = next(src)
+                crop_resize(frames, box, args.size, flip, out=out[i])
+            yield to_chw(torch.from_numpy(out))
 
     return timed(batches(pairs()), max(1, args.batches // 8), 1, args.batch)
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 @dataclass(frozen=True)
 class DemoSize:
-    """Knobs that trade the demo's run time for its margin. Defaults: ~5 minutes on 2 CPU cores."""
+    """Knobs that trade the demo's run time for its margin. Defaults: 3-5 minutes on 2 CPU cores."""
 
     steps: int = 600
     batch: int = 16
@@ -147,7 +147,7 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
 
 # How far (in J&F points) the trained encoder must be ahead of the random one for the demo to pass.
 # At 300 steps it led by 5.0-6.8 points over training seeds 0-2 (J&F 52.5, 51.6, 53.4 vs 46.6), at
-# the default 600 by 6.7-7.8 (seed 0, three runs); before the fixes of issue 6 it trailed, or led by
+# the default 600 by 6.5-7.8 (seed 0, five runs); before the fixes of issue 6 it trailed, or led by
 # under 3 (J&F 32-49.5).
 MARGIN = 3.0
 

@@ -32,13 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import simplejpeg  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 
 from siammae.config import load_config  # noqa: E402
-from siammae.data import crop_resize, make_dataset, random_resized_crop, resolve_shards, to_chw  # noqa: E402
+from siammae.data import View, batches, make_dataset, random_resized_crop, resolve_shards  # noqa: E402
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov"}
 
@@ -104,7 +103,8 @@ def on_the_fly_rate(videos, args, reuse: bool) -> float:
 
     def pairs():
         while True:
-            vr = reader(rng.choice(videos))
+            path = rng.choice(videos)
+            vr = reader(path)
             n, fps = len(vr), vr.get_avg_fps() or 30.0
             gap = max(1, round(rng.randint(4, 48) * fps / 30.0))
             if n <= gap:
@@ -112,17 +112,10 @@ def on_the_fly_rate(videos, args, reuse: bool) -> float:
             first = rng.randrange(n - gap)
             frames = list(vr.get_batch([first, first + gap]).asnumpy())
             box = random_resized_crop(rng, *frames[0].shape[:2], (0.5, 1.0), (3 / 4, 4 / 3))
-            yield frames, box, rng.random() < 0.5
+            yield View(frames, box, rng.random() < 0.5, str(path))
 
-    def batches(src):
-        while True:  # cut into the batch, as the pipeline does
-            out = np.empty((args.batch, 2, args.size, args.size, 3), dtype=np.uint8)
-            for i in range(args.batch):
-                frames, box, flip = next(src)
-                crop_resize(frames, box, args.size, flip, out=out[i])
-            yield to_chw(torch.from_numpy(out))
-
-    return timed(batches(pairs()), max(1, args.batches // 8), 1, args.batch)
+    # Cut into batches by the pipeline's own batch stage, so both loaders pay the same after decoding.
+    return timed(batches(args.batch, args.size)(pairs()), max(1, args.batches // 8), 1, args.batch)
 
 
 def main() -> None:

@@ -130,6 +130,11 @@ class EvalConfig:
     queue: Optional[int] = None
     radius: Optional[float] = None
     temperature: Optional[float] = None
+    # J&F during pre-training (siammae.monitor): a DAVIS-format folder; empty = no evaluation.
+    davis: str = ""
+    every: int = 0  # optimizer steps between evaluations; 0 = at every checkpoint (train.save_every)
+    sequences: int = 0  # the first N sequences of the val split; 0 = all
+    size: int = 0  # short side of the frames fed to the encoder; 0 = the protocol's (480)
 
 
 @dataclass
@@ -308,6 +313,9 @@ def validate(cfg: Config) -> None:
     lo, hi = cfg.data.crop_scale
     if not 0 < lo <= hi <= 1:
         raise ConfigError(f"data.crop_scale={cfg.data.crop_scale}: need 0 < min <= max <= 1")
+    for key in ("every", "sequences", "size"):
+        if getattr(cfg.eval, key) < 0:
+            raise ConfigError(f"eval.{key}={getattr(cfg.eval, key)}: must be >= 0")
     if cfg.train.global_batch_size % cfg.train.grad_accum:
         raise ConfigError("train.global_batch_size must be divisible by train.grad_accum")
 

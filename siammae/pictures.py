@@ -67,16 +67,24 @@ def read_metrics(metrics_path) -> list:
 
 
 def plot_loss_curve(metrics_path, png_path) -> Path:
-    """Loss (log scale) and learning rate against the optimizer step, from a run's metrics.jsonl."""
+    """Loss (log scale) and learning rate against the optimizer step, from a run's metrics.jsonl; when
+    the run evaluated J&F during training (``eval.davis``), a second panel under it: J&F against the
+    same steps, with the random-init (step 0) and copy-frame-0-in-place levels as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [r for r in read_metrics(metrics_path) if "loss" in r and "step" in r]
+    everything = read_metrics(metrics_path)
+    records = [r for r in everything if "loss" in r and "step" in r]
+    evals = [r for r in everything if "eval_jf" in r and "step" in r]
     steps = [r["step"] for r in records]
     losses = [r["loss"] if r["loss"] is not None and math.isfinite(r["loss"]) else float("nan") for r in records]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if evals:
+        fig, (ax, jf_ax) = plt.subplots(2, 1, figsize=(7, 6.5), dpi=100, sharex=True,
+                                        gridspec_kw=dict(height_ratios=[3, 2]))
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot(steps, losses, color="tab:blue", label="loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("reconstruction loss (masked f2 patches)")
@@ -88,6 +96,19 @@ def plot_loss_curve(metrics_path, png_path) -> Path:
         lr_ax.plot(steps, [r["lr"] for r in records], color="tab:orange", alpha=0.6, label="lr")
         lr_ax.set_ylabel("learning rate", color="tab:orange")
     ax.set_title(f"{Path(metrics_path).parent.name}: {len(records)} log points")
+    if evals:
+        jf_ax.plot([r["step"] for r in evals], [r["eval_jf"] for r in evals], "o-", color="tab:green",
+                   label="J&F of the encoder")
+        first = [r for r in evals if r["step"] == 0]
+        if first:
+            jf_ax.axhline(first[-1]["eval_jf"], color="tab:red", ls="--", lw=1, label="random init (step 0)")
+            if "eval_copy_jf" in first[-1]:
+                jf_ax.axhline(first[-1]["eval_copy_jf"], color="0.4", ls=":", lw=1, label="copy frame 0 in place")
+        jf_ax.set_xlabel("optimizer step")
+        jf_ax.set_ylabel("J&F (label propagation)")
+        jf_ax.grid(True, alpha=0.3)
+        jf_ax.legend(fontsize=8, loc="best")
+        ax.set_xlabel("")
     fig.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)

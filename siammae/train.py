@@ -201,6 +201,46 @@ def keep_metrics_until(metrics_path: Path, step: int) -> None:
     metrics_path.write_text("".join(k + "\n" for k in kept))
 
 
+def append_metrics(out: Path, record: dict) -> None:
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def make_monitor(cfg):
+    """The J&F monitor when ``eval.davis`` is set (its folder is checked now: DavisError), else None."""
+    if not cfg.eval.davis:
+        return None
+    from siammae.monitor import DavisMonitor
+
+    return DavisMonitor(cfg, cfg.train.output_dir)
+
+
+def run_monitor(monitor, accelerator, model, step: int, out: Path, cfg, bar=None) -> None:
+    """Evaluate on rank 0 and log the record (metrics.jsonl, TensorBoard, the terminal); the other
+    ranks wait at a barrier, so none runs ahead into the next all-reduce alone."""
+    if accelerator.is_main_process:
+        record = monitor.evaluate(accelerator.unwrap_model(model).encoder, step, accelerator.device)
+        append_metrics(out, record)
+        if "eval_error" in record:
+            text = f"warning: evaluation at step {step} failed (training goes on): {record['eval_error']}"
+        else:
+            if cfg.train.tensorboard:
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            text = (f"step {step}: J&F {record['eval_jf']:.3f}"
+                    + (f" (copying frame 0 in place: {record['eval_copy_jf']:.3f})" if "eval_copy_jf" in record else "")
+                    + f", token cosine {record['eval_mean_cosine']:.3f}, effective rank "
+                    f"{record['eval_effective_rank']:.1f}, position share {record['eval_position_share']:.3f} "
+                    f"[{record['eval_seconds']:.0f} s]")
+        (bar.write if bar is not None else print)(text)
+        try:
+            from siammae.pictures import plot_loss_curve
+
+            plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
+        except Exception as e:  # noqa: BLE001 - a picture is never worth a run
+            (bar.write if bar is not None else print)(f"warning: loss_curve.png not drawn: {e}")
+    accelerator.wait_for_everyone()
+
+
 def flat_hparams(cfg) -> dict:
     """The config as TensorBoard hparams (scalars and strings only)."""
     flat = {}
@@ -248,10 +288,13 @@ def main(argv=None, on_step=None) -> dict:
     every rank after every optimizer step (the tests use it)."""
     args = parse_args(argv)
     # Everything that can be wrong in the command line fails here, before any work.
+    from siammae.davis import DavisError
+
     try:
         cfg = load_config(args.recipe, args.overrides)
         urls = resolve_shards(cfg.data.shards)
-    except (ConfigError, DataError) as e:
+        monitor = make_monitor(cfg)
+    except (ConfigError, DataError, DavisError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -334,6 +377,11 @@ def main(argv=None, on_step=None) -> dict:
         f"{cfg.train.global_batch_size} pairs ({micro_batch} per process x {accum} accumulation), "
         f"warm-up {warmup_steps} steps, peak lr {peak_lr:.3g}; run folder {out}")
 
+    if monitor is not None:
+        say(f"evaluation: {monitor.describe()}")
+        if progress.step == 0:
+            run_monitor(monitor, accelerator, model, 0, out, cfg)
+
     bar = tqdm(total=total_steps, initial=progress.step, disable=not main_proc, dynamic_ncols=True,
                unit="step", smoothing=0.05)
     session_start, session_start_step = time.perf_counter(), progress.step
@@ -408,8 +456,7 @@ def main(argv=None, on_step=None) -> dict:
                           data_wait=window["wait"] / elapsed, skipped=progress.skipped,
                           nonfinite=progress.nonfinite, overflow=progress.overflow)
             if main_proc:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_metrics(out, record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", pairs_s=f"{record['pairs_per_s']:.1f}",
                                 skipped=progress.skipped, refresh=False)
             if cfg.train.tensorboard:
@@ -424,6 +471,8 @@ def main(argv=None, on_step=None) -> dict:
             raise SystemExit(1)
         if main_proc and cfg.train.recon_every > 0 and (step % cfg.train.recon_every == 0 or step == total_steps):
             write_recon(accelerator, model, frames_u8, out, step, cfg)
+        if monitor is not None and monitor.due(step, total_steps):
+            run_monitor(monitor, accelerator, model, step, out, cfg, bar)
         if step % cfg.train.save_every == 0 or step == total_steps or signalled:
             progress.train_seconds = seconds_before + time.perf_counter() - session_start
             last_ckpt = save_checkpoint(accelerator, ckpt_root, step, cfg.train.keep_last)

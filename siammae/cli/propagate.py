@@ -4,6 +4,9 @@ A thin wrapper over :mod:`siammae.checkpoint`, :mod:`siammae.propagate` and :mod
 torch is imported inside the command so ``--help`` is instant.
 """
 
+import json
+from pathlib import Path
+
 import click
 
 from siammae.cli.evaluate import parse_sequences, run_evaluation
@@ -125,7 +128,27 @@ def propagate(davis, checkpoint, weights, weights_prefix, random_init, out, spli
     except (DavisError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     t = record["timing"]
+    from siammae.diagnostics import describe
     click.echo(f"propagated {len(record['sequences'])} sequences, {t['frames']} frames in {t['seconds']:.1f} s "
                f"({t['fps']:.2f} frames/s) with protocol {chosen.name} -> {out}")
+    diag = feature_diagnostics(encoder, seqs, chosen, device, davis, split, resolution, with_copy=not no_eval)
+    click.echo(describe(diag))
+    record_path = Path(out) / "propagation.json"
+    record["diagnostics"] = diag
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
     if not no_eval:
         run_evaluation(davis, out, split, record["sequences"], resolution)
+
+
+def feature_diagnostics(encoder, seqs, protocol, device, davis, split, resolution, with_copy: bool) -> dict:
+    """The encoder's token figures (and the copy-in-place J&F), added to OUT/propagation.json by the caller."""
+    import tempfile
+
+    from siammae.diagnostics import copy_first_frame_jf, encoder_diagnostics
+    from siammae.propagate import FeatureExtractor
+
+    diag = encoder_diagnostics(FeatureExtractor(encoder, protocol, device), seqs)
+    if with_copy:
+        with tempfile.TemporaryDirectory(prefix="siammae-copy-") as tmp:
+            diag["copy_jf"] = round(copy_first_frame_jf(davis, seqs, tmp, split, resolution), 4)
+    return diag

@@ -108,14 +108,42 @@ def videos(out, num_videos, frames, size, fps, seed, objects, split, suffix):
 @click.option("--objects", type=RangeType(), default="2-4", show_default=True, help="Objects per sequence.")
 @click.option("--split", type=click.Choice(["train", "val", "all"]), default="val", show_default=True,
               help=SPLIT_HELP)
-def davis(out, sequences, train_sequences, frames, size, seed, objects, split):
-    """Write a synthetic DAVIS-2017-format set to OUT.
+@click.option("--from-videos", "videos_dir", type=click.Path(exists=True, file_okay=False),
+              help="Composite real video instead: backgrounds are runs of these videos' frames, objects are "
+                   "regions cut from their frames (exact masks). --size then defaults to 480x854, "
+                   "--objects to 2-3.")
+@click.option("--hard", is_flag=True,
+              help="With --from-videos: cut each object from its own background video, so colour alone does "
+                   "not tell them apart.")
+def davis(out, sequences, train_sequences, frames, size, seed, objects, split, videos_dir, hard):
+    """Write a DAVIS-2017-format set to OUT: synthetic, or composited from real videos (--from-videos).
 
     \b
     OUT/JPEGImages/480p/<seq>/00000.jpg ...
     OUT/Annotations/480p/<seq>/00000.png ...   palette PNGs, pixel = object id
     OUT/ImageSets/2017/val.txt, train.txt
+    OUT/composite.json                         (--from-videos) where each sequence's pixels came from
     """
+    src = click.get_current_context().get_parameter_source
+    if videos_dir is not None:
+        from siammae.composite import CompositeError, composite_davis
+
+        if train_sequences or src("split").name != "DEFAULT":
+            raise click.UsageError("--train-sequences and --split are for synthetic sets, not --from-videos")
+        size = size if src("size").name != "DEFAULT" else (480, 854)
+        objects = objects if src("objects").name != "DEFAULT" else (2, 3)
+        bar, step = _progress(sequences, "seq")
+        try:
+            with bar:
+                names = composite_davis(videos_dir, out, num_sequences=sequences, frames=frames, size=size,
+                                        seed=seed, hard=hard, objects=objects, progress=step)
+        except CompositeError as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(f"wrote {len(names)} sequences of {frames} frames at {size[0]}x{size[1]} composited from "
+                   f"{videos_dir}{' (hard: objects from their own background video)' if hard else ''} to {out}")
+        return
+    if hard:
+        raise click.UsageError("--hard needs --from-videos")
     from siammae.synth import synth_davis
 
     bar, step = _progress(sequences + train_sequences, "seq")

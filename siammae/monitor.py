@@ -1,0 +1,94 @@
+"""J&F during pre-training: label propagation with the current encoder on a DAVIS-format set.
+
+Pre-training's loss says how well masked patches are reconstructed, not whether the features track
+anything; on real video the two can move in opposite directions (a falling loss and falling J&F). The
+trainer calls :meth:`DavisMonitor.evaluate` on rank 0 at step 0 (the random-init baseline: the run's
+own initial weights) and every ``eval.every`` steps; each call returns one ``metrics.jsonl`` record:
+
+    {"step": 400, "eval_jf": 0.41, "eval_j": 0.44, "eval_f": 0.38, "eval_mean_cosine": 0.61,
+     "eval_effective_rank": 9.6, "eval_position_share": 0.30, "eval_seconds": 21.5}
+
+and, with the step-0 record only, ``eval_copy_jf`` (copying frame 0's labels in place: a floor any
+encoder that tracks motion should beat). An evaluation that fails returns ``{"step", "eval_error"}``
+instead of raising: training never dies for its monitor.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+
+class DavisMonitor:
+    """Built before training, so a wrong ``eval.davis`` is an error before any step (DavisError)."""
+
+    def __init__(self, cfg, out_dir):
+        from siammae.checkpoint import EncoderInfo
+        from siammae.davis import select_sequences
+        from siammae.model import timm_name
+        from siammae.propagate import PROTOCOLS, check_davis
+
+        e = cfg.eval
+        self.root = Path(e.davis)
+        names = select_sequences(self.root, "val")
+        self.seqs = check_davis(self.root, "val", names[: e.sequences] if e.sequences else names)
+        incomplete = [s.name for s in self.seqs if len(s.annotations) != len(s.frames)]
+        if incomplete:
+            from siammae.davis import DavisError
+
+            raise DavisError(f"eval.davis={e.davis}: sequence(s) without an annotation for every frame "
+                             f"cannot be scored: {', '.join(incomplete[:5])}")
+        self.every = e.every or cfg.train.save_every
+        self.protocol = PROTOCOLS[e.protocol].replace(topk=e.topk, queue=e.queue, radius=e.radius,
+                                                      temperature=e.temperature, short_side=e.size or None)
+        self.work = Path(out_dir) / "eval"
+        self.info = EncoderInfo(timm_name(cfg.model), cfg.model.patch_size, cfg.model.img_size, "training")
+
+    def due(self, step: int, total: int) -> bool:
+        return step == 0 or step % self.every == 0 or step == total
+
+    def describe(self) -> str:
+        return (f"J&F on {len(self.seqs)} sequence(s) of {self.root} every {self.every} steps "
+                f"(protocol {self.protocol.name}, short side {self.protocol.short_side})")
+
+    def _eval_copy(self, encoder: torch.nn.Module) -> torch.nn.Module:
+        """The training encoder's weights (copied) in a ViT that takes any input size, positions
+        interpolated exactly as ``siammae propagate`` loads a checkpoint. Built on the meta device: a
+        random initialisation here would draw from, and so change, the training's random stream."""
+        from siammae.checkpoint import create_vit, load_strict
+
+        vit = create_vit(self.info, dynamic=True)
+        load_strict(vit, {k: v.detach().clone() for k, v in encoder.state_dict().items()}, "the training encoder")
+        return vit
+
+    def evaluate(self, encoder: torch.nn.Module, step: int, device) -> dict:
+        """Propagate with ``encoder`` (the bare timm ViT) and score; never raises."""
+        try:
+            return self._evaluate(encoder, step, torch.device(device))
+        except Exception as e:  # noqa: BLE001 - any failure is reported, training goes on
+            return dict(step=step, eval_error=f"{type(e).__name__}: {e}")
+
+    def _evaluate(self, encoder, step: int, device) -> dict:
+        from siammae.diagnostics import copy_first_frame_jf, encoder_diagnostics
+        from siammae.measures import evaluate
+        from siammae.propagate import FeatureExtractor, propagate
+
+        start = time.perf_counter()
+        vit = self._eval_copy(encoder)
+        names = [s.name for s in self.seqs]
+        results = self.work / "latest"
+        if results.exists():
+            shutil.rmtree(results)
+        propagate(vit, self.root, results, self.protocol, sequences=names, device=device, progress=False)
+        row = evaluate(self.root, results, "val", names).global_row()
+        diag = encoder_diagnostics(FeatureExtractor(vit, self.protocol, device), self.seqs)
+        record = dict(step=step, eval_jf=row["J&F-Mean"], eval_j=row["J-Mean"], eval_f=row["F-Mean"],
+                      eval_mean_cosine=diag["mean_cosine"], eval_effective_rank=diag["effective_rank"],
+                      eval_position_share=diag["position_share"])
+        if step == 0:
+            record["eval_copy_jf"] = copy_first_frame_jf(self.root, self.seqs, self.work / "copy_first_frame")
+        record["eval_seconds"] = round(time.perf_counter() - start, 2)
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}

@@ -39,7 +39,7 @@ class DavisMonitor:
         if incomplete:
             from siammae.davis import DavisError
 
-            raise DavisError(f"eval.davis={e.davis}: sequence(s) without an annotation for every frame "
+            raise DavisError(f"sequence(s) without an annotation for every frame "
                              f"cannot be scored: {', '.join(incomplete[:5])}")
         self.every = e.every or cfg.train.save_every
         self.protocol = PROTOCOLS[e.protocol].replace(topk=e.topk, queue=e.queue, radius=e.radius,

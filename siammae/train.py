@@ -210,9 +210,13 @@ def make_monitor(cfg):
     """The J&F monitor when ``eval.davis`` is set (its folder is checked now: DavisError), else None."""
     if not cfg.eval.davis:
         return None
+    from siammae.davis import DavisError
     from siammae.monitor import DavisMonitor
 
-    return DavisMonitor(cfg, cfg.train.output_dir)
+    try:
+        return DavisMonitor(cfg, cfg.train.output_dir)
+    except DavisError as e:
+        raise ConfigError(f"eval.davis={cfg.eval.davis}: {e}") from None
 
 
 def run_monitor(monitor, accelerator, model, step: int, out: Path, cfg, bar=None) -> None:
@@ -288,13 +292,11 @@ def main(argv=None, on_step=None) -> dict:
     every rank after every optimizer step (the tests use it)."""
     args = parse_args(argv)
     # Everything that can be wrong in the command line fails here, before any work.
-    from siammae.davis import DavisError
-
     try:
         cfg = load_config(args.recipe, args.overrides)
         urls = resolve_shards(cfg.data.shards)
         monitor = make_monitor(cfg)
-    except (ConfigError, DataError, DavisError) as e:
+    except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -214,6 +214,10 @@ def test_propagate_command_end_to_end(tmp_path):
     assert saved["encoder"]["timm_model"] == "vit_tiny_patch16_224" and saved["encoder"]["weights"] is None
     assert saved["sequences"] == ["b"]
     assert (tmp_path / "out" / "overlays" / "b.png").is_file()
+    diag = saved["diagnostics"]
+    assert "features: mean token cosine in a frame" in r.output and "copying frame 0 in place" in r.output
+    assert -1 <= diag["mean_cosine"] <= 1 and 1 <= diag["effective_rank"] <= 192
+    assert 0 <= diag["position_share"] <= 1 and 0 <= diag["copy_jf"] <= 1
     rows = (tmp_path / "out" / "per-sequence_results-val.csv").read_text().splitlines()
     assert rows[1].startswith("b_1,")
 

@@ -287,3 +287,55 @@ def test_persistent_non_finite_loss_stops_with_a_clear_message(shards, tmp_path)
     assert "not finite for 3 steps in a row" in proc.stderr and "stopping at step" in proc.stderr
     recs = metrics(tmp_path / "run")
     assert recs[-1]["nonfinite"] == 3
+
+
+# ----------------------------------------------------------------------------- J&F during training
+
+
+@pytest.fixture(scope="module")
+def small_davis(tmp_path_factory):
+    from siammae.synth import synth_davis
+
+    root = tmp_path_factory.mktemp("davis")
+    synth_davis(root, num_sequences=2, frames=4, size=(48, 80), seed=0)
+    return root
+
+
+def test_jf_is_evaluated_at_step_0_and_every_n_steps_and_drawn(shards, small_davis, tmp_path):
+    out = tmp_path / "run"
+    proc = trainer(out, shards, f"eval.davis={small_davis}", "eval.every=6", "eval.size=48", "eval.sequences=1",
+                   "data.num_workers=0")
+    evals = [r for r in metrics(out) if "eval_jf" in r]
+    assert [r["step"] for r in evals] == [0, 6, 12]
+    assert "eval_copy_jf" in evals[0] and all("eval_copy_jf" not in r for r in evals[1:])
+    for r in evals:
+        assert 0 <= r["eval_jf"] <= 1 and 1 <= r["eval_effective_rank"] and 0 <= r["eval_position_share"] <= 1
+    assert "step 0: J&F" in proc.stdout + proc.stderr
+    assert (out / "loss_curve.png").stat().st_size > 1000
+    assert sorted(p.name for p in (out / "eval" / "latest").iterdir() if p.is_dir()) == ["synth-000"]
+    # The monitor draws nothing from the training's random stream: same weights as a run without it.
+    plain = tmp_path / "plain"
+    trainer(plain, shards, "data.num_workers=0")
+    a = load_file(out / "checkpoints" / "checkpoint_12" / "model.safetensors")
+    b = load_file(plain / "checkpoints" / "checkpoint_12" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_failing_evaluation_is_logged_and_training_goes_on(shards, small_davis, tmp_path):
+    import shutil
+
+    davis = tmp_path / "davis"
+    shutil.copytree(small_davis, davis)
+    (davis / "JPEGImages/480p/synth-000/00002.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    proc = trainer(out, shards, f"eval.davis={davis}", "eval.every=6", "eval.size=48", "data.num_workers=0")
+    errors = [r for r in metrics(out) if "eval_error" in r]
+    assert [r["step"] for r in errors] == [0, 6, 12] and "00002.jpg" in errors[0]["eval_error"]
+    assert "evaluation at step 6 failed (training goes on)" in proc.stdout + proc.stderr
+    assert (out / "checkpoints" / "checkpoint_12").is_dir()
+
+
+def test_a_missing_eval_folder_fails_before_any_work(shards, tmp_path):
+    proc = trainer(tmp_path / "run", shards, f"eval.davis={tmp_path / 'nowhere'}", check=False)
+    assert proc.returncode == 2 and "eval.davis=" in proc.stderr and "nowhere" in proc.stderr
+    assert not (tmp_path / "run").exists()

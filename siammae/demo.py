@@ -1,26 +1,32 @@
-"""The whole pipeline on data the package makes itself, with a learned-vs-random comparison.
+"""The whole pipeline on data the package makes itself, or on the user's own videos, with a
+learned-vs-random comparison.
 
 Stages (each one the real code path a user runs on Kinetics and DAVIS):
 
-1. ``synth_videos``: textured objects moving over moving backgrounds, encoded as real video files.
+1. Training videos: ``synth_videos`` (textured objects moving over moving backgrounds, encoded as real
+   video files), or the user's folder of real videos (``videos_dir``).
 2. ``siammae.shard.shard``: videos -> WebDataset shards of JPEG frame pairs.
-3. ``siammae.train.main``: the ``tiny`` recipe with the real Accelerate trainer on the CPU.
-4. ``synth_davis``: a held-out DAVIS-2017-format set (texture and shape families never seen in
-   training, other seeds).
+3. A DAVIS-2017-format set: ``synth_davis`` (texture and shape families never seen in training, other
+   seeds), or with real videos ``composite_davis``: regions cut from the videos moving over runs of
+   their frames (the objects' motion and the composites are new, the imagery is not).
+4. ``siammae.train.main``: the ``tiny`` recipe with the real Accelerate trainer on the CPU, evaluating
+   J&F on a few of those sequences as it trains (``eval.davis``), so the curve shows when it helps.
 5. ``siammae.propagate.propagate`` + ``siammae.measures.evaluate`` with the trained encoder and with a
    randomly initialised encoder of the same architecture, side by side.
-6. Pictures: the loss curve, the trainer's reconstructions, mask overlays.
+6. Pictures: the loss and J&F curves, the trainer's reconstructions, mask overlays.
 
-If the trained encoder does not beat the random one, something in the chain is broken.
+If the trained encoder does not beat the random one, something in the chain is broken (or, on real
+video, the budget is too small: see ``REAL``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,7 @@ class DemoSize:
 
     steps: int = 600
     batch: int = 16
-    videos: int = 64
+    videos: int = 64  # synthetic videos to make (unused with real videos)
     video_frames: int = 96
     video_size: tuple = (96, 128)  # H, W
     pairs_per_video: int = 32
@@ -37,8 +43,18 @@ class DemoSize:
     sequences: int = 12
     sequence_frames: int = 32
     sequence_size: tuple = (96, 160)  # H, W
+    eval_size: int = 0  # short side frames are propagated at; 0 = as stored
+    eval_every: int = 200  # steps between J&F evaluations during training
+    eval_sequences: int = 4  # sequences evaluated during training (all of them at the end)
     overlays: int = 3  # frames in each sequence's overlay strip
     seed: int = 0
+
+
+# The demo on real videos (``siammae demo --videos DIR``): DAVIS-like frames, propagated at short side
+# 128, the scale the 64-px training crops of 256-px frames see (a patch of 8 px covers about the same
+# part of the scene in both). Pair gaps and steps: see the closing note of issue 12 and tiny.yaml.
+REAL = dataclasses.replace(DemoSize(), pairs_per_video=400, gap=(4, 48), sequences=6, sequence_frames=30,
+                           sequence_size=(480, 854), eval_size=128, eval_sequences=3)
 
 
 def _stage(log, n: int, text: str) -> float:
@@ -46,11 +62,16 @@ def _stage(log, n: int, text: str) -> float:
     return time.time()
 
 
-def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = print, progress: bool = True) -> dict:
-    """Run every stage into ``out``; returns the two evaluations and where everything is."""
+def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = print, progress: bool = True,
+             videos_dir: Optional[str] = None, hard: bool = False) -> dict:
+    """Run every stage into ``out``; returns the two evaluations and where everything is.
+
+    ``videos_dir``: train on these real videos and evaluate on a set composited from them (``hard``:
+    objects cut from their own background video) instead of synthetic data."""
     import torch
 
     from siammae.checkpoint import load_encoder
+    from siammae.composite import composite_davis, find_sources
     from siammae.measures import evaluate, write_csvs
     from siammae.pictures import plot_loss_curve
     from siammae.propagate import PROTOCOLS, propagate
@@ -65,26 +86,48 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
     started = time.time()
     timings = {}
 
-    t = _stage(log, 1, f"synthetic videos: {size.videos} x {size.video_frames} frames at "
-                       f"{size.video_size[0]}x{size.video_size[1]}")
-    synth_videos(out / "videos", num_videos=size.videos, frames=size.video_frames, size=size.video_size,
-                 seed=size.seed, split="train")
+    if videos_dir is None:
+        t = _stage(log, 1, f"synthetic videos: {size.videos} x {size.video_frames} frames at "
+                           f"{size.video_size[0]}x{size.video_size[1]}")
+        videos = out / "videos"
+        synth_videos(videos, num_videos=size.videos, frames=size.video_frames, size=size.video_size,
+                     seed=size.seed, split="train")
+    else:
+        t = _stage(log, 1, f"real videos in {videos_dir}")
+        videos = Path(videos_dir)
+        log(f"    {len(find_sources(videos))} readable videos")
     timings["videos"] = time.time() - t
 
     t = _stage(log, 2, "shard the videos into WebDataset shards of frame pairs")
-    # Frames keep their size (short side = the videos'), so crops of the 64-px recipe see whole objects.
-    # Gaps of 1-4 frames, not the paper's 4-48: the synthetic objects move up to 4 px and turn up to
-    # 3.4 degrees per frame on a 96-px frame, far faster than Kinetics. At gaps of 4-48 frames, f1
+    # Synthetic frames keep their size (short side = the videos'), so crops of the 64-px recipe see
+    # whole objects; real ones are stored 256 px on the short side, as for Kinetics.
+    # Synthetic gaps of 1-4 frames, not the paper's 4-48: the synthetic objects move up to 4 px and turn
+    # up to 3.4 degrees per frame on a 96-px frame, far faster than Kinetics. At gaps of 4-48 frames, f1
     # copied in place predicted f2 worse than f2's mean colour (MSE 1.02 vs 0.68), so there was no
     # correspondence to learn in minutes and the trained encoder only tied the random one (J&F 47.5
     # vs 46.6); at 1-4 frames (0.20 vs 0.71) it scored 52.5 after 300 steps, 54.4 after 600 (issue 6).
-    config = ShardConfig(sample=SampleSpec(per_video=size.pairs_per_video, gap=size.gap),
-                         encode=EncodeSpec(short_side=min(size.video_size)), seed=size.seed)
-    stats = shard(out / "videos", out / "shards", config, workers=2, progress=progress, log=log)
+    encode = EncodeSpec(short_side=min(size.video_size)) if videos_dir is None else EncodeSpec()
+    config = ShardConfig(sample=SampleSpec(per_video=size.pairs_per_video, gap=size.gap), encode=encode,
+                         seed=size.seed)
+    stats = shard(videos, out / "shards", config, workers=2, progress=progress, log=log)
     log(f"    {stats['samples']} pairs in {stats['shards']} shards")
     timings["shard"] = time.time() - t
 
-    t = _stage(log, 3, f"train the tiny recipe for {size.steps} steps of {size.batch} pairs (CPU)")
+    davis = out / "davis"
+    if videos_dir is None:
+        t = _stage(log, 3, f"held-out synthetic DAVIS-2017 set: {size.sequences} sequences x "
+                           f"{size.sequence_frames} frames (texture/shape families unseen in training)")
+        synth_davis(davis, num_sequences=size.sequences, frames=size.sequence_frames, size=size.sequence_size,
+                    seed=size.seed + 1, split="val")
+    else:
+        t = _stage(log, 3, f"DAVIS-2017-format set composited from the videos{' (hard)' if hard else ''}: "
+                           f"{size.sequences} sequences x {size.sequence_frames} frames")
+        composite_davis(videos, davis, num_sequences=size.sequences, frames=size.sequence_frames,
+                        size=size.sequence_size, seed=size.seed + 1, hard=hard)
+    timings["davis"] = time.time() - t
+
+    t = _stage(log, 4, f"train the tiny recipe for {size.steps} steps of {size.batch} pairs (CPU), "
+                       f"J&F on {size.eval_sequences} sequences every {size.eval_every} steps")
     run_dir = out / "run"
     summary = train([
         "tiny",
@@ -94,19 +137,16 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
         f"train.global_batch_size={size.batch}",
         f"train.seed={size.seed}",
         "train.resume=never",
+        f"eval.davis={davis}",
+        f"eval.every={size.eval_every}",
+        f"eval.sequences={size.eval_sequences}",
+        f"eval.size={size.eval_size}",
     ])
     timings["train"] = time.time() - t
 
-    t = _stage(log, 4, f"held-out synthetic DAVIS-2017 set: {size.sequences} sequences x "
-                       f"{size.sequence_frames} frames (texture/shape families unseen in training)")
-    davis = out / "davis"
-    synth_davis(davis, num_sequences=size.sequences, frames=size.sequence_frames, size=size.sequence_size,
-                seed=size.seed + 1, split="val")
-    timings["davis"] = time.time() - t
-
     t = _stage(log, 5, "label propagation + J&F: trained encoder vs random encoder")
-    # The paper's DAVIS settings; frames at their native size (the synthetic set is small).
-    protocol = PROTOCOLS["siammae"].replace(short_side=0)
+    # The paper's DAVIS settings at the demo's input size.
+    protocol = PROTOCOLS["siammae"].replace(short_side=size.eval_size)
     results = {}
     for name, random_init in (("trained", False), ("random", True)):
         torch.manual_seed(size.seed)
@@ -126,6 +166,7 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
     timings["total"] = time.time() - started
 
     report = {
+        "data": "synthetic" if videos_dir is None else dict(videos=str(videos_dir), hard=hard),
         "results": results,
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "train_summary": summary,

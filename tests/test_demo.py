@@ -83,7 +83,7 @@ def test_verdict_needs_the_trained_encoder_ahead_by_the_margin():
 def test_cli_runs_the_shortened_demo(tmp_path):
     from siammae.cli.demo import demo
 
-    args = ["--out", str(tmp_path / "d"), "--steps", "2", "--batch", "4", "--videos", "3", "--video-frames", "20",
+    args = ["--out", str(tmp_path / "d"), "--steps", "2", "--batch", "4", "--num-videos", "3", "--video-frames", "20",
             "--video-size", "64x80", "--sequences", "1", "--sequence-frames", "4", "--sequence-size", "48x64",
             "--quiet"]
     result = CliRunner().invoke(demo, args)
@@ -105,3 +105,26 @@ def test_cli_rejects_a_malformed_size(tmp_path):
     result = CliRunner().invoke(demo, ["--out", str(tmp_path / "d"), "--video-size", "64"])
     assert result.exit_code == 2 and "HxW" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_cli_runs_the_demo_on_a_folder_of_real_videos(tmp_path):
+    """--videos DIR: the user's files are sharded as they are, the DAVIS set is composited from them and
+    J&F is tracked during training (synthetic files stand in for real ones: tests never read ../shared)."""
+    from siammae.cli.demo import demo
+    from siammae.synth import synth_videos
+
+    synth_videos(tmp_path / "mine", num_videos=2, frames=16, size=(48, 64), seed=4)
+    args = ["--out", str(tmp_path / "d"), "--videos", str(tmp_path / "mine"), "--hard", "--steps", "2",
+            "--batch", "4", "--pairs-per-video", "4", "--sequences", "1", "--sequence-frames", "4",
+            "--sequence-size", "48x80", "--quiet"]
+    result = CliRunner().invoke(demo, args)
+    assert "J&F-Mean" in result.output, result.output
+    report = json.loads((tmp_path / "d" / "demo.json").read_text())
+    assert report["data"] == {"videos": str(tmp_path / "mine"), "hard": True}
+    provenance = json.loads((tmp_path / "d" / "davis" / "composite.json").read_text())
+    assert provenance["settings"]["hard"] and list(provenance["sequences"]) == ["real-hard-000"]
+    assert not (tmp_path / "d" / "videos").exists()  # the user's videos are used where they are
+    evals = [json.loads(line) for line in (tmp_path / "d" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if "eval_jf" in r] == [0, 2]
+    r = CliRunner().invoke(demo, ["--out", str(tmp_path / "e"), "--hard"])
+    assert r.exit_code == 2 and "--hard needs --videos" in r.output

@@ -1,4 +1,4 @@
-"""``siammae demo``: the whole pipeline on synthetic data, trained encoder vs random encoder."""
+"""``siammae demo``: the whole pipeline on synthetic data or the user's videos, trained vs random encoder."""
 
 import click
 
@@ -11,7 +11,13 @@ from siammae.cli.synth import SizeType
               help="Folder for everything the demo makes (videos, shards, run, DAVIS set, scores, pictures).")
 @click.option("--steps", default=600, show_default=True, type=click.IntRange(min=1), help="Training steps.")
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Pairs per step.")
-@click.option("--videos", default=64, show_default=True, type=click.IntRange(min=1), help="Training videos to make.")
+@click.option("--videos", "videos_dir", type=click.Path(exists=True, file_okay=False),
+              help="Run on these real videos instead of synthetic ones: shard them, composite a DAVIS-format "
+              "set from them, train and compare (defaults then as siammae.demo.REAL: 400 pairs a video, "
+              "6 sequences of 30 frames at 480x854 propagated at short side 128).")
+@click.option("--hard", is_flag=True, help="With --videos: cut each object from its own background video.")
+@click.option("--num-videos", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Synthetic training videos to make.")
 @click.option("--video-frames", default=96, show_default=True, type=click.IntRange(min=8),
               help="Frames per training video (30 fps).")
 @click.option("--pairs-per-video", default=32, show_default=True, type=click.IntRange(min=1),
@@ -29,22 +35,36 @@ from siammae.cli.synth import SizeType
 @click.option("--seed", default=0, show_default=True, help="Seed of every generator and of training.")
 @click.option("--quiet", is_flag=True, help="No progress bars for the data and propagation stages "
               "(the trainer keeps its bar).")
-def demo(out, steps, batch, videos, video_frames, pairs_per_video, gap, video_size, sequences, sequence_frames,
+def demo(out, steps, batch, videos_dir, hard, num_videos, video_frames, pairs_per_video, gap, video_size, sequences, sequence_frames,
          sequence_size, seed, quiet):
-    """Make synthetic videos, shard them, pre-train the tiny recipe on the CPU, make a held-out
-    synthetic DAVIS-2017 set, and compare J&F of the trained encoder against a random one.
+    """Make synthetic videos (or take yours: --videos DIR), shard them, make a DAVIS-2017-format set,
+    pre-train the tiny recipe on the CPU while tracking J&F, and compare J&F of the trained encoder
+    against a random one.
 
     Nothing is downloaded. The default takes a few minutes on 2 CPU cores; --steps and the sizes
     shrink or grow it. Results land in OUT (see OUT/demo.json); a rerun starts over. The last line
     says whether the trained encoder beat the random one by a clear margin; if it did not, the exit
     status is 1 (at sizes much smaller than the default, expect that: the encoder barely trains).
     """
-    from siammae.demo import MARGIN, DemoSize, run_demo, verdict
+    import dataclasses
 
-    size = DemoSize(steps=steps, batch=batch, videos=videos, video_frames=video_frames,
-                    pairs_per_video=pairs_per_video, gap=gap, video_size=video_size, sequences=sequences,
-                    sequence_frames=sequence_frames, sequence_size=sequence_size, seed=seed)
-    report = run_demo(out, size, progress=not quiet)
+    from siammae.composite import CompositeError
+    from siammae.demo import MARGIN, REAL, DemoSize, run_demo, verdict
+
+    if hard and videos_dir is None:
+        raise click.UsageError("--hard needs --videos DIR")
+    given = dict(steps=steps, batch=batch, videos=num_videos, video_frames=video_frames,
+                 pairs_per_video=pairs_per_video, gap=gap, video_size=video_size, sequences=sequences,
+                 sequence_frames=sequence_frames, sequence_size=sequence_size, seed=seed)
+    source = click.get_current_context().get_parameter_source
+    names = dict(videos="num_videos")
+    base = DemoSize() if videos_dir is None else REAL
+    size = dataclasses.replace(base, **{k: v for k, v in given.items()
+                                        if source(names.get(k, k)).name != "DEFAULT"})
+    try:
+        report = run_demo(out, size, progress=not quiet, videos_dir=videos_dir, hard=hard)
+    except CompositeError as e:
+        raise click.ClickException(str(e)) from None
     message = verdict(report["results"])
     if message:
         # Every output is written by now, so a failing check still leaves everything to look at.

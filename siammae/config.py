@@ -94,6 +94,8 @@ class OptimConfig:
     warmup_samples: int = 0
     # Max global gradient norm; 0 disables clipping. Guards fp16 runs against spikes.
     clip_grad: float = 1.0
+    # The encoder's lr as a fraction of the schedule's (the decoder always gets the full lr); 1 = the paper.
+    encoder_lr_scale: float = 1.0
 
 
 @dataclass

@@ -61,17 +61,21 @@ def learning_rate(step: int, peak: float, min_lr: float, warmup: int, total: int
     return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list:
+def param_groups(model: torch.nn.Module, weight_decay: float, encoder_lr_scale: float = 1.0) -> list:
     """AdamW groups: weight decay on weight matrices only; none on biases, norms, position embeddings
-    and tokens (MAE). Frozen parameters (the fixed sin-cos positions) are left out."""
-    decay, no_decay = [], []
+    and tokens (MAE). Frozen parameters (the fixed sin-cos positions) are left out. Each group carries
+    ``lr_scale``: the encoders' parameters (``encoder*``) learn at ``encoder_lr_scale`` x the schedule's lr
+    when that is not 1 (then there are four groups)."""
+    groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         skip = p.ndim <= 1 or name.split(".")[-1] in NO_WEIGHT_DECAY
-        (no_decay if skip else decay).append(p)
-    groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
-    return [g for g in groups if g["params"]]
+        scale = encoder_lr_scale if name.startswith("encoder") else 1.0
+        key = (skip, scale)
+        groups.setdefault(key, dict(params=[], weight_decay=0.0 if skip else weight_decay, lr_scale=scale))
+        groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
 
 
 def pick_precision(requested: str, device: torch.device) -> tuple[str, str | None]:
@@ -356,7 +360,7 @@ def main(argv=None, on_step=None) -> dict:
     set_seed(cfg.train.seed)
     model = build_model(cfg.model)
     set_seed(cfg.train.seed, device_specific=True)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=0.0,
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay, cfg.optim.encoder_lr_scale), lr=0.0,
                                   betas=tuple(cfg.optim.betas))
     model, optimizer = accelerator.prepare(model, optimizer)  # not the loader: see siammae.data
     progress = Progress()
@@ -400,7 +404,7 @@ def main(argv=None, on_step=None) -> dict:
             data_iter, segment_end = segment_loader(urls, cfg, step, total_steps, micro_batch, accelerator)
         lr = learning_rate(step, peak_lr, cfg.optim.min_lr, warmup_steps, total_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
 
         # One optimizer step: grad_accum micro-batches; gradients are all-reduced on the last one.
         loss_sum = torch.zeros((), device=accelerator.device)

@@ -106,6 +106,19 @@ def test_no_weight_decay_on_biases_norms_positions_and_tokens():
     assert "encoder.blocks.0.attn.qkv.weight" in decay_names
     assert not any("pos_embed" in n for n in decay_names | no_decay_names)  # frozen sin-cos: not trained
     assert len(decay_names | no_decay_names) == sum(p.requires_grad for p in model.parameters())
+    assert decay["lr_scale"] == no_decay["lr_scale"] == 1.0
+
+
+def test_encoder_lr_scale_applies_to_the_encoder_only():
+    from siammae.model import build_model
+
+    model = build_model(load_config("tiny", ["model.img_size=32"]).model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = train.param_groups(model, 0.05, encoder_lr_scale=0.1)
+    assert len(groups) == 4
+    for g in groups:
+        in_encoder = {names[id(p)].startswith("encoder.") for p in g["params"]}
+        assert in_encoder == {g["lr_scale"] == 0.1}
 
 
 def test_resume_picks_newest_complete_checkpoint(tmp_path):

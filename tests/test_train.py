@@ -352,3 +352,14 @@ def test_a_missing_eval_folder_fails_before_any_work(shards, tmp_path):
     proc = trainer(tmp_path / "run", shards, f"eval.davis={tmp_path / 'nowhere'}", check=False)
     assert proc.returncode == 2 and "eval.davis=" in proc.stderr and "nowhere" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_two_processes_evaluate_on_rank_0_only_and_neither_hangs(shards, small_davis, tmp_path):
+    out = tmp_path / "run"
+    overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={out}", *SMALL, "train.samples=32",
+                 "data.num_workers=0", "train.tensorboard=false", f"eval.davis={small_davis}", "eval.every=2",
+                 "eval.size=48", "eval.sequences=1"]
+    run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534", "-m", "siammae.train",
+         *overrides], timeout=240)
+    assert [r["step"] for r in metrics(out) if "eval_jf" in r] == [0, 2, 4]
+    assert (out / "checkpoints" / "checkpoint_4").is_dir()

@@ -43,7 +43,7 @@ class DemoSize:
     sequences: int = 12
     sequence_frames: int = 32
     sequence_size: tuple = (96, 160)  # H, W
-    eval_size: int = 0  # short side frames are propagated at; 0 = as stored
+    eval_size: int = 0  # short side frames are propagated at; 0 = as stored (the sequences' short side)
     eval_every: int = 200  # steps between J&F evaluations during training
     eval_sequences: int = 4  # sequences evaluated during training (all of them at the end)
     overlays: int = 3  # frames in each sequence's overlay strip
@@ -129,6 +129,7 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
                         size=size.sequence_size, seed=size.seed + 1, hard=hard)
     timings["davis"] = time.time() - t
 
+    eval_size = size.eval_size or min(size.sequence_size)
     t = _stage(log, 4, f"train the tiny recipe for {size.steps} steps of {size.batch} pairs (CPU), "
                        f"J&F on {size.eval_sequences} sequences every {size.eval_every} steps")
     run_dir = out / "run"
@@ -143,13 +144,13 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
         f"eval.davis={davis}",
         f"eval.every={size.eval_every}",
         f"eval.sequences={size.eval_sequences}",
-        f"eval.size={size.eval_size}",
+        f"eval.size={eval_size}",
     ])
     timings["train"] = time.time() - t
 
     t = _stage(log, 5, "label propagation + J&F: trained encoder vs random encoder")
     # The paper's DAVIS settings at the demo's input size.
-    protocol = PROTOCOLS["siammae"].replace(short_side=size.eval_size)
+    protocol = PROTOCOLS["siammae"].replace(short_side=eval_size)
     results = {}
     for name, random_init in (("trained", False), ("random", True)):
         torch.manual_seed(size.seed)

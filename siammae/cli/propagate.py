@@ -135,7 +135,9 @@ def propagate(davis, checkpoint, weights, weights_prefix, random_init, out, spli
     click.echo(describe(diag))
     record_path = Path(out) / "propagation.json"
     record["diagnostics"] = diag
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    tmp = record_path.with_suffix(".json.tmp")  # replaced whole, as siammae.propagate writes it
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(record_path)
     if not no_eval:
         run_evaluation(davis, out, split, record["sequences"], resolution)
 

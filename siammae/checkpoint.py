@@ -30,6 +30,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from siammae.errors import SiammaeError
+
 COMPLETE = "complete"  # the trainer's marker file inside a finished checkpoint folder
 EXPORT_FORMAT = "siammae-encoder"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.bin", "model.pt", "model.pth")
@@ -38,7 +40,7 @@ WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile / DDP wrappers
 ENCODER_PREFIXES = ("encoder.", "backbone.")  # SiamMAE training model / DINO teacher
 
 
-class CheckpointError(Exception):
+class CheckpointError(SiammaeError):
     """A checkpoint that cannot be used as asked; the message is for the user."""
 
 

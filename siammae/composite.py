@@ -27,12 +27,22 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from siammae.synth import _SHAPE_FNS, Path2D, SceneObject, Size, _draw_object, _rasterise, _sprite_side, _write_sequence
+from siammae.errors import SiammaeError
+from siammae.synth import (
+    _SHAPE_FNS,
+    Path2D,
+    SceneObject,
+    Size,
+    _draw_object,
+    _rasterise,
+    _sprite_side,
+    _write_sequence,
+)
 
 _STREAM_COMPOSITE = 505
 
 
-class CompositeError(ValueError):
+class CompositeError(SiammaeError):
     """The videos cannot give the set asked for (too few, unreadable, too short); one line for the user."""
 
 

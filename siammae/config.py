@@ -21,10 +21,12 @@ from typing import List, Optional
 
 import yaml
 
+from siammae.errors import SiammaeError
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
-class ConfigError(ValueError):
+class ConfigError(SiammaeError):
     """A recipe or override that does not fit the schema; the message is one line for the user."""
 
 

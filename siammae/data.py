@@ -40,12 +40,14 @@ import simplejpeg
 import torch
 import webdataset as wds
 
+from siammae.errors import SiammaeError
+
 # A worker that reads this many samples in a row without producing one view stops with an error: a
 # shard list of unreadable files or shards without the frames asked for would otherwise spin forever.
 MAX_FAILURES_IN_A_ROW = 500
 
 
-class DataError(ValueError):
+class DataError(SiammaeError):
     """A shard specification that gives no usable shards; the message is one line for the user."""
 
 

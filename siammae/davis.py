@@ -21,10 +21,12 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
+from siammae.errors import SiammaeError
+
 VOID = 255
 
 
-class DavisError(Exception):
+class DavisError(SiammaeError):
     """Something about a DAVIS folder or a results folder that the user has to fix; one line."""
 
 
@@ -86,6 +88,14 @@ def load_sequence(root: str | os.PathLike, name: str, resolution: str = "480p") 
     if not annotations or annotations[0].stem != frames[0].stem:
         raise DavisError(f"first-frame annotation missing: {label_dir / (frames[0].stem + '.png')}")
     return DavisSequence(name, frames, annotations)
+
+
+def require_annotations(seqs: List[DavisSequence], hint: str = "") -> None:
+    """J&F needs a ground-truth mask for every frame (the val split has them, test-dev does not)."""
+    missing = [s.name for s in seqs if len(s.annotations) != len(s.frames)]
+    if missing:
+        raise DavisError(f"sequence(s) without an annotation for every frame cannot be scored: "
+                         f"{', '.join(missing[:5])}{'; ' + hint if hint else ''}")
 
 
 def read_frame(path: Path) -> np.ndarray:

@@ -78,9 +78,10 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
 
     from siammae.checkpoint import load_encoder
     from siammae.composite import composite_davis, find_sources
+    from siammae.config import read_config
     from siammae.measures import evaluate, write_csvs
     from siammae.pictures import plot_loss_curve
-    from siammae.propagate import PROTOCOLS, propagate
+    from siammae.propagate import choose_protocol, propagate
     from siammae.shard.run import ShardConfig, shard
     from siammae.shard.samples import EncodeSpec
     from siammae.shard.sampling import SampleSpec
@@ -153,8 +154,8 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
     timings["train"] = time.time() - t
 
     t = _stage(log, 5, "label propagation + J&F: trained encoder vs random encoder")
-    # The paper's DAVIS settings at the demo's input size.
-    protocol = PROTOCOLS["siammae"].replace(short_side=eval_size)
+    # The run's protocol at the demo's input size, layered as `siammae propagate` layers it.
+    protocol = choose_protocol(run_eval=read_config(run_dir / "config.yaml").eval, short_side=eval_size)
     results = {}
     for name, random_init in (("trained", False), ("random", True)):
         torch.manual_seed(size.seed)

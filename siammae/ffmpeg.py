@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Optional, Tuple
 
+from siammae.errors import SiammaeError
 
-class FfmpegError(RuntimeError):
+
+class FfmpegError(SiammaeError):
     """ffmpeg could not read or write a file; the message ends with ffmpeg's own last error line."""
 
 

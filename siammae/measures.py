@@ -33,7 +33,13 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
-from siammae.davis import DavisError, load_sequence, read_annotation, read_labels, select_sequences
+from siammae.davis import (
+    DavisError,
+    load_sequence,
+    read_annotation,
+    read_labels,
+    select_sequences,
+)
 
 BOUNDARY_FRACTION = 0.008
 GLOBAL_COLUMNS = ["J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay"]

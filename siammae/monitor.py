@@ -27,23 +27,17 @@ class DavisMonitor:
 
     def __init__(self, cfg, out_dir):
         from siammae.checkpoint import EncoderInfo
-        from siammae.davis import select_sequences
+        from siammae.davis import require_annotations, select_sequences
         from siammae.model import timm_name
-        from siammae.propagate import PROTOCOLS, check_davis
+        from siammae.propagate import check_davis, choose_protocol
 
         e = cfg.eval
         self.root = Path(e.davis)
         names = select_sequences(self.root, "val")
         self.seqs = check_davis(self.root, "val", names[: e.sequences] if e.sequences else names)
-        incomplete = [s.name for s in self.seqs if len(s.annotations) != len(s.frames)]
-        if incomplete:
-            from siammae.davis import DavisError
-
-            raise DavisError(f"sequence(s) without an annotation for every frame "
-                             f"cannot be scored: {', '.join(incomplete[:5])}")
+        require_annotations(self.seqs)
         self.every = e.every or cfg.train.save_every
-        self.protocol = PROTOCOLS[e.protocol].replace(topk=e.topk, queue=e.queue, radius=e.radius,
-                                                      temperature=e.temperature, short_side=e.size or None)
+        self.protocol = choose_protocol(run_eval=e, short_side=e.size or None)
         self.work = Path(out_dir) / "eval"
         self.info = EncoderInfo(timm_name(cfg.model), cfg.model.patch_size, cfg.model.img_size, "training")
 

@@ -59,9 +59,14 @@ from siammae.davis import (
     select_sequences,
     write_labels,
 )
+from siammae.errors import SiammaeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ProtocolError(SiammaeError):
+    """A propagation setting out of its range; one line for the user."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,7 @@ class Protocol:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"protocol {self.name}: {message}")
+                raise ProtocolError(f"protocol {self.name}: {message}")
 
     def replace(self, **changes) -> "Protocol":
         """A copy with the given knobs changed (None values are ignored); renamed ``<name>+custom``."""
@@ -361,6 +366,19 @@ def propagate_sequence(
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def choose_protocol(preset: Optional[str] = None, run_eval=None, **knobs) -> Protocol:
+    """The protocol of one propagation, layered: the preset (``preset``, else the run's
+    ``eval.protocol``, else ``siammae``), then the run's own ``eval`` settings (top-k, queue, radius,
+    temperature), then ``knobs`` (any :class:`Protocol` field; None = not given)."""
+    base = PROTOCOLS[preset or (run_eval.protocol if run_eval is not None else "siammae")]
+    changes = {}
+    if run_eval is not None:
+        changes = dict(topk=run_eval.topk, queue=run_eval.queue, radius=run_eval.radius,
+                       temperature=run_eval.temperature)
+    changes.update({k: v for k, v in knobs.items() if v is not None})
+    return base.replace(**changes)
 
 
 def check_davis(davis_root, split="val", sequences=None, resolution="480p") -> List[DavisSequence]:

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from siammae.errors import SiammaeError
+
 FIELDS = ("src", "label", "split", "fps", "frames", "gap", "size", "num_frames")
 MAX_PROBLEMS = 20  # problems kept verbatim; the count covers all
 
 
-class InspectError(ValueError):
+class InspectError(SiammaeError):
     """Nothing to inspect (no tar files at the given paths)."""
 
 

@@ -23,6 +23,7 @@ from siammae.propagate import (
     PROTOCOLS,
     LabelPropagator,
     Protocol,
+    ProtocolError,
     first_frame_labels,
     propagate,
     resized_shape,
@@ -127,7 +128,7 @@ def test_topk_is_joint_over_frames_and_queue_is_bounded():
 
 
 def test_protocol_validation_and_replace():
-    with pytest.raises(ValueError, match="window"):
+    with pytest.raises(ProtocolError, match="window"):
         PROTOCOLS["siammae"].replace(window="circle")
     assert PROTOCOLS["siammae"].replace(topk=7).name == "siammae"
     custom = PROTOCOLS["siammae"].replace(topk=3, temperature=None)

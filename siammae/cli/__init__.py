@@ -3,6 +3,10 @@
 Commands are imported only when invoked (or when ``--help`` lists them), and each command module
 keeps its heavy imports (torch, decord, ...) inside the command body, so ``siammae --help`` and
 ``siammae --version`` answer without importing torch.
+
+User errors: every command is a :class:`Command`, which turns a :class:`siammae.errors.SiammaeError`
+from the library into Click's one line ``Error: <message>`` (exit status 1). Bad arguments are Click's
+usage errors (exit status 2). Any other exception is a bug and keeps its traceback.
 """
 
 import importlib
@@ -10,6 +14,7 @@ import importlib
 import click
 
 from siammae import __version__
+from siammae.errors import SiammaeError
 
 # name -> "module:attribute" of a click.Command; loaded lazily.
 COMMANDS = {
@@ -21,6 +26,22 @@ COMMANDS = {
     "synth": "siammae.cli.synth:synth",
     "demo": "siammae.cli.demo:demo",
 }
+
+
+class Command(click.Command):
+    """A command whose library errors meant for the user print as one line (the one place they are caught)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SiammaeError as error:
+            raise click.ClickException(str(error)) from None
+
+
+class Group(click.Group):
+    """A group whose subcommands are :class:`Command` s."""
+
+    command_class = Command
 
 
 class LazyGroup(click.Group):

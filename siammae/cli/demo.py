@@ -2,11 +2,12 @@
 
 import click
 
+from siammae.cli import Command
 from siammae.cli.shard import RangeType
 from siammae.cli.synth import SizeType
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for everything the demo makes (videos, shards, run, DAVIS set, scores, pictures).")
 @click.option("--steps", default=600, show_default=True, type=click.IntRange(min=1), help="Training steps.")
@@ -49,7 +50,6 @@ def demo(out, steps, batch, videos_dir, hard, num_videos, video_frames, pairs_pe
     """
     import dataclasses
 
-    from siammae.composite import CompositeError
     from siammae.demo import MARGIN, REAL, DemoSize, run_demo, verdict
 
     if hard and videos_dir is None:
@@ -62,10 +62,7 @@ def demo(out, steps, batch, videos_dir, hard, num_videos, video_frames, pairs_pe
     base = DemoSize() if videos_dir is None else REAL
     size = dataclasses.replace(base, **{k: v for k, v in given.items()
                                         if source(names.get(k, k)).name != "DEFAULT"})
-    try:
-        report = run_demo(out, size, progress=not quiet, videos_dir=videos_dir, hard=hard)
-    except CompositeError as e:
-        raise click.ClickException(str(e)) from None
+    report = run_demo(out, size, progress=not quiet, videos_dir=videos_dir, hard=hard)
     message = verdict(report["results"])
     if message:
         # Every output is written by now, so a failing check still leaves everything to look at.

@@ -5,23 +5,21 @@ A thin wrapper over :mod:`siammae.measures`; numpy/scipy are imported inside the
 
 import click
 
+from siammae.cli import Command
+
 
 def run_evaluation(davis, results, split, sequences, resolution):
     """Score, write the two CSVs into ``results`` and print the table; returns the global row.
 
-    Shared with ``siammae propagate``. Expected problems (missing files, wrong sizes, unknown ids)
-    become a ``click.ClickException``."""
+    Shared with ``siammae propagate``."""
     from tqdm import tqdm
 
-    from siammae.davis import DavisError, select_sequences
+    from siammae.davis import select_sequences
     from siammae.measures import evaluate, format_table, write_csvs
 
-    try:
-        names = select_sequences(davis, split, sequences)
-        with tqdm(total=len(names), unit="seq", desc="evaluate", dynamic_ncols=True) as bar:
-            result = evaluate(davis, results, split, names, resolution, progress=lambda _n: bar.update(1))
-    except DavisError as e:
-        raise click.ClickException(str(e)) from None
+    names = select_sequences(davis, split, sequences)
+    with tqdm(total=len(names), unit="seq", desc="evaluate", dynamic_ncols=True) as bar:
+        result = evaluate(davis, results, split, names, resolution, progress=lambda _n: bar.update(1))
     g_path, s_path = write_csvs(result, results, split)
     click.echo(format_table(result, split))
     click.echo(f"wrote {g_path} and {s_path}")
@@ -32,7 +30,7 @@ def parse_sequences(value):
     return [s.strip() for s in value.split(",") if s.strip()] if value else None
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--davis", "davis", required=True, type=click.Path(exists=True, file_okay=False),
               help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/).")
 @click.option("--results", required=True, type=click.Path(exists=True, file_okay=False),

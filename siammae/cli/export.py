@@ -2,10 +2,11 @@
 
 import click
 
-from siammae.cli.propagate import encoder_options, load_encoder_or_fail
+from siammae.cli import Command
+from siammae.cli.propagate import encoder_options
 
 
-@click.command()
+@click.command(cls=Command)
 @encoder_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .safetensors file.")
 def export(checkpoint, weights, weights_prefix, out):
@@ -20,11 +21,11 @@ def export(checkpoint, weights, weights_prefix, out):
     (for patch 16 at 224: simply timm.create_model(name, num_classes=0)). It is also a valid
     --checkpoint for `siammae propagate`.
     """
-    from siammae.checkpoint import export_encoder
+    from siammae.checkpoint import export_encoder, load_encoder
 
     if not out.endswith(".safetensors"):
         raise click.BadParameter("the output file must end in .safetensors", param_hint="--out")
-    encoder, info = load_encoder_or_fail(checkpoint, weights, weights_prefix)
+    encoder, info = load_encoder(checkpoint, weights=weights, prefix=weights_prefix)
     path = export_encoder(encoder, info, out)
     n = sum(p.numel() for p in encoder.parameters())
     kwargs = {k: v for k, v in info.timm_kwargs().items() if k != "num_classes"}

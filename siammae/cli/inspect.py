@@ -5,6 +5,8 @@ import json
 
 import click
 
+from siammae.cli import Command
+
 
 def _spread(values, unit=""):
     if not values:
@@ -12,7 +14,7 @@ def _spread(values, unit=""):
     return f"min {values['min']:g}{unit}, median {values['median']:g}{unit}, mean {values['mean']:g}{unit}, max {values['max']:g}{unit}"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--sheet", type=click.Path(dir_okay=False), help="Also draw a contact sheet of a few samples into this PNG.")
 @click.option("--count", type=click.IntRange(1, 200), default=8, show_default=True, help="Samples on the contact sheet.")
@@ -30,17 +32,14 @@ def inspect(shards, sheet, count, seed, quick, as_json, progress):
     """
     from tqdm import tqdm
 
-    from siammae.shard_inspect import InspectError, contact_sheet, find_shards, inspect_shards
+    from siammae.shard_inspect import contact_sheet, find_shards, inspect_shards
 
-    try:
-        total = len(find_shards(shards))
-        with tqdm(total=total, unit="shard", disable=not progress, dynamic_ncols=True, leave=False) as bar:
-            report = inspect_shards(shards, decode=not quick, keep=count if sheet else 0, seed=seed,
-                                    progress=lambda _: bar.update(1))  # fmt: skip
-        if sheet and report.picked:
-            contact_sheet(report.picked, sheet)
-    except InspectError as error:
-        raise click.ClickException(str(error)) from None
+    total = len(find_shards(shards))
+    with tqdm(total=total, unit="shard", disable=not progress, dynamic_ncols=True, leave=False) as bar:
+        report = inspect_shards(shards, decode=not quick, keep=count if sheet else 0, seed=seed,
+                                progress=lambda _: bar.update(1))  # fmt: skip
+    if sheet and report.picked:
+        contact_sheet(report.picked, sheet)
     summary = report.summary()
     if as_json:
         click.echo(json.dumps(summary, indent=1))

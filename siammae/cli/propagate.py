@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from siammae.cli import Command
 from siammae.cli.evaluate import parse_sequences, run_evaluation
 
 PROTOCOL_NAMES = ["siammae", "dino", "crw"]
@@ -32,15 +33,6 @@ def encoder_options(f):
     return f
 
 
-def load_encoder_or_fail(checkpoint, weights, weights_prefix, random_init=False):
-    from siammae.checkpoint import CheckpointError, load_encoder
-
-    try:
-        return load_encoder(checkpoint, weights=weights, random_init=random_init, prefix=weights_prefix)
-    except CheckpointError as e:
-        raise click.ClickException(str(e)) from None
-
-
 def pick_device(name):
     import torch
 
@@ -51,7 +43,7 @@ def pick_device(name):
     return name
 
 
-@click.command()
+@click.command(cls=Command)
 @click.option("--davis", required=True, type=click.Path(exists=True, file_okay=False),
               help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/).")
 @encoder_options
@@ -96,37 +88,23 @@ def propagate(davis, checkpoint, weights, weights_prefix, random_init, out, spli
     siammae propagate --davis DAVIS --checkpoint vit_small_patch16_224 --weights dino.pth \\
         --protocol dino --out out/dino
     """
-    from siammae.davis import DavisError
-    from siammae.propagate import PROTOCOLS, check_davis, propagate as run
+    from siammae.checkpoint import load_encoder
+    from siammae.davis import require_annotations
+    from siammae.propagate import check_davis, choose_protocol
+    from siammae.propagate import propagate as run
 
     device = pick_device(device)
-    try:
-        seqs = check_davis(davis, split, parse_sequences(sequences), resolution)  # before loading weights
-    except DavisError as e:
-        raise click.ClickException(str(e)) from None
-    unscorable = [s.name for s in seqs if len(s.annotations) != len(s.frames)]
-    if unscorable and not no_eval:
-        raise click.ClickException(
-            f"sequence(s) without an annotation for every frame cannot be scored: {', '.join(unscorable[:5])}; "
-            "pass --no-eval to only propagate (e.g. test-dev)"
-        )
-    encoder, info = load_encoder_or_fail(checkpoint, weights, weights_prefix, random_init)
-    run_eval = info.config.eval if info.config is not None else None
-    preset = PROTOCOLS[protocol or (run_eval.protocol if run_eval else "siammae")]
-    defaults = {}
-    if run_eval is not None:  # the run's own eval settings, below explicit flags
-        defaults = dict(topk=run_eval.topk, queue=run_eval.queue, radius=run_eval.radius,
-                        temperature=run_eval.temperature)
-    flags = dict(topk=topk, queue=queue, radius=radius, window=window, window_on_first=window_on_first,
-                 temperature=temperature, short_side=short_side, multiple=multiple, first_labels=first_labels,
-                 keep_small=keep_small, minmax=minmax)
-    try:
-        chosen = preset.replace(**{**defaults, **{k: v for k, v in flags.items() if v is not None}})
-        record = run(encoder, davis, out, chosen, split=split, sequences=parse_sequences(sequences),
-                     resolution=resolution, device=device, batch_size=batch_size, overlay=overlay,
-                     progress=not quiet, settings=dict(encoder=info.to_dict()))
-    except (DavisError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    seqs = check_davis(davis, split, parse_sequences(sequences), resolution)  # before loading weights
+    if not no_eval:
+        require_annotations(seqs, hint="pass --no-eval to only propagate (e.g. test-dev)")
+    encoder, info = load_encoder(checkpoint, weights=weights, random_init=random_init, prefix=weights_prefix)
+    chosen = choose_protocol(protocol, info.config.eval if info.config is not None else None,
+                             topk=topk, queue=queue, radius=radius, window=window, window_on_first=window_on_first,
+                             temperature=temperature, short_side=short_side, multiple=multiple,
+                             first_labels=first_labels, keep_small=keep_small, minmax=minmax)
+    record = run(encoder, davis, out, chosen, split=split, sequences=parse_sequences(sequences),
+                 resolution=resolution, device=device, batch_size=batch_size, overlay=overlay,
+                 progress=not quiet, settings=dict(encoder=info.to_dict()))
     t = record["timing"]
     from siammae.diagnostics import describe
     click.echo(f"propagated {len(record['sequences'])} sequences, {t['frames']} frames in {t['seconds']:.1f} s "

@@ -9,6 +9,8 @@ import re
 
 import click
 
+from siammae.cli import Command
+
 SCHEMA = """\b
 Sample format (WebDataset; the trainer reads exactly this):
   OUT/part<I>-w<W>-<seq>.tar  flat, sortable, never colliding across workers/machines
@@ -59,7 +61,7 @@ class BytesType(click.ParamType):
         return size
 
 
-@click.command(epilog=SCHEMA, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, epilog=SCHEMA, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of videos (SRC).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for the shards (OUT).")
 @click.option(
@@ -111,7 +113,7 @@ def shard(src, out, layout, list_file, split, fold, frames, per_video, gap, ref_
     skipped. Several machines share one collection with --part I --num-parts N (disjoint by a hash
     of each path); their shards together equal a one-machine run.
     """
-    from siammae.shard import EncodeSpec, SampleSpec, ShardConfig, ShardError, SourceError
+    from siammae.shard import EncodeSpec, SampleSpec, ShardConfig
     from siammae.shard import shard as run_shard
 
     if part >= num_parts:
@@ -125,14 +127,11 @@ def shard(src, out, layout, list_file, split, fold, frames, per_video, gap, ref_
         max_samples=shard_samples,
         max_bytes=shard_size,
     )
-    try:
-        stats = run_shard(
-            src, out, config, layout=layout, split=split, fold=fold, list_file=list_file, workers=workers,
-            part=part, num_parts=num_parts, strict=strict, retry_failed=retry_failed, progress=progress,
-            log=lambda line: click.echo(line, err=True),
-        )  # fmt: skip
-    except (ShardError, SourceError) as error:
-        raise click.ClickException(str(error)) from None
+    stats = run_shard(
+        src, out, config, layout=layout, split=split, fold=fold, list_file=list_file, workers=workers,
+        part=part, num_parts=num_parts, strict=strict, retry_failed=retry_failed, progress=progress,
+        log=lambda line: click.echo(line, err=True),
+    )  # fmt: skip
     total, run = stats["output"], stats["parts"][f"part{part:04d}"]
     click.echo(
         f"{run['videos_done']} videos sharded, {run['videos_failed']} failed, {run['videos_skipped']} skipped "

@@ -6,6 +6,8 @@ Thin wrappers over :mod:`siammae.synth`; numpy and friends are imported inside t
 
 import click
 
+from siammae.cli import Group
+
 
 class SizeType(click.ParamType):
     """``HxW`` (for example ``128x224``) -> (H, W), both positive and even (4:2:0 video needs that)."""
@@ -56,7 +58,7 @@ def _progress(total: int, unit: str):
     return bar, lambda _item: bar.update(1)
 
 
-@click.group()
+@click.group(cls=Group)
 def synth():
     """Make synthetic data: textured objects moving over panning, textured backgrounds.
 
@@ -126,19 +128,16 @@ def davis(out, sequences, train_sequences, frames, size, seed, objects, split, v
     """
     src = click.get_current_context().get_parameter_source
     if videos_dir is not None:
-        from siammae.composite import CompositeError, composite_davis
+        from siammae.composite import composite_davis
 
         if train_sequences or src("split").name != "DEFAULT":
             raise click.UsageError("--train-sequences and --split are for synthetic sets, not --from-videos")
         size = size if src("size").name != "DEFAULT" else (480, 854)
         objects = objects if src("objects").name != "DEFAULT" else (2, 3)
         bar, step = _progress(sequences, "seq")
-        try:
-            with bar:
-                names = composite_davis(videos_dir, out, num_sequences=sequences, frames=frames, size=size,
-                                        seed=seed, hard=hard, objects=objects, progress=step)
-        except CompositeError as e:
-            raise click.ClickException(str(e)) from None
+        with bar:
+            names = composite_davis(videos_dir, out, num_sequences=sequences, frames=frames, size=size,
+                                    seed=seed, hard=hard, objects=objects, progress=step)
         click.echo(f"wrote {len(names)} sequences of {frames} frames at {size[0]}x{size[1]} composited from "
                    f"{videos_dir}{' (hard: objects from their own background video)' if hard else ''} to {out}")
         return

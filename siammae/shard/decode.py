@@ -22,11 +22,12 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from siammae import ffmpeg
+from siammae.errors import SiammaeError
 
 MAX_BATCH_BYTES = 64 << 20  # full-size RGB frames held at once per worker
 
 
-class DecodeError(RuntimeError):
+class DecodeError(SiammaeError):
     """The video cannot be decoded (the message says why)."""
 
 

@@ -26,16 +26,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from siammae.shard.sampling import SampleSpec
+from siammae.errors import SiammaeError
 from siammae.shard.pool import run_workers
 from siammae.shard.samples import EncodeSpec
+from siammae.shard.sampling import SampleSpec
 from siammae.shard.sources import find_videos
 from siammae.shard.writer import read_manifests, write_atomic
 
 FORMAT_VERSION = 1
 
 
-class ShardError(RuntimeError):
+class ShardError(SiammaeError):
     """The run cannot go on (no videos, all failed, --strict failure, mismatching OUT, ...)."""
 
 

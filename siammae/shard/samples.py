@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Dict, List, Optional, Tuple
 
+from siammae.errors import SiammaeError
 from siammae.shard.decode import DecodeError, open_video, unique_sorted
 from siammae.shard.sampling import SampleSpec, TooShort, sample_indices, video_rng
 from siammae.shard.sources import Video
@@ -28,7 +29,7 @@ from siammae.shard.sources import Video
 Sample = Tuple[str, List[Tuple[str, bytes]]]  # (key, [(extension, payload), ...]) in tar order
 
 
-class VideoFailed(Exception):
+class VideoFailed(SiammaeError):
     """A video yields no samples. ``reason`` is a short code for failed.jsonl, the message the detail."""
 
     def __init__(self, reason: str, message: str):

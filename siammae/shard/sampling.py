@@ -17,8 +17,10 @@ from typing import List, Tuple
 
 import numpy as np
 
+from siammae.errors import SiammaeError
 
-class TooShort(ValueError):
+
+class TooShort(SiammaeError):
     """The video has fewer frames than the smallest gap needs."""
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+from siammae.errors import SiammaeError
+
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .avi .mkv .webm .mov .m4v .mpg .mpeg .flv .wmv .3gp .ogv .ts .mts .vob .asf".split()
 )
@@ -32,7 +34,7 @@ SPLIT_NAMES = frozenset("train training val valid validate validation test testi
 LAYOUTS = ("auto", "kinetics", "ucf101", "classes", "folder", "list")
 
 
-class SourceError(ValueError):
+class SourceError(SiammaeError):
     """The source folder or list cannot be read as the layout asked for."""
 
 

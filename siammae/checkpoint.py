@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from siammae.errors import SiammaeError
+from siammae.files import write_atomic
 
 COMPLETE = "complete"  # the trainer's marker file inside a finished checkpoint folder
 EXPORT_FORMAT = "siammae-encoder"
@@ -168,9 +169,9 @@ def checkpoint_dirs(folder: Path, complete_only: bool = True) -> list:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("checkpoint_")
-             and p.name.split("_")[-1].isdigit() and (not complete_only or (p / COMPLETE).is_file())]
-    return sorted(found, key=lambda p: int(p.name.split("_")[-1]))
+    found = [p for p in folder.iterdir() if p.is_dir() and checkpoint_step(Path(p.name)) is not None
+             and (not complete_only or (p / COMPLETE).is_file())]
+    return sorted(found, key=lambda p: checkpoint_step(Path(p.name)))
 
 
 def _weights_in(folder: Path) -> Path:
@@ -193,10 +194,12 @@ def _run_config(start: Path):
     return None
 
 
-def _step(path: Path) -> Optional[int]:
+def checkpoint_step(path: Path) -> Optional[int]:
+    """N of a ``checkpoint_<N>`` folder (or of a file in one); None for anything else."""
     for part in (path.name, path.parent.name):
-        if part.startswith("checkpoint_") and part.split("_")[-1].isdigit():
-            return int(part.split("_")[-1])
+        prefix, _, number = part.rpartition("_")
+        if prefix == "checkpoint" and number.isdigit():
+            return int(number)
     return None
 
 
@@ -231,7 +234,7 @@ def _from_config(cfg, source: str, weights: Optional[Path], sd: Optional[dict], 
 
     name, _ = timm_spec(cfg.model)
     info = EncoderInfo(name, cfg.model.patch_size, cfg.model.img_size, source,
-                       str(weights) if weights else None, _step(weights) if weights else None, cfg)
+                       str(weights) if weights else None, checkpoint_step(Path(weights)) if weights else None, cfg)
     if sd is None:  # random init: the run's own encoder (sin-cos positions), rebuilt dynamic
         enc = build_encoder(cfg.model)
         sd = enc.state_dict()
@@ -365,7 +368,4 @@ def export_encoder(model: nn.Module, info: EncoderInfo, out: str | os.PathLike) 
     }
     if info.step is not None:
         meta["step"] = str(info.step)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(sd, str(tmp), metadata=meta)
-    os.replace(tmp, out)
-    return out
+    return write_atomic(out, lambda tmp: save_file(sd, str(tmp), metadata=meta))

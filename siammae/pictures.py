@@ -6,7 +6,6 @@ anything that saved those.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -57,13 +56,9 @@ def save_recon(path, frames: torch.Tensor, recon: torch.Tensor, mask: torch.Tens
 def read_metrics(metrics_path) -> list:
     """The records of a ``metrics.jsonl`` (one JSON object a line); unreadable lines are ignored (a
     run killed mid-write leaves a partial last line)."""
-    records = []
-    for line in Path(metrics_path).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    from siammae.files import read_jsonl
+
+    return read_jsonl(metrics_path)
 
 
 def plot_loss_curve(metrics_path, png_path) -> Path:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -60,6 +59,7 @@ from siammae.davis import (
     write_labels,
 )
 from siammae.errors import SiammaeError
+from siammae.files import write_atomic
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -427,7 +427,5 @@ def propagate(
     total_seconds = sum(t["seconds"] for t in timings.values())
     record["timing"] = dict(frames=total_frames, seconds=round(total_seconds, 3),
                             fps=round(total_frames / max(total_seconds, 1e-9), 3), per_sequence=timings)
-    tmp = out_dir / "propagation.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, out_dir / "propagation.json")
+    write_atomic(out_dir / "propagation.json", json.dumps(record, indent=2) + "\n")
     return record

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import torch
 
-from siammae.checkpoint import COMPLETE, checkpoint_dirs
+from siammae.checkpoint import COMPLETE, checkpoint_dirs, checkpoint_step
 from siammae.config import ConfigError, dump_config, load_config, read_config
 from siammae.data import DataError, describe, make_loader, resolve_shards
+from siammae.files import read_jsonl, write_atomic
 
 NO_WEIGHT_DECAY = {"pos_embed", "decoder_pos_embed", "cls_token", "mask_token", "reg_token", "dist_token"}
 
@@ -152,9 +153,9 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, keep: int) -> Path:
         complete = checkpoint_dirs(ckpt_root)
         for old in complete[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
-        newest = int(complete[-1].name.split("_")[-1])
+        newest = checkpoint_step(complete[-1])
         for p in checkpoint_dirs(ckpt_root, complete_only=False):
-            if not (p / COMPLETE).is_file() and int(p.name.split("_")[-1]) < newest:
+            if not (p / COMPLETE).is_file() and checkpoint_step(p) < newest:
                 shutil.rmtree(p, ignore_errors=True)
     accelerator.wait_for_everyone()
     return path
@@ -193,16 +194,9 @@ def write_recon(accelerator, model, frames_uint8, out_dir: Path, step: int, cfg)
 
 def keep_metrics_until(metrics_path: Path, step: int) -> None:
     """On resume, drop records written after the checkpoint (those steps are about to be redone)."""
-    if not metrics_path.is_file():
-        return
-    kept = []
-    for line in metrics_path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            pass  # a line cut by the kill
-    metrics_path.write_text("".join(k + "\n" for k in kept))
+    if metrics_path.is_file():
+        kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= step]  # a torn line goes too
+        write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def append_metrics(out: Path, record: dict) -> None:

@@ -107,15 +107,13 @@ def propagate(davis, checkpoint, weights, weights_prefix, random_init, out, spli
                  progress=not quiet, settings=dict(encoder=info.to_dict()))
     t = record["timing"]
     from siammae.diagnostics import describe
+    from siammae.files import write_atomic
     click.echo(f"propagated {len(record['sequences'])} sequences, {t['frames']} frames in {t['seconds']:.1f} s "
                f"({t['fps']:.2f} frames/s) with protocol {chosen.name} -> {out}")
     diag = feature_diagnostics(encoder, seqs, chosen, device, davis, split, resolution, with_copy=not no_eval)
     click.echo(describe(diag))
-    record_path = Path(out) / "propagation.json"
     record["diagnostics"] = diag
-    tmp = record_path.with_suffix(".json.tmp")  # replaced whole, as siammae.propagate writes it
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(record_path)
+    write_atomic(Path(out) / "propagation.json", json.dumps(record, indent=2) + "\n")
     if not no_eval:
         run_evaluation(davis, out, split, record["sequences"], resolution)
 

@@ -1,0 +1,44 @@
+"""Small file helpers shared by the run folder, the shard folder and the propagation output.
+
+Both exist because runs are killed: a JSON-lines log may end in a torn line, and a file that other
+tools read (a manifest, propagation.json, an exported encoder) must never be seen half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, List
+
+
+def read_jsonl(path) -> List[dict]:
+    """The records of a JSON-lines file (none if it does not exist). Lines that do not parse, such as a
+    last line torn by a kill, are left out."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def write_atomic(path, data: bytes | str | Callable[[Path], None]) -> Path:
+    """Write ``path`` through a temporary file next to it, fsync, then rename over ``path``: readers
+    see the old file or the new one, never a part. ``data`` is the content, or a function that writes
+    the temporary file it is given (for libraries that write files themselves, e.g. safetensors)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if callable(data):
+        data(tmp)
+    else:
+        with open(tmp, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path

@@ -3,7 +3,10 @@
 Every default lives in the dataclasses below (nowhere else: code reads ``cfg.group.key``, never a
 ``.get(key, default)``). A recipe may only set keys that exist here; an unknown key or a value of the
 wrong type is a :class:`ConfigError` that names the key, where it came from and, for a typo, the
-closest valid key. The resolved config is written to the run folder and reads back identically.
+closest valid key. Once resolved, every value is checked against its rule (:data:`RULES`, ranges, list
+lengths, choices) and the rules between keys (:data:`CROSS_RULES`), so a bad value fails before any
+work, in one line naming key, value, source and rule. The resolved config is written to the run folder
+and reads back identically.
 
 Recipes are YAML files read with ``yaml.safe_load``. A recipe may be given as a path or by the name of
 a packaged recipe (``tiny`` -> ``siammae/recipes/tiny.yaml``). A recipe may start with
@@ -153,6 +156,102 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# ----------------------------------------------------------------------------- value rules
+# Checked once the config is resolved (a recipe's value may be fixed by an override), before any work:
+# every key's own rule first, then the rules between keys. A rule is (holds, text): ``holds(value)`` is
+# true for a good value; ``text`` says what a good value is. Keys without a rule take any value of their
+# type: the ``_choices`` fields (checked on load), the booleans, and the paths checked where the run
+# starts (data.shards, train.resume, eval.davis).
+
+
+def _at_least(n, note=""):
+    return (lambda v: v >= n), f"must be >= {n}{note}"
+
+
+def _above(n):
+    return (lambda v: v > n), f"must be > {n}"
+
+
+def _optional(rule):
+    holds, text = rule
+    return (lambda v: v is None or holds(v)), f"{text} or null"
+
+
+def _visible(patches: int, ratio: float) -> int:
+    """Visible patches of a frame with ``ratio`` masked (the same rounding as siammae.masking.num_visible)."""
+    return int(patches * (1.0 - ratio))
+
+
+RULES = {
+    "model.patch_size": _at_least(1),
+    "model.img_size": _at_least(1),
+    "model.decoder_depth": _at_least(1),
+    "model.decoder_dim": (lambda v: v >= 4 and v % 4 == 0, "must be a positive multiple of 4 (sin-cos positions)"),
+    "model.decoder_heads": _at_least(1),
+    "model.mask_ratio": (lambda v: all(0 <= r < 1 for r in v), "each ratio must be in [0, 1)"),
+    "model.drop_path": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "data.num_frames": _at_least(2, " (context frames, then the target frame)"),
+    "data.repeated_sampling": _at_least(1),
+    "data.crop_scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, "must be [min, max] with 0 < min <= max <= 1"),
+    "data.crop_ratio": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "must be [min, max] with 0 < min <= max"),
+    "data.hflip": (lambda v: 0 <= v <= 1, "must be a probability in [0, 1]"),
+    "data.shuffle_buffer": _at_least(1),
+    "data.num_workers": _at_least(0),
+    "optim.base_lr": _at_least(0),
+    "optim.min_lr": _at_least(0),
+    "optim.weight_decay": _at_least(0),
+    "optim.betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
+    "optim.warmup_epochs": _at_least(0),
+    "optim.warmup_samples": _at_least(0),
+    "optim.clip_grad": _at_least(0, " (0 = no clipping)"),
+    "optim.encoder_lr_scale": _at_least(0),
+    "train.output_dir": (lambda v: v.strip() != "", "must not be empty"),
+    "train.epochs": _at_least(0),
+    "train.epoch_samples": _at_least(1),
+    "train.samples": _at_least(0, " (0 = train.epochs x train.epoch_samples)"),
+    "train.global_batch_size": _at_least(1),
+    "train.grad_accum": _at_least(1),
+    "train.seed": (lambda v: 0 <= v < 2**32, "must be in [0, 2**32) (numpy's seeds)"),
+    "train.log_every": _at_least(1),
+    "train.save_every": _at_least(1),
+    "train.keep_last": _at_least(0, " (0 = keep every checkpoint)"),
+    "train.recon_every": _at_least(0, " (0 = no pictures)"),
+    "train.recon_samples": _at_least(1),
+    "train.max_nonfinite": _at_least(1),
+    "eval.topk": _optional(_at_least(1)),
+    "eval.queue": _optional(_at_least(0)),
+    "eval.radius": _optional(_at_least(0)),
+    "eval.temperature": _optional(_above(0)),
+    "eval.every": _at_least(0, " (0 = at every checkpoint)"),
+    "eval.sequences": _at_least(0, " (0 = all)"),
+    "eval.size": _at_least(0, " (0 = the protocol's)"),
+}
+
+# (keys, holds(*values), text), checked in order once every key's own rule holds. The trainer checks
+# what needs the process count (the global batch divisible by processes x train.grad_accum).
+CROSS_RULES = [
+    (("model.img_size", "model.patch_size"), lambda size, p: size % p == 0,
+     "model.img_size must be a multiple of model.patch_size"),
+    (("model.decoder_dim", "model.decoder_heads"), lambda dim, heads: dim % heads == 0,
+     "model.decoder_dim must be divisible by model.decoder_heads"),
+    (("model.mask_ratio", "data.num_frames"), lambda ratios, frames: len(ratios) == frames,
+     "model.mask_ratio needs one ratio per frame"),
+    (("model.mask_ratio", "model.img_size", "model.patch_size"),
+     lambda ratios, size, p: all(_visible((size // p) ** 2, r) >= 1 for r in ratios),
+     "every frame must keep at least one of its (img_size / patch_size)^2 patches visible"),
+    (("model.mask_ratio", "model.img_size", "model.patch_size"),
+     lambda ratios, size, p: _visible((size // p) ** 2, ratios[-1]) < (size // p) ** 2,
+     "the last frame must mask at least one patch (the loss is over its masked patches)"),
+    (("train.global_batch_size", "train.grad_accum"), lambda batch, accum: batch % accum == 0,
+     "train.global_batch_size must be divisible by train.grad_accum"),
+    (("train.samples", "train.epochs"), lambda samples, epochs: samples > 0 or epochs > 0,
+     "the run needs a length: train.samples > 0 or train.epochs > 0"),
+    (("optim.min_lr", "optim.base_lr", "train.global_batch_size"),
+     lambda min_lr, base_lr, batch: min_lr <= base_lr * batch / 256 * (1 + 1e-9),  # equal is fine (a constant lr)
+     "optim.min_lr must not exceed the peak lr, optim.base_lr x train.global_batch_size / 256"),
+]
+
+
 # ----------------------------------------------------------------------------- type checking
 
 
@@ -231,16 +330,17 @@ def _set(cfg: Config, dotted: str, value, source: str) -> None:
     setattr(group, key, converted)
 
 
-def _apply_mapping(cfg: Config, mapping, source: str) -> None:
+def _apply_mapping(cfg: Config, mapping, source: str, sources: dict) -> None:
+    """Set every key of a recipe's ``mapping``, recording ``source`` as where each one came from."""
     if not isinstance(mapping, dict):
         raise ConfigError(f"{source}: expected a mapping of groups (model, data, optim, train, eval)")
     for group_name, values in mapping.items():
-        if not isinstance(values, dict):
-            # A flat "group.key: value" line is allowed too.
-            _set(cfg, str(group_name), values, source)
-            continue
-        for key, value in values.items():
-            _set(cfg, f"{group_name}.{key}", value, source)
+        # A flat "group.key: value" line is allowed too.
+        items = values.items() if isinstance(values, dict) else [(None, values)]
+        for key, value in items:
+            dotted = str(group_name) if key is None else f"{group_name}.{key}"
+            _set(cfg, dotted, value, source)
+            sources[dotted] = f"from {source}"
 
 
 # ----------------------------------------------------------------------------- recipes
@@ -266,15 +366,15 @@ def _read_yaml(path: Path):
         raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
 
 
-def _apply_recipe(cfg: Config, path: Path, seen=()) -> None:
+def _apply_recipe(cfg: Config, path: Path, sources: dict, seen=()) -> None:
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'inherit' loops back to itself")
     data = _read_yaml(path)
     if isinstance(data, dict) and "inherit" in data:
         parent = str(data.pop("inherit"))
         parent_path = path.parent / parent if (path.parent / parent).is_file() else resolve_recipe(parent)
-        _apply_recipe(cfg, parent_path, seen + (path.resolve(),))
-    _apply_mapping(cfg, data, str(path))
+        _apply_recipe(cfg, parent_path, sources, seen + (path.resolve(),))
+    _apply_mapping(cfg, data, str(path), sources)
 
 
 def parse_override(text: str):
@@ -290,38 +390,42 @@ def parse_override(text: str):
 
 
 def load_config(recipe: str | Path | None = None, overrides=()) -> Config:
-    """Defaults, then the recipe (if any), then ``group.key=value`` overrides, in that order."""
-    cfg = Config()
+    """Defaults, then the recipe (if any), then ``group.key=value`` overrides, in that order; then every
+    value is checked (:func:`validate`)."""
+    cfg, sources = Config(), {}
     if recipe is not None:
-        _apply_recipe(cfg, resolve_recipe(recipe))
+        _apply_recipe(cfg, resolve_recipe(recipe), sources)
     for text in overrides:
         key, value = parse_override(text)
         _set(cfg, key, value, f"override '{text}'")
-    validate(cfg)
+        sources[key] = "from the command line"
+    validate(cfg, sources)
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    """Checks that involve more than one key."""
-    m = cfg.model
-    if m.img_size % m.patch_size:
-        raise ConfigError(f"model.img_size={m.img_size} is not a multiple of model.patch_size={m.patch_size}")
-    if len(m.mask_ratio) != cfg.data.num_frames:
-        raise ConfigError(
-            f"model.mask_ratio has {len(m.mask_ratio)} values but data.num_frames={cfg.data.num_frames}"
-        )
-    if not all(0.0 <= r < 1.0 for r in m.mask_ratio):
-        raise ConfigError(f"model.mask_ratio={m.mask_ratio}: each ratio must be in [0, 1)")
-    if m.decoder_dim % m.decoder_heads:
-        raise ConfigError(f"model.decoder_dim={m.decoder_dim} is not divisible by model.decoder_heads")
-    lo, hi = cfg.data.crop_scale
-    if not 0 < lo <= hi <= 1:
-        raise ConfigError(f"data.crop_scale={cfg.data.crop_scale}: need 0 < min <= max <= 1")
-    for key in ("every", "sequences", "size"):
-        if getattr(cfg.eval, key) < 0:
-            raise ConfigError(f"eval.{key}={getattr(cfg.eval, key)}: must be >= 0")
-    if cfg.train.global_batch_size % cfg.train.grad_accum:
-        raise ConfigError("train.global_batch_size must be divisible by train.grad_accum")
+def _show(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def validate(cfg: Config, sources: dict | None = None) -> None:
+    """Every key's rule (:data:`RULES`), then the rules between keys (:data:`CROSS_RULES`). The error names
+    each key involved with its value and where it came from (``sources``: key -> "from <where>")."""
+    sources = sources or {}
+
+    def value(key):
+        group, _, name = key.partition(".")
+        return getattr(getattr(cfg, group), name)
+
+    def refuse(keys, text):
+        shown = ", ".join(f"{k}={_show(value(k))} ({sources.get(k, 'the default')})" for k in keys)
+        raise ConfigError(f"{shown}: {text}")
+
+    for key, (holds, text) in RULES.items():
+        if not holds(value(key)):
+            refuse([key], text)
+    for keys, holds, text in CROSS_RULES:
+        if not holds(*map(value, keys)):
+            refuse(keys, text)
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -335,7 +439,7 @@ def dump_config(cfg: Config, path: str | Path) -> None:
 
 def read_config(path: str | Path) -> Config:
     """Read a resolved config (``config.yaml`` in a run folder) strictly."""
-    cfg = Config()
-    _apply_mapping(cfg, _read_yaml(Path(path)), str(path))
-    validate(cfg)
+    cfg, sources = Config(), {}
+    _apply_mapping(cfg, _read_yaml(Path(path)), str(path), sources)
+    validate(cfg, sources)
     return cfg

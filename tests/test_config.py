@@ -1,8 +1,10 @@
 """Recipes: defaults -> YAML -> overrides, strict keys and types, run-folder round trip."""
 
+import dataclasses
+
 import pytest
 
-from siammae.config import RECIPES_DIR, ConfigError, dump_config, load_config, read_config
+from siammae.config import CROSS_RULES, RECIPES_DIR, RULES, Config, ConfigError, dump_config, load_config, read_config
 
 
 def write(tmp_path, text, name="recipe.yaml"):
@@ -88,3 +90,144 @@ def test_missing_recipe_is_a_clear_error():
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml")))
 def test_every_packaged_recipe_loads(recipe):
     load_config(recipe)
+
+
+# ----------------------------------------------------------------------------- value rules (issue 13)
+
+# One value of the right type that each key refuses, as it would be typed on the command line.
+BAD = {
+    "model.arch": "vit_huge",
+    "model.patch_size": "0",
+    "model.img_size": "0",
+    "model.encoder": "twin",
+    "model.decoder": "self",
+    "model.decoder_depth": "0",
+    "model.decoder_dim": "130",  # not a multiple of 4
+    "model.decoder_heads": "0",
+    "model.mask_ratio": "[0.0, 1.0]",
+    "model.masking": "block",
+    "model.attention": "flash",
+    "model.sdpa_backend": "cudnn",
+    "model.drop_path": "1.0",
+    "data.num_frames": "1",
+    "data.repeated_sampling": "0",
+    "data.crop_scale": "[1.0, 0.5]",
+    "data.crop_ratio": "[0.0, 1.0]",
+    "data.hflip": "1.5",
+    "data.shuffle_buffer": "0",
+    "data.num_workers": "-1",
+    "optim.base_lr": "-1e-4",
+    "optim.min_lr": "-1e-6",
+    "optim.weight_decay": "-0.05",
+    "optim.betas": "[0.9, 1.0]",
+    "optim.warmup_epochs": "-1",
+    "optim.warmup_samples": "-1",
+    "optim.clip_grad": "-1",
+    "optim.encoder_lr_scale": "-0.3",
+    "train.output_dir": "",
+    "train.epochs": "-1",
+    "train.epoch_samples": "0",
+    "train.samples": "-1",
+    "train.global_batch_size": "0",
+    "train.grad_accum": "0",
+    "train.mixed_precision": "fp8",
+    "train.seed": "-1",
+    "train.log_every": "0",
+    "train.save_every": "0",
+    "train.keep_last": "-1",
+    "train.recon_every": "-1",
+    "train.recon_samples": "0",
+    "train.max_nonfinite": "0",
+    "eval.protocol": "stc",
+    "eval.topk": "0",
+    "eval.queue": "-1",
+    "eval.radius": "-1",
+    "eval.temperature": "0",
+    "eval.every": "-1",
+    "eval.sequences": "-1",
+    "eval.size": "-1",
+}
+
+# Keys for which every value of the right type is acceptable here, and why.
+ANY_VALUE = {
+    "model.norm_pix_loss": "a bool: both values are valid",
+    "train.tensorboard": "a bool: both values are valid",
+    "data.shards": "paths: resolved (and refused if missing or empty) by data.resolve_shards at start",
+    "train.resume": "auto, never or a checkpoint folder, checked by the trainer at start",
+    "eval.davis": "a DAVIS folder (empty = off), checked by the monitor at start",
+}
+
+
+def all_keys():
+    cfg = Config()
+    return [f"{g.name}.{f.name}" for g in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, g.name))]
+
+
+def test_every_key_has_a_rule_or_a_reason():
+    keys = all_keys()
+    missing = [k for k in keys if k not in BAD and k not in ANY_VALUE]
+    assert not missing, f"keys with neither a bad value in BAD nor a reason in ANY_VALUE: {missing}"
+    assert not (set(BAD) | set(ANY_VALUE)) - set(keys), "BAD / ANY_VALUE name keys that no longer exist"
+    assert not set(BAD) & set(ANY_VALUE)
+    assert set(RULES) <= set(keys) and all(set(k) <= set(keys) for k, _, _ in CROSS_RULES)
+
+
+@pytest.mark.parametrize("key", sorted(BAD))
+def test_bad_value_is_refused_up_front(key):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", [f"{key}={BAD[key]}"])
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.grad_accum=0", "train.grad_accum=0 (from the command line): must be >= 1"),
+    ("data.crop_scale=[0.5]", "data.crop_scale=[0.5] (from the command line): must be [min, max]"),
+    ("train.save_every=0", "train.save_every=0 (from the command line): must be >= 1"),
+    ("train.log_every=0", "train.log_every=0 (from the command line): must be >= 1"),
+    ("optim.betas=[0.9]", "optim.betas=[0.9] (from the command line): must be two numbers in [0, 1)"),
+])
+def test_values_that_used_to_crash_later(override, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", [override])
+    assert str(e.value).startswith(expected)
+
+
+def test_rule_messages_name_each_key_value_and_source(tmp_path):
+    recipe = write(tmp_path, "train:\n  global_batch_size: 30\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(recipe, ["train.grad_accum=4"])
+    assert str(e.value) == (f"train.global_batch_size=30 (from {recipe}), train.grad_accum=4 (from the command line): "
+                            "train.global_batch_size must be divisible by train.grad_accum")
+    with pytest.raises(ConfigError, match=r"model\.patch_size=16 \(the default\)"):
+        load_config(None, ["model.img_size=100"])
+    with pytest.raises(ConfigError, match=rf"data\.hflip=2\.0 \(from {recipe}\): must be a probability"):
+        load_config(write(tmp_path, "data:\n  hflip: 2\n"))
+    # An override may fix a recipe's bad value: only the resolved value is checked.
+    assert load_config(write(tmp_path, "data:\n  hflip: 2\n"), ["data.hflip=0.5"]).data.hflip == 0.5
+
+
+def test_cross_key_rules_between_good_values():
+    for overrides, rule in [
+        (["model.mask_ratio=[0.0, 0.0]"], "last frame must mask at least one patch"),
+        (["model.mask_ratio=[0.99, 0.9]"], "keep at least one"),  # 64 patches: int(64 x 0.01) = 0 visible
+        (["model.decoder_heads=3"], "divisible by model.decoder_heads"),
+        (["train.samples=0", "train.epochs=0"], "the run needs a length"),
+        (["optim.min_lr=0.01"], "must not exceed the peak lr"),  # tiny's peak: 1.6e-2 x 16 / 256 = 1e-3
+        (["train.global_batch_size=16", "train.grad_accum=3"], "divisible by train.grad_accum"),
+    ]:
+        with pytest.raises(ConfigError, match=rule):
+            load_config("tiny", overrides)
+    # At the limits: a constant lr (min_lr = peak, as ucf101_vitt16), 1 visible patch, 1 masked patch.
+    load_config("tiny", ["optim.min_lr=1e-3"])
+    load_config("tiny", ["model.img_size=32", "model.mask_ratio=[0.0, 0.9]"])  # 16 patches: 1 visible
+    load_config("tiny", ["model.mask_ratio=[0.0, 0.01]"])  # 64 patches: 1 masked
+
+
+def test_read_config_checks_values_too(tmp_path):
+    cfg = load_config("tiny")
+    dump_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text().replace("grad_accum: 1", "grad_accum: 0")
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=rf"train\.grad_accum=0 \(from {tmp_path / 'config.yaml'}\)"):
+        read_config(tmp_path / "config.yaml")

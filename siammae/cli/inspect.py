@@ -1,5 +1,5 @@
 """``siammae inspect``: verify shards made by ``siammae shard`` and summarise them (thin wrapper over
-:mod:`siammae.shard_inspect`; heavy imports stay inside the command)."""
+:mod:`siammae.shard.inspect`; heavy imports stay inside the command)."""
 
 import json
 
@@ -32,7 +32,7 @@ def inspect(shards, sheet, count, seed, quick, as_json, progress):
     """
     from tqdm import tqdm
 
-    from siammae.shard_inspect import contact_sheet, find_shards, inspect_shards
+    from siammae.shard.inspect import contact_sheet, find_shards, inspect_shards
 
     total = len(find_shards(shards))
     with tqdm(total=total, unit="shard", disable=not progress, dynamic_ncols=True, leave=False) as bar:

@@ -163,17 +163,5 @@ def open_video(path: str, short_side: int, transcode: bool = False, tmp_dir: Opt
             reader.close()
 
 
-def read_all(path: str) -> int:
-    """Decode every frame of ``path`` sequentially with decord (the benchmark's baseline); returns the count."""
-    import decord
-
-    reader = decord.VideoReader(path, num_threads=1)
-    count = 0
-    for _ in range(len(reader)):
-        reader.next().asnumpy()
-        count += 1
-    return count
-
-
 def unique_sorted(samples: Sequence[Sequence[int]]) -> List[int]:
     return sorted({i for sample in samples for i in sample})

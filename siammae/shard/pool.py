@@ -16,23 +16,71 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
-from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
+from siammae.shard.folder import PartFolder
 from siammae.shard.samples import VideoFailed, make_samples
+from siammae.shard.sources import Video
 from siammae.shard.writer import ShardWriter
 
 IN_FLIGHT = 2  # videos sent ahead to a worker, so it never waits for the main process between videos
 MAX_CRASHES_IN_A_ROW = 8  # worker deaths with no finished video in between: something else is wrong
 
 
-def _worker(worker_id: str, out: str, state: str, config, tasks, results) -> None:
-    """Process the Videos received on ``tasks`` until None, reporting on ``results``:
-    ("done", id, src, n_samples) | ("failed", id, src, reason, message) | ("shard", id, manifest) |
-    ("fatal", id, message) | ("exit", id, cpu_seconds), after ("ready", id) once it has started."""
-    writer = ShardWriter(Path(out), Path(state), worker_id, config.max_samples, config.max_bytes)
-    tmp_dir = os.path.join(out, ".shard", "tmp")
-    results.send(("ready", worker_id))
+# --- messages from a worker to the main process ---------------------------------------------------
+
+
+class Ready(NamedTuple):
+    """The worker has started (a death before this is the environment's fault, not a video's)."""
+
+    worker: str
+
+
+class Done(NamedTuple):
+    """A video's samples are in the worker's open shard."""
+
+    worker: str
+    src: str
+    samples: int
+
+
+class Failed(NamedTuple):
+    """A video gave no samples."""
+
+    worker: str
+    src: str
+    reason: str
+    message: str
+
+
+class ShardClosed(NamedTuple):
+    """A shard is finished; ``manifest`` names its videos."""
+
+    worker: str
+    manifest: dict
+
+
+class Fatal(NamedTuple):
+    """The worker cannot write shards; every worker would fail the same way."""
+
+    worker: str
+    message: str
+
+
+class Exited(NamedTuple):
+    """The worker's last message."""
+
+    worker: str
+    cpu_seconds: float
+
+
+def _worker(name: str, part: PartFolder, config, tasks, results) -> None:
+    """Process the Videos received on ``tasks`` until None, reporting on ``results``: :class:`Ready`
+    once started, then :class:`Done` / :class:`Failed` per video and :class:`ShardClosed` per shard,
+    or :class:`Fatal`; :class:`Exited` last."""
+    writer = ShardWriter(part, name, config.max_samples, config.max_bytes)
+    tmp_dir = os.fspath(part.folder.tmp)
+    results.send(Ready(name))
     try:
         while True:
             video = tasks.recv()
@@ -41,22 +89,38 @@ def _worker(worker_id: str, out: str, state: str, config, tasks, results) -> Non
             try:
                 samples = make_samples(video, config.sample, config.encode, config.seed, tmp_dir)
             except VideoFailed as error:
-                results.send(("failed", worker_id, video.src, error.reason, str(error)))
+                results.send(Failed(name, video.src, error.reason, str(error)))
                 continue
             except Exception as error:  # a decoder bug must not stop the run; record it
-                results.send(("failed", worker_id, video.src, "error", f"{type(error).__name__}: {error}"))
+                results.send(Failed(name, video.src, "error", f"{type(error).__name__}: {error}"))
                 continue
             closed = writer.add(video.src, samples)
             if closed:
-                results.send(("shard", worker_id, closed))
-            results.send(("done", worker_id, video.src, len(samples)))
+                results.send(ShardClosed(name, closed))
+            results.send(Done(name, video.src, len(samples)))
         closed = writer.close()
         if closed:
-            results.send(("shard", worker_id, closed))
-    except OSError as error:  # disk full, OUT gone, ...: every worker would fail the same way
+            results.send(ShardClosed(name, closed))
+    except OSError as error:  # disk full, OUT gone, ...
         writer.abort()
-        results.send(("fatal", worker_id, f"writing shards in {out}: {error}"))
-    results.send(("exit", worker_id, time.process_time()))
+        results.send(Fatal(name, f"writing shards in {part.folder.root}: {error}"))
+    results.send(Exited(name, time.process_time()))
+
+
+# --- the main process's side ----------------------------------------------------------------------
+
+
+@dataclass
+class Counts:
+    """What the workers did: videos done and failed, samples, shards and bytes finished, and the CPU
+    seconds of the workers that exited normally."""
+
+    done: int = 0
+    failed: int = 0
+    samples: int = 0
+    shards: int = 0
+    bytes: int = 0
+    cpu: float = 0.0
 
 
 @dataclass
@@ -72,73 +136,124 @@ class _Worker:
     exited: bool = False
 
 
-def run_workers(todo, out, part_dir, part_name, config, workers, strict, progress, failed_path, counts) -> Optional[str]:
-    """Shard the Videos ``todo`` with ``workers`` processes writing into ``out``; failures are
-    appended to ``failed_path``; ``counts`` (done, failed, samples, shards, bytes, cpu) is updated.
-    Returns an error message that should stop the run, or None."""
-    from tqdm import tqdm
+class WorkerPool:
+    """Shards Videos into ``part``'s folder with worker processes; failures are appended to the
+    part's failed.jsonl as they happen. After :meth:`run`, :attr:`counts` says what was done."""
 
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-    context = mp.get_context("forkserver")
-    context.set_forkserver_preload(["siammae.shard.pool", "numpy", "decord", "simplejpeg", "PIL.Image"])
-    pending = deque(todo)
-    pool: Dict[str, _Worker] = {}
-    serial = [0]
-    state = {"error": None, "stopping": False, "crashes_in_a_row": 0}
+    def __init__(self, part: PartFolder, config, workers: Optional[int], strict: bool, progress: bool):
+        self.part, self.config, self.workers = part, config, workers
+        self.strict, self.progress = strict, progress
+        self.counts = Counts()
+        self.error: Optional[str] = None  # why the run stops, once it must
+        self.stopping = False
+        self._crashes_in_a_row = 0
+        self._pool: Dict[str, _Worker] = {}
+        self._serial = 0
+        self._pending: deque = deque()
+        self._context = self._failed_file = self._bar = None
 
-    def start_worker():
-        name = f"{part_name}-w{serial[0]:02d}"
-        serial[0] += 1
-        task_recv, task_send = context.Pipe(duplex=False)
-        result_recv, result_send = context.Pipe(duplex=False)
-        process = context.Process(
-            target=_worker, args=(name, os.fspath(out), os.fspath(part_dir), config, task_recv, result_send), daemon=True
+    def run(self, todo: Sequence[Video]) -> Optional[str]:
+        """Shard ``todo``; returns an error message that should stop the run, or None."""
+        from tqdm import tqdm
+
+        workers = max(1, min(self.workers or os.cpu_count() or 1, len(todo)))
+        self._context = mp.get_context("forkserver")
+        self._context.set_forkserver_preload(["siammae.shard.pool", "numpy", "decord", "simplejpeg", "PIL.Image"])
+        self._pending = deque(todo)
+        self._failed_file = open(self.part.failed, "a", encoding="utf-8")
+        self._bar = tqdm(total=len(todo), unit="video", disable=not self.progress, dynamic_ncols=True, smoothing=0.05)
+        try:
+            for _ in range(workers):
+                self._start_worker()
+            self._serve()
+        except BaseException:
+            for worker in self._pool.values():
+                if worker.process.is_alive():
+                    worker.process.terminate()
+            raise
+        finally:
+            self._close()
+        return self.error
+
+    def _serve(self) -> None:
+        """Feed the workers and handle their messages until every one has exited."""
+        while True:
+            live = {w.results: w for w in self._pool.values() if not w.exited}
+            if not live:
+                return
+            for worker in list(live.values()):
+                self._tend(worker)
+            for conn in wait(list(live), timeout=1.0):
+                worker = live[conn]
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    self._bury(worker)
+                    continue
+                self._handle(worker, message)
+
+    def _close(self) -> None:
+        self._bar.close()
+        self._failed_file.close()
+        for worker in self._pool.values():
+            worker.process.join(timeout=10)
+            if not worker.tasks.closed:
+                worker.tasks.close()
+                worker.results.close()
+
+    def _stop(self, error: str) -> None:
+        """Stop handing out videos; the first error is the one reported."""
+        self.error = self.error or error
+        self.stopping = True
+
+    def _start_worker(self) -> None:
+        name = f"{self.part.name}-w{self._serial:02d}"
+        self._serial += 1
+        task_recv, task_send = self._context.Pipe(duplex=False)
+        result_recv, result_send = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_worker, args=(name, self.part, self.config, task_recv, result_send), daemon=True
         )
         process.start()
         task_recv.close()  # only the child's copies stay open, so its death reads as EOF here
         result_send.close()
-        pool[name] = _Worker(name, process, task_send, result_recv)
+        self._pool[name] = _Worker(name, process, task_send, result_recv)
 
-    failed_file = open(failed_path, "a", encoding="utf-8")
-    bar = tqdm(total=len(todo), unit="video", disable=not progress, dynamic_ncols=True, smoothing=0.05)
-
-    def record_failure(video, reason, message):
+    def _record_failure(self, video: Video, reason: str, message: str) -> None:
         line = {"src": video.src, "path": video.path, "reason": reason, "error": message}
-        failed_file.write(json.dumps(line, ensure_ascii=False) + "\n")
-        failed_file.flush()
-        counts["failed"] += 1
-        bar.update(1)
-        if strict and state["error"] is None:
-            state["error"] = f"{video.src}: {reason}: {message} (--strict stops at the first failure)"
-            state["stopping"] = True
+        self._failed_file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self._failed_file.flush()
+        self.counts.failed += 1
+        self._bar.update(1)
+        if self.strict:
+            self._stop(f"{video.src}: {reason}: {message} (--strict stops at the first failure)")
 
-    def handle(worker: _Worker, message):
-        kind = message[0]
-        if kind == "ready":
+    def _handle(self, worker: _Worker, message) -> None:
+        counts = self.counts
+        if isinstance(message, Ready):
             worker.ready = True
-        elif kind == "done":
-            state["crashes_in_a_row"] = 0
+        elif isinstance(message, Done):
+            self._crashes_in_a_row = 0
             video = worker.assigned.popleft()
-            worker.unflushed.append((video, message[3]))
-            counts["done"] += 1
-            counts["samples"] += message[3]
-            bar.update(1)
-        elif kind == "failed":
-            record_failure(worker.assigned.popleft(), message[3], message[4])
-        elif kind == "shard":
-            names = set(message[2]["videos"])
+            worker.unflushed.append((video, message.samples))
+            counts.done += 1
+            counts.samples += message.samples
+            self._bar.update(1)
+        elif isinstance(message, Failed):
+            self._record_failure(worker.assigned.popleft(), message.reason, message.message)
+        elif isinstance(message, ShardClosed):
+            names = set(message.manifest["videos"])
             worker.unflushed = [(v, n) for v, n in worker.unflushed if v.src not in names]
-            counts["shards"] += 1
-            counts["bytes"] += message[2]["bytes"]
-        elif kind == "fatal":
-            state["error"] = state["error"] or message[2]
-            state["stopping"] = True
-        elif kind == "exit":
-            counts["cpu"] += message[2]
+            counts.shards += 1
+            counts.bytes += message.manifest["bytes"]
+        elif isinstance(message, Fatal):
+            self._stop(message.message)
+        elif isinstance(message, Exited):
+            counts.cpu += message.cpu_seconds
             worker.exited = True
-        bar.set_postfix(samples=counts["samples"], failed=counts["failed"], refresh=False)
+        self._bar.set_postfix(samples=counts.samples, failed=counts.failed, refresh=False)
 
-    def bury(worker: _Worker):
+    def _bury(self, worker: _Worker) -> None:
         """A worker died: blame its current video, requeue the rest and its unfinished shard's videos."""
         worker.exited = True
         worker.process.join(timeout=5)
@@ -146,69 +261,35 @@ def run_workers(todo, out, part_dir, part_name, config, workers, strict, progres
         worker.results.close()
         code = worker.process.exitcode
         if not worker.ready:  # the environment, not a video: stop rather than respawn forever
-            state["error"] = state["error"] or f"a worker process died while starting (exit code {code}; its traceback, if any, is above)"
-            state["stopping"] = True
+            self._stop(f"a worker process died while starting (exit code {code}; its traceback, if any, is above)")
         elif worker.assigned:
-            record_failure(worker.assigned.popleft(), "crash", f"worker died (exit code {code}) while decoding")
-            state["crashes_in_a_row"] += 1
-            if state["crashes_in_a_row"] >= MAX_CRASHES_IN_A_ROW:
-                state["error"] = state["error"] or f"{MAX_CRASHES_IN_A_ROW} workers in a row died while decoding"
-                state["stopping"] = True
-        pending.extendleft(reversed(list(worker.assigned) + [v for v, _ in worker.unflushed]))
-        counts["done"] -= len(worker.unflushed)
-        counts["samples"] -= sum(n for _, n in worker.unflushed)
-        bar.update(-len(worker.unflushed))
-        for stale in (out / ".shard" / "tmp").glob(f"{worker.name}-*"):
+            self._record_failure(worker.assigned.popleft(), "crash", f"worker died (exit code {code}) while decoding")
+            self._crashes_in_a_row += 1
+            if self._crashes_in_a_row >= MAX_CRASHES_IN_A_ROW:
+                self._stop(f"{MAX_CRASHES_IN_A_ROW} workers in a row died while decoding")
+        self._pending.extendleft(reversed(list(worker.assigned) + [v for v, _ in worker.unflushed]))
+        self.counts.done -= len(worker.unflushed)
+        self.counts.samples -= sum(n for _, n in worker.unflushed)
+        self._bar.update(-len(worker.unflushed))
+        for stale in self.part.folder.unfinished(worker.name):
             stale.unlink(missing_ok=True)
-        if not state["stopping"]:
-            start_worker()
+        if not self.stopping:
+            self._start_worker()
 
-    def tend(worker: _Worker):
+    def _tend(self, worker: _Worker) -> None:
         """Keep IN_FLIGHT videos in flight; send None once there is nothing left for it."""
         if worker.exited or worker.stopped:
             return
-        while not state["stopping"] and pending and len(worker.assigned) < IN_FLIGHT:
-            video = pending.popleft()
+        while not self.stopping and self._pending and len(worker.assigned) < IN_FLIGHT:
+            video = self._pending.popleft()
             worker.assigned.append(video)
             try:
                 worker.tasks.send(video)
-            except OSError:  # it died; its pipe reads EOF next and bury() requeues this video
+            except OSError:  # it died; its pipe reads EOF next and _bury() requeues this video
                 return
-        if not worker.assigned and (state["stopping"] or not pending):
+        if not worker.assigned and (self.stopping or not self._pending):
             worker.stopped = True
             try:
                 worker.tasks.send(None)
             except OSError:
                 pass
-
-    try:
-        for _ in range(workers):
-            start_worker()
-        while True:
-            live = {w.results: w for w in pool.values() if not w.exited}
-            if not live:
-                break
-            for worker in list(live.values()):
-                tend(worker)
-            for conn in wait(list(live), timeout=1.0):
-                worker = live[conn]
-                try:
-                    message = conn.recv()
-                except (EOFError, OSError):
-                    bury(worker)
-                    continue
-                handle(worker, message)
-    except BaseException:
-        for worker in pool.values():
-            if worker.process.is_alive():
-                worker.process.terminate()
-        raise
-    finally:
-        bar.close()
-        failed_file.close()
-        for worker in pool.values():
-            worker.process.join(timeout=10)
-            if not worker.tasks.closed:
-                worker.tasks.close()
-                worker.results.close()
-    return state["error"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import PurePosixPath
 from typing import Dict, List, Optional, Tuple
 
@@ -27,6 +27,33 @@ from siammae.shard.sampling import SampleSpec, TooShort, sample_indices, video_r
 from siammae.shard.sources import Video
 
 Sample = Tuple[str, List[Tuple[str, bytes]]]  # (key, [(extension, payload), ...]) in tar order
+
+JSON_MEMBER = "json"
+
+
+def frame_member(i: int) -> str:
+    """The member name (extension) of a sample's frame ``i``."""
+    return f"f{i}.jpg"
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """The ``json`` member of a sample (see the module docstring); fields in the order written."""
+
+    src: str
+    label: Optional[str]
+    split: Optional[str]
+    fps: float
+    frames: List[int]
+    gap: int
+    size: List[int]
+    num_frames: int
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False).encode("utf-8")
+
+
+FIELDS = tuple(f.name for f in fields(SampleRecord))  # the keys every sample's json holds
 
 
 class VideoFailed(SiammaeError):
@@ -69,18 +96,18 @@ def _encode_video(video: Video, reader, sample_spec: SampleSpec, encode_spec: En
     prefix = video_key(video.src)
     samples = []
     for j, frames in enumerate(chosen):
-        record = {
-            "src": video.src,
-            "label": video.label,
-            "split": video.split,
-            "fps": float(reader.fps),
-            "frames": frames,
-            "gap": frames[-1] - frames[0],
-            "size": list(reader.source_size),
-            "num_frames": int(reader.num_frames),
-        }
-        members = [(f"f{i}.jpg", jpegs[t]) for i, t in enumerate(frames)]
-        members.append(("json", json.dumps(record, ensure_ascii=False).encode("utf-8")))
+        record = SampleRecord(
+            src=video.src,
+            label=video.label,
+            split=video.split,
+            fps=float(reader.fps),
+            frames=frames,
+            gap=frames[-1] - frames[0],
+            size=list(reader.source_size),
+            num_frames=int(reader.num_frames),
+        )
+        members = [(frame_member(i), jpegs[t]) for i, t in enumerate(frames)]
+        members.append((JSON_MEMBER, record.to_json()))
         samples.append((f"{prefix}-{j:03d}", members))
     return samples
 

@@ -1,6 +1,6 @@
 """Find the videos of a collection, with labels and splits where the layout says them.
 
-Layouts (``../shared/notes/pipeline.md`` lists their facts and quirks):
+Layouts:
 
 ``kinetics``  ``SRC/annotations/{train,val,test}.csv`` (``label,youtube_id,time_start,time_end,split``)
               naming ``SRC/<split>/**/<youtube_id>_<start:06d>_<end:06d>.<ext>``; a file of the same

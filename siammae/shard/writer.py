@@ -3,8 +3,9 @@
 One :class:`ShardWriter` per worker. Shards are named ``<prefix>-<seq:06d>.tar`` (prefix
 ``part<I:04d>-w<W:02d>``: unique per part and worker, so names never collide across workers or
 machines and sort by part, worker, sequence). A shard is written under ``OUT/.shard/tmp/`` and
-renamed into OUT once closed. All samples of one video go into the same shard, so a shard either
-holds a video completely or not at all; that is what makes resuming exact.
+renamed into OUT once closed (the paths: :mod:`siammae.shard.folder`). All samples of one video go
+into the same shard, so a shard either holds a video completely or not at all; that is what makes
+resuming exact.
 
 Commit order when a shard closes: tar fsynced -> manifest ``.shard/part<I>/manifests/<name>.json``
 (the videos it holds) written and renamed -> tar renamed into OUT. A manifest whose tar is absent
@@ -21,6 +22,8 @@ import tarfile
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from siammae.files import write_atomic
+from siammae.shard.folder import PartFolder, ShardFolder
 from siammae.shard.samples import Sample
 
 _BLOCK = 512
@@ -35,17 +38,8 @@ def tar_bytes(samples: List[Sample]) -> int:
     return total
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (best effort: some file systems cannot open a folder)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -72,14 +66,13 @@ class ShardWriter:
     """Collects whole videos' samples into shards of at most ``max_samples`` samples and ``max_bytes``
     bytes (a single video larger than that gets a shard of its own)."""
 
-    def __init__(self, out: Path, state: Path, prefix: str, max_samples: int, max_bytes: int):
-        self.out, self.prefix = Path(out), prefix
-        self.manifests = Path(state) / "manifests"
-        self.tmp_dir = self.out / ".shard" / "tmp"
-        self.manifests.mkdir(parents=True, exist_ok=True)
+    def __init__(self, part: PartFolder, prefix: str, max_samples: int, max_bytes: int):
+        self.part, self.folder, self.prefix = part, part.folder, prefix
+        self.tmp_dir = self.folder.tmp
+        part.manifests.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self.max_samples, self.max_bytes = max_samples, max_bytes
-        self.seq = next_sequence(self.out, self.manifests, prefix)
+        self.seq = next_sequence(self.folder.root, part.manifests, prefix)
         self._tar: Optional[tarfile.TarFile] = None
         self._file = None
         self._videos: List[str] = []
@@ -126,9 +119,9 @@ class ShardWriter:
             "bytes": tmp.stat().st_size,
             "videos": self._videos,
         }
-        write_atomic(self.manifests / (self.name[: -len(".tar")] + ".json"), json.dumps(manifest).encode())
-        os.replace(tmp, self.out / self.name)
-        _fsync_dir(self.out)
+        write_atomic(self.part.manifest(self.name), json.dumps(manifest).encode())
+        os.replace(tmp, self.folder.shard(self.name))
+        _fsync_dir(self.folder.root)
         self._tar, self._file = None, None
         self._videos, self._samples, self._bytes = [], 0, 0
         self.seq += 1
@@ -142,10 +135,10 @@ class ShardWriter:
             self._tar, self._file = None, None
 
 
-def read_manifests(state_root: Path) -> List[Tuple[Path, dict]]:
+def read_manifests(folder: ShardFolder) -> List[Tuple[Path, dict]]:
     """Every readable manifest under ``OUT/.shard/part*/manifests`` as (path, manifest)."""
     found = []
-    for path in sorted(state_root.glob("part*/manifests/*.json")):
+    for path in folder.manifest_paths():
         try:
             found.append((path, json.loads(path.read_text())))
         except (OSError, ValueError):

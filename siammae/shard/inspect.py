@@ -2,9 +2,10 @@
 
 :func:`inspect_shards` reads every tar in one pass and checks what the trainer relies on: each tar
 reads to its end; a sample's members are contiguous and its key is unique across all shards; it has
-a ``json`` with the sample fields and ``f0.jpg .. f{K-1}.jpg`` for its K ``frames``, which strictly
-increase with ``gap == frames[-1] - frames[0]``; and every JPEG decodes (or, with ``decode=False``,
-has a valid header and end marker). It gathers gap, size, fps, label and split statistics and keeps
+a ``json`` with the sample fields (:class:`siammae.shard.samples.SampleRecord`, what the writer
+writes) and ``f0.jpg .. f{K-1}.jpg`` for its K ``frames``, which strictly increase with
+``gap == frames[-1] - frames[0]``; and every JPEG decodes (or, with ``decode=False``, has a valid
+header and end marker). It gathers gap, size, fps, label and split statistics and keeps
 a seeded reservoir of samples for :func:`contact_sheet`.
 """
 
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from siammae.errors import SiammaeError
+from siammae.shard.folder import ShardFolder
+from siammae.shard.samples import FIELDS, JSON_MEMBER, frame_member
 
-FIELDS = ("src", "label", "split", "fps", "frames", "gap", "size", "num_frames")
 MAX_PROBLEMS = 20  # problems kept verbatim; the count covers all
 
 
@@ -34,7 +36,7 @@ def find_shards(paths: Sequence[str | os.PathLike]) -> List[Path]:
     shards: List[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            shards += sorted(path.glob("*.tar"))
+            shards += ShardFolder(path).shards()
         elif path.is_file():
             shards.append(path)
         else:
@@ -115,7 +117,7 @@ def _jpeg_size(data: bytes, decode: bool):
 
 def _check_sample(report: Report, where: str, key: str, members: Dict[str, bytes], decode: bool) -> Optional[dict]:
     try:
-        record = json.loads(members["json"].decode("utf-8"))
+        record = json.loads(members[JSON_MEMBER].decode("utf-8"))
     except KeyError:
         return report.problem(f"{where}: {key}: no json member")
     except ValueError as error:
@@ -126,9 +128,9 @@ def _check_sample(report: Report, where: str, key: str, members: Dict[str, bytes
         return report.problem(f"{where}: {key}: json lacks {missing or ['frames']}")
     if any(b <= a for a, b in zip(frames, frames[1:])) or record["gap"] != frames[-1] - frames[0]:
         report.problem(f"{where}: {key}: frames {frames} not strictly increasing or gap {record['gap']} wrong")
-    wanted = {f"f{i}.jpg" for i in range(len(frames))}
-    if set(members) != wanted | {"json"}:
-        report.problem(f"{where}: {key}: members {sorted(members)}, expected {sorted(wanted | {'json'})}")
+    wanted = {frame_member(i) for i in range(len(frames))}
+    if set(members) != wanted | {JSON_MEMBER}:
+        report.problem(f"{where}: {key}: members {sorted(members)}, expected {sorted(wanted | {JSON_MEMBER})}")
     for name in sorted(wanted & set(members)):
         try:
             report.frame_sizes[_jpeg_size(members[name], decode)] += 1
@@ -172,7 +174,7 @@ def inspect_shards(
             record = _check_sample(report, where, current, members, decode)
             report.samples += 1
             if keep and record is not None:
-                item = {"key": current, "record": record, "jpegs": [members.get(f"f{i}.jpg") for i in range(len(record["frames"]))]}
+                item = {"key": current, "record": record, "jpegs": [members.get(frame_member(i)) for i in range(len(record["frames"]))]}
                 if len(report.picked) < keep:
                     report.picked.append(item)
                 elif (slot := rng.randrange(report.samples)) < keep:

@@ -1,0 +1,107 @@
+"""The paths of a shard output folder (OUT), in one place.
+
+Layout of OUT::
+
+    OUT/part<I:04d>-w<W:02d>-<seq:06d>.tar   finished shards (the trainer globs OUT/*.tar)
+    OUT/failed.jsonl                         one {"src", "path", "reason", "error"} per failed video
+    OUT/stats.json                           counts of the latest run of every part + what OUT holds
+    OUT/.shard/config.json                   options that decide the samples; a rerun must match
+    OUT/.shard/part<I>/manifests/*.json      the videos of each finished shard (resume reads these)
+    OUT/.shard/part<I>/failed.jsonl, stats.json, lock
+    OUT/.shard/tmp/                          shards being written
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List
+
+
+@dataclass(frozen=True)
+class ShardFolder:
+    """OUT: the finished shards, the merged records and the bookkeeping under ``OUT/.shard``."""
+
+    root: Path  # str or os.PathLike accepted
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def state(self) -> Path:
+        return self.root / ".shard"
+
+    @property
+    def config(self) -> Path:
+        return self.state / "config.json"
+
+    @property
+    def tmp(self) -> Path:
+        return self.state / "tmp"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "failed.jsonl"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.json"
+
+    def shard(self, name: str) -> Path:
+        """Where the finished shard ``name`` lies."""
+        return self.root / name
+
+    def shards(self) -> List[Path]:
+        """The finished shards, sorted."""
+        return sorted(self.root.glob("*.tar"))
+
+    def unfinished(self, prefix: str) -> Iterator[Path]:
+        """Shards of ``prefix`` (a part or a worker) still being written, or left by a killed run."""
+        return self.tmp.glob(f"{prefix}-*")
+
+    def part(self, index: int) -> PartFolder:
+        return PartFolder(self, self.state / f"part{index:04d}")
+
+    def parts(self) -> List[PartFolder]:
+        """The parts that have bookkeeping here, sorted by name."""
+        return [PartFolder(self, path) for path in sorted(self.state.glob("part*"))]
+
+    def manifest_paths(self) -> List[Path]:
+        """Every part's manifests, sorted."""
+        return sorted(self.state.glob("part*/manifests/*.json"))
+
+
+@dataclass(frozen=True)
+class PartFolder:
+    """``OUT/.shard/part<I>``: the bookkeeping of one part."""
+
+    folder: ShardFolder
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "failed.jsonl"
+
+    @property
+    def stats(self) -> Path:
+        return self.root / "stats.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+    def manifest(self, shard_name: str) -> Path:
+        """The manifest of the shard ``shard_name`` (``<stem>.tar`` -> ``<stem>.json``)."""
+        return self.manifests / (shard_name[: -len(".tar")] + ".json")
+
+    def owns(self, manifest_path: Path) -> bool:
+        """Whether ``manifest_path`` (from :meth:`ShardFolder.manifest_paths`) is one of this part's."""
+        return manifest_path.parent.parent.name == self.name

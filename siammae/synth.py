@@ -617,7 +617,7 @@ def _write_sequence(root: Path, resolution: str, name: str, frames: np.ndarray, 
     """Write one sequence's JPEG frames and palette PNG annotations, replacing any older copy."""
     from PIL import Image
 
-    from siammae.palette import save_indexed_png
+    from siammae.davis import save_indexed_png
 
     image_dir = root / "JPEGImages" / resolution / name
     label_dir = root / "Annotations" / resolution / name

@@ -142,7 +142,7 @@ def test_run_eval_settings_are_propagate_defaults(tmp_path):
     from PIL import Image
 
     from siammae.cli.propagate import propagate as propagate_cmd
-    from siammae.palette import save_indexed_png
+    from siammae.davis import save_indexed_png
 
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "checkpoint_5"

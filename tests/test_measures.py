@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from siammae.cli.evaluate import evaluate as evaluate_cmd
-from siammae.davis import DavisError
+from siammae.davis import DavisError, save_indexed_png
 from siammae.measures import (
     Evaluation,
     ObjectScores,
@@ -23,7 +23,6 @@ from siammae.measures import (
     statistics,
     write_csvs,
 )
-from siammae.palette import save_indexed_png
 
 
 def write_davis(root, sequences, split="val", void_border=False):

@@ -16,9 +16,8 @@ from PIL import Image
 from scipy import ndimage
 
 from siammae.cli.propagate import propagate as propagate_cmd
-from siammae.davis import DavisError
+from siammae.davis import DavisError, save_indexed_png
 from siammae.measures import evaluate
-from siammae.palette import save_indexed_png
 from siammae.propagate import (
     PROTOCOLS,
     LabelPropagator,

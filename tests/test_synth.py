@@ -9,7 +9,7 @@ from PIL import Image
 
 from siammae import synth
 from siammae.cli.synth import synth as synth_group
-from siammae.palette import PALETTE, save_indexed_png
+from siammae.davis import PALETTE, save_indexed_png
 
 decord = pytest.importorskip("decord")
 

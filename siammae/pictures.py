@@ -1,17 +1,20 @@
-"""Pictures of a training run: reconstruction grids and the loss curve.
+"""Pictures: reconstruction grids and the loss curve of a training run, mask overlays of a propagation.
 
-Both take plain data (uint8 tensors, a metrics.jsonl path), not the model, so they can be drawn from
-anything that saved those.
+All take plain data (uint8 tensors or arrays, a metrics.jsonl path), not the model, so they can be drawn
+from anything that saved those.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import torch
 from PIL import Image
+
+from siammae.davis import PALETTE
 
 MIN_TILE = 128  # small frames (the tiny recipe's 64 px) are enlarged, pixel for pixel, to this size
 GAP = 4
@@ -110,3 +113,18 @@ def plot_loss_curve(metrics_path, png_path) -> Path:
     fig.savefig(png_path)
     plt.close(fig)
     return png_path
+
+
+def overlay_strip(frames: List[np.ndarray], labels: List[np.ndarray], height: int = 240) -> np.ndarray:
+    """Frames with their masks blended in the DAVIS colours, side by side, ``height`` pixels high."""
+    colours = np.array(PALETTE, dtype=np.float32).reshape(256, 3)
+    tiles = []
+    for frame, lab in zip(frames, labels):
+        blend = frame.astype(np.float32)
+        fg = lab > 0
+        blend[fg] = 0.45 * blend[fg] + 0.55 * colours[lab[fg]]
+        im = Image.fromarray(blend.astype(np.uint8))
+        w = max(1, round(im.width * height / im.height))
+        tiles.append(np.asarray(im.resize((w, height), Image.BILINEAR)))
+        tiles.append(np.full((height, 4, 3), 255, np.uint8))
+    return np.concatenate(tiles[:-1], axis=1)

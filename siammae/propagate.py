@@ -60,9 +60,7 @@ from siammae.davis import (
 )
 from siammae.errors import SiammaeError
 from siammae.files import write_atomic
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from siammae.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 
 class ProtocolError(SiammaeError):
@@ -277,25 +275,6 @@ def soft_to_ids(soft: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]
 # ----------------------------------------------------------------------------- sequences
 
 
-def overlay_strip(frames: List[np.ndarray], labels: List[np.ndarray], height: int = 240) -> np.ndarray:
-    """Frames with their masks blended in the DAVIS colours, side by side, ``height`` pixels high."""
-    from PIL import Image
-
-    from siammae.palette import PALETTE
-
-    colours = np.array(PALETTE, dtype=np.float32).reshape(256, 3)
-    tiles = []
-    for frame, lab in zip(frames, labels):
-        blend = frame.astype(np.float32)
-        fg = lab > 0
-        blend[fg] = 0.45 * blend[fg] + 0.55 * colours[lab[fg]]
-        im = Image.fromarray(blend.astype(np.uint8))
-        w = max(1, round(im.width * height / im.height))
-        tiles.append(np.asarray(im.resize((w, height), Image.BILINEAR)))
-        tiles.append(np.full((height, 4, 3), 255, np.uint8))
-    return np.concatenate(tiles[:-1], axis=1)
-
-
 def propagate_sequence(
     extractor: FeatureExtractor,
     seq: DavisSequence,
@@ -356,6 +335,8 @@ def propagate_sequence(
     elapsed = time.perf_counter() - start
     if overlay:
         from PIL import Image
+
+        from siammae.pictures import overlay_strip
 
         (Path(out_dir) / "overlays").mkdir(exist_ok=True)
         Image.fromarray(overlay_strip(strip_frames, strip_labels)).save(Path(out_dir) / "overlays" / f"{seq.name}.png")

@@ -5,7 +5,8 @@ back to front, each following a smooth Lissajous path while it turns and breathe
 pixel is a texture lookup through a known motion, the scenes carry real, learnable correspondence, and
 the renderer returns the exact instance masks with the frames (front-most object wins).
 
-Train / validation separation (issue 6: the held-out set must differ in textures, shapes and seeds):
+Train / validation separation (the held-out set must differ from the training videos in textures,
+shapes and seeds, so that it scores scenes the encoder has never seen):
 
 * texture and shape *families* are split: ``split="train"`` draws only from ``TEXTURES["train"]`` and
   ``SHAPES["train"]``, ``split="val"`` only from the disjoint ``"val"`` families (``"all"`` = both);
@@ -30,6 +31,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from siammae.ffmpeg import ffmpeg_exe
+
 TEXTURES = {
     "train": ("noise", "stripes", "checker", "gradient"),
     "val": ("blobs", "dots", "rings", "plaid"),
@@ -41,7 +44,8 @@ SHAPES = {
 SPLITS = ("train", "val", "all")
 
 # Random-stream ids: each generator gets its own stream so equal seeds never give equal scenes.
-_STREAM_VIDEOS, _STREAM_DAVIS_VAL, _STREAM_DAVIS_TRAIN, _STREAM_CLIP = 101, 202, 303, 404
+# siammae.composite uses 505, the tests' in-memory clips 404.
+_STREAM_VIDEOS, _STREAM_DAVIS_VAL, _STREAM_DAVIS_TRAIN = 101, 202, 303
 
 Size = Tuple[int, int]  # (height, width)
 
@@ -485,18 +489,6 @@ def render_scene(scene: Scene, num_frames: int, start: int = 0) -> Tuple[np.ndar
     return frames, masks
 
 
-def synth_clip(
-    frames: int = 16,
-    size: Size = (64, 64),
-    seed: int = 0,
-    split: str = "train",
-    objects: Tuple[int, int] = (2, 4),
-) -> Tuple[np.ndarray, np.ndarray]:
-    """One in-memory clip, for tests and notebooks: (frames (T, H, W, 3) uint8, masks (T, H, W) uint8)."""
-    scene = sample_scene(scene_rng(seed, _STREAM_CLIP, 0), size, split, objects)
-    return render_scene(scene, frames)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Video files
 
@@ -510,20 +502,11 @@ _CODECS = {
 _CODEC_BY_SUFFIX = {".mp4": "libx264", ".mkv": "libx264", ".mov": "libx264", ".avi": "mpeg4", ".webm": "libvpx-vp9"}
 
 
-def ffmpeg_exe() -> str:
-    """The ffmpeg binary: the one on PATH, else the one shipped in the imageio-ffmpeg wheel."""
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
-    import imageio_ffmpeg
-
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 def encode_video(
     frames: np.ndarray, path: str | os.PathLike, fps: float = 30, codec: Optional[str] = None
 ) -> Path:
-    """Encode ``frames`` (T, H, W, 3) uint8 RGB into the video file ``path`` with the ffmpeg binary.
+    """Encode ``frames`` (T, H, W, 3) uint8 RGB into the video file ``path`` with the ffmpeg binary
+    (:func:`siammae.ffmpeg.ffmpeg_exe`: ``$SIAMMAE_FFMPEG``, else PATH, else imageio-ffmpeg's).
 
     ``codec`` defaults from the suffix: .mp4/.mkv/.mov -> libx264, .avi -> mpeg4, .webm -> libvpx-vp9
     (also "mjpeg"). All use 4:2:0 chroma, which needs an even height and width. Returns ``path``.

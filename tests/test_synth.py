@@ -1,4 +1,4 @@
-"""Synthetic data generators: scenes, masks, video files and the DAVIS-2017 layout (issue 6)."""
+"""Synthetic data generators: scenes, masks, video files and the DAVIS-2017 layout."""
 
 import dataclasses
 
@@ -12,6 +12,15 @@ from siammae.cli.synth import synth as synth_group
 from siammae.davis import PALETTE, save_indexed_png
 
 decord = pytest.importorskip("decord")
+
+
+_STREAM_CLIP = 404  # a random stream of its own (see siammae.synth's stream ids)
+
+
+def synth_clip(frames=16, size=(64, 64), seed=0, split="train", objects=(2, 4)):
+    """One in-memory clip: (frames (T, H, W, 3) uint8, masks (T, H, W) uint8)."""
+    scene = synth.sample_scene(synth.scene_rng(seed, _STREAM_CLIP, 0), size, split, objects)
+    return synth.render_scene(scene, frames)
 
 
 def decode(path):
@@ -52,12 +61,12 @@ def test_save_indexed_png_keeps_indices_and_palette(tmp_path):
 
 
 def test_clip_shapes_and_determinism():
-    frames, masks = synth.synth_clip(frames=6, size=(40, 56), seed=3)
+    frames, masks = synth_clip(frames=6, size=(40, 56), seed=3)
     assert frames.shape == (6, 40, 56, 3) and frames.dtype == np.uint8
     assert masks.shape == (6, 40, 56) and masks.dtype == np.uint8
-    again = synth.synth_clip(frames=6, size=(40, 56), seed=3)
+    again = synth_clip(frames=6, size=(40, 56), seed=3)
     assert np.array_equal(frames, again[0]) and np.array_equal(masks, again[1])
-    assert not np.array_equal(frames, synth.synth_clip(frames=6, size=(40, 56), seed=4)[0])
+    assert not np.array_equal(frames, synth_clip(frames=6, size=(40, 56), seed=4)[0])
 
 
 def test_train_and_val_families_are_disjoint_and_all_render():
@@ -125,7 +134,7 @@ def test_objects_and_background_move():
 
 @pytest.mark.parametrize("suffix", [".mp4", ".avi"])
 def test_encode_video_round_trip(tmp_path, suffix):
-    frames, _ = synth.synth_clip(frames=9, size=(48, 64))
+    frames, _ = synth_clip(frames=9, size=(48, 64))
     path = synth.encode_video(frames, tmp_path / f"clip{suffix}", fps=25)
     decoded, fps = decode(path)
     assert decoded.shape == frames.shape and fps == pytest.approx(25)
@@ -135,7 +144,7 @@ def test_encode_video_round_trip(tmp_path, suffix):
 
 
 def test_encode_video_rejects_bad_input(tmp_path):
-    frames, _ = synth.synth_clip(frames=2, size=(48, 64))
+    frames, _ = synth_clip(frames=2, size=(48, 64))
     with pytest.raises(ValueError, match="even"):
         synth.encode_video(frames[:, :47], tmp_path / "odd.mp4")
     with pytest.raises(ValueError):

@@ -1,4 +1,4 @@
-"""DAVIS-2017-format sets composited from real videos: real textures, exact masks (issue 12).
+"""DAVIS-2017-format sets composited from real videos: real textures, exact masks.
 
 A sequence is a run of consecutive frames of one real video (the *background*, moving as it was filmed)
 with a few *objects* drawn over it: each object is a region cut from a real frame, given a random shape

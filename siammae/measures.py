@@ -1,7 +1,7 @@
 """Region (J) and boundary (F) measures, exactly as the official DAVIS-2017 semi-supervised evaluator.
 
 Definitions (davisvideochallenge/davis2017-evaluation, ``davis2017/metrics.py``, ``utils.py``,
-``evaluation.py``; see ``shared/notes/evaluation.md``):
+``evaluation.py``):
 
 - Objects are ids 1..K, K = the largest id in the first ground-truth frame. Void (255) is background:
   the semi-supervised task does *not* ignore void pixels.
@@ -19,7 +19,7 @@ Definitions (davisvideochallenge/davis2017-evaluation, ``davis2017/metrics.py``,
 Speed: J for every object and frame comes from one ``bincount``; the disk dilation is replaced by an
 exact Euclidean distance transform (a pixel lies in the dilation iff its distance to the nearest
 boundary pixel is <= r), computed only on the box around the two boundaries. A 70-frame 480p
-sequence with 3 objects scores in about 2 s on two (shared) cores, so DAVIS val takes about a minute.
+sequence with 3 objects scores in about 2 s on two CPU cores, so DAVIS val takes about a minute.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""DAVIS-format sets composited from real videos (issue 12): real backgrounds, exact masks, provenance.
+"""DAVIS-format sets composited from real videos: real backgrounds, exact masks, provenance.
 
-The "real" videos here are synthetic files (tests never read ../shared); what is checked is that every
-background pixel is the source video's frame and that the hard variant cuts objects from that same video.
+The "real" videos here are synthetic files (tests need no data outside the repository); what is checked
+is that every background pixel is the source video's frame and that the hard variant cuts objects from
+that same video.
 """
 
 import json
@@ -9,10 +10,10 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_synth import check_davis_layout
 
 from siammae import composite, synth
 from siammae.cli.synth import synth as synth_group
-from test_synth import check_davis_layout
 
 pytest.importorskip("decord")
 

@@ -1,10 +1,16 @@
-"""Feature diagnostics (issue 12): each figure on token maps whose answer is known by construction."""
+"""Feature diagnostics: each figure on token maps whose answer is known by construction."""
 
 import numpy as np
 import pytest
 import torch
 
-from siammae.diagnostics import copy_first_frame_jf, effective_rank, mean_cosine, position_share, token_diagnostics
+from siammae.diagnostics import (
+    copy_first_frame_jf,
+    effective_rank,
+    mean_cosine,
+    position_share,
+    token_diagnostics,
+)
 from siammae.propagate import check_davis
 from siammae.synth import _write_sequence
 

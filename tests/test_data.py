@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import simplejpeg
 import torch
+from train_fixtures import corrupt_first_jpeg, truncate, write_shards
 
 from siammae import data
 from siammae.config import load_config
-from train_fixtures import corrupt_first_jpeg, truncate, write_shards
 
 
 def data_cfg(*overrides):

@@ -9,7 +9,7 @@ Stages (each one the real code path a user runs on Kinetics and DAVIS):
 3. A DAVIS-2017-format set: ``synth_davis`` (texture and shape families never seen in training, other
    seeds), or with real videos ``composite_davis``: regions cut from the videos moving over runs of
    their frames (the objects' motion and the composites are new, the imagery is not).
-4. ``siammae.train.main``: the ``tiny`` recipe with the real Accelerate trainer on the CPU, evaluating
+4. ``siammae.train.train``: the ``tiny`` recipe with the real Accelerate trainer on the CPU, evaluating
    J&F on a few of those sequences as it trains (``eval.davis``), so the curve shows when it helps.
 5. ``siammae.propagate.propagate`` + ``siammae.measures.evaluate`` with the trained encoder and with a
    randomly initialised encoder of the same architecture, side by side.
@@ -46,7 +46,7 @@ class DemoSize:
     eval_size: int = 0  # short side frames are propagated at; 0 = as stored (the sequences' short side)
     eval_every: int = 200  # steps between J&F evaluations during training
     eval_sequences: int = 4  # sequences evaluated during training (all of them at the end)
-    # The encoder's lr factor. Synthetic scenes: the full lr (1.0), as measured in issue 6; the real-video
+    # The encoder's lr factor. Synthetic scenes: the full lr (1.0), as measured there; the real-video
     # factor of tiny.yaml (0.3) cut the synthetic demo's lead to ~2.4 points (J&F 0.490 trained).
     encoder_lr_scale: float = 1.0
     overlays: int = 3  # frames in each sequence's overlay strip
@@ -58,7 +58,7 @@ class DemoSize:
 # part of the scene in both: 256 -> 64 is 4x down, 480 -> 128 3.75x). Gaps of 1-4 frames: on 64-px crops
 # f1 copied in place predicts f2 with MSE 0.04 (0.30 at the paper's 4-48; f2's mean colour: 0.89), and
 # with them the encoder beat random sooner (J&F 0.419 vs 0.381 at 600 steps, encoder lr 0.1x). 1200
-# steps (~9 min on 2 cores): J&F was still rising at 600 (issue 12's closing note has the curves).
+# steps (~9 min on 2 cores): J&F was still rising at 600.
 REAL = dataclasses.replace(DemoSize(), encoder_lr_scale=0.3, steps=1200, pairs_per_video=400, gap=(1, 4), sequences=6,
                            sequence_frames=30, sequence_size=(480, 854), eval_size=128, eval_sequences=3)
 
@@ -74,102 +74,26 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
 
     ``videos_dir``: train on these real videos and evaluate on a set composited from them (``hard``:
     objects cut from their own background video) instead of synthetic data."""
-    import torch
-
-    from siammae.checkpoint import load_encoder
-    from siammae.composite import composite_davis, find_sources
-    from siammae.config import read_config
-    from siammae.measures import evaluate, write_csvs
     from siammae.pictures import plot_loss_curve
-    from siammae.propagate import choose_protocol, propagate
-    from siammae.shard.run import ShardConfig, shard
-    from siammae.shard.samples import EncodeSpec
-    from siammae.shard.sampling import SampleSpec
-    from siammae.synth import synth_davis, synth_videos
-    from siammae.train import main as train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     timings = {}
 
-    if videos_dir is None:
-        t = _stage(log, 1, f"synthetic videos: {size.videos} x {size.video_frames} frames at "
-                           f"{size.video_size[0]}x{size.video_size[1]}")
-        videos = out / "videos"
-        synth_videos(videos, num_videos=size.videos, frames=size.video_frames, size=size.video_size,
-                     seed=size.seed, split="train")
-    else:
-        t = _stage(log, 1, f"real videos in {videos_dir}")
-        videos = Path(videos_dir)
-        log(f"    {len(find_sources(videos))} readable videos")
-    timings["videos"] = time.time() - t
-
-    t = _stage(log, 2, "shard the videos into WebDataset shards of frame pairs")
-    # Synthetic frames keep their size (short side = the videos'), so crops of the 64-px recipe see
-    # whole objects; real ones are stored 256 px on the short side, as for Kinetics.
-    # Synthetic gaps of 1-4 frames, not the paper's 4-48: the synthetic objects move up to 4 px and turn
-    # up to 3.4 degrees per frame on a 96-px frame, far faster than Kinetics. At gaps of 4-48 frames, f1
-    # copied in place predicted f2 worse than f2's mean colour (MSE 1.02 vs 0.68), so there was no
-    # correspondence to learn in minutes and the trained encoder only tied the random one (J&F 47.5
-    # vs 46.6); at 1-4 frames (0.20 vs 0.71) it scored 52.5 after 300 steps, 54.4 after 600 (issue 6).
-    encode = EncodeSpec(short_side=min(size.video_size)) if videos_dir is None else EncodeSpec()
-    config = ShardConfig(sample=SampleSpec(per_video=size.pairs_per_video, gap=size.gap), encode=encode,
-                         seed=size.seed)
-    stats = shard(videos, out / "shards", config, workers=2, progress=progress, log=log)
-    log(f"    {stats['samples']} pairs in {stats['shards']} shards")
-    timings["shard"] = time.time() - t
-
-    davis = out / "davis"
-    if videos_dir is None:
-        t = _stage(log, 3, f"held-out synthetic DAVIS-2017 set: {size.sequences} sequences x "
-                           f"{size.sequence_frames} frames (texture/shape families unseen in training)")
-        synth_davis(davis, num_sequences=size.sequences, frames=size.sequence_frames, size=size.sequence_size,
-                    seed=size.seed + 1, split="val")
-    else:
-        t = _stage(log, 3, f"DAVIS-2017-format set composited from the videos{' (hard)' if hard else ''}: "
-                           f"{size.sequences} sequences x {size.sequence_frames} frames")
-        composite_davis(videos, davis, num_sequences=size.sequences, frames=size.sequence_frames,
-                        size=size.sequence_size, seed=size.seed + 1, hard=hard)
-    timings["davis"] = time.time() - t
-
-    eval_size = size.eval_size or min(size.sequence_size)
-    t = _stage(log, 4, f"train the tiny recipe for {size.steps} steps of {size.batch} pairs (CPU), "
-                       f"J&F on {size.eval_sequences} sequences every {size.eval_every} steps")
-    run_dir = out / "run"
-    summary = train([
-        "tiny",
-        f"data.shards={out / 'shards'}",
-        f"train.output_dir={run_dir}",
-        f"train.samples={size.steps * size.batch}",
-        f"train.global_batch_size={size.batch}",
-        f"train.seed={size.seed}",
-        "train.resume=never",
-        f"optim.encoder_lr_scale={size.encoder_lr_scale}",
-        f"eval.davis={davis}",
-        f"eval.every={size.eval_every}",
-        f"eval.sequences={size.eval_sequences}",
-        f"eval.size={eval_size}",
-    ])
-    timings["train"] = time.time() - t
-
-    t = _stage(log, 5, "label propagation + J&F: trained encoder vs random encoder")
-    # The run's protocol at the demo's input size, layered as `siammae propagate` layers it.
-    protocol = choose_protocol(run_eval=read_config(run_dir / "config.yaml").eval, short_side=eval_size)
-    results = {}
-    for name, random_init in (("trained", False), ("random", True)):
-        torch.manual_seed(size.seed)
-        encoder, info = load_encoder(run_dir, random_init=random_init)
-        res_dir = out / "propagation" / name
-        propagate(encoder, davis, res_dir, protocol, overlay=size.overlays, progress=progress,
-                  settings={"encoder": dict(info.to_dict(), role=name)})
-        evaluation = evaluate(davis, res_dir)
-        write_csvs(evaluation, res_dir)
-        results[name] = evaluation.global_row()
-        log(f"    {name}: J&F {results[name]['J&F-Mean']:.3f}")
-    timings["propagate"] = time.time() - t
-
-    t = _stage(log, 6, "pictures")
+    t = time.time()
+    videos = _videos_stage(out, size, videos_dir, log)
+    timings["videos"], t = time.time() - t, time.time()
+    _shard_stage(videos, out / "shards", size, synthetic=videos_dir is None, log=log, progress=progress)
+    timings["shard"], t = time.time() - t, time.time()
+    davis = _davis_stage(videos, out / "davis", size, synthetic=videos_dir is None, hard=hard, log=log)
+    timings["davis"], t = time.time() - t, time.time()
+    cfg, summary = _train_stage(out, davis, size, log)
+    timings["train"], t = time.time() - t, time.time()
+    results = _compare_stage(out, davis, cfg, size, log, progress)
+    timings["propagate"], t = time.time() - t, time.time()
+    _stage(log, 6, "pictures")
+    run_dir = Path(cfg.train.output_dir)
     curve = plot_loss_curve(run_dir / "metrics.jsonl", out / "loss_curve.png")
     timings["pictures"] = time.time() - t
     timings["total"] = time.time() - started
@@ -195,9 +119,109 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
     return report
 
 
+def _videos_stage(out: Path, size: DemoSize, videos_dir, log) -> Path:
+    from siammae.composite import find_sources
+    from siammae.synth import synth_videos
+
+    if videos_dir is None:
+        _stage(log, 1, f"synthetic videos: {size.videos} x {size.video_frames} frames at "
+                       f"{size.video_size[0]}x{size.video_size[1]}")
+        synth_videos(out / "videos", num_videos=size.videos, frames=size.video_frames, size=size.video_size,
+                     seed=size.seed, split="train")
+        return out / "videos"
+    _stage(log, 1, f"real videos in {videos_dir}")
+    log(f"    {len(find_sources(Path(videos_dir)))} readable videos")
+    return Path(videos_dir)
+
+
+def _shard_stage(videos: Path, shards: Path, size: DemoSize, synthetic: bool, log, progress: bool) -> None:
+    from siammae.shard.run import ShardConfig, shard
+    from siammae.shard.samples import EncodeSpec
+    from siammae.shard.sampling import SampleSpec
+
+    _stage(log, 2, "shard the videos into WebDataset shards of frame pairs")
+    # Synthetic frames keep their size (short side = the videos'), so crops of the 64-px recipe see
+    # whole objects; real ones are stored 256 px on the short side, as for Kinetics.
+    # Synthetic gaps of 1-4 frames, not the paper's 4-48: the synthetic objects move up to 4 px and turn
+    # up to 3.4 degrees per frame on a 96-px frame, far faster than Kinetics. At gaps of 4-48 frames, f1
+    # copied in place predicted f2 worse than f2's mean colour (MSE 1.02 vs 0.68), so there was no
+    # correspondence to learn in minutes and the trained encoder only tied the random one (J&F 47.5
+    # vs 46.6); at 1-4 frames (0.20 vs 0.71) it scored 52.5 after 300 steps, 54.4 after 600.
+    encode = EncodeSpec(short_side=min(size.video_size)) if synthetic else EncodeSpec()
+    config = ShardConfig(sample=SampleSpec(per_video=size.pairs_per_video, gap=size.gap), encode=encode,
+                         seed=size.seed)
+    stats = shard(videos, shards, config, workers=2, progress=progress, log=log)
+    log(f"    {stats['samples']} pairs in {stats['shards']} shards")
+
+
+def _davis_stage(videos: Path, davis: Path, size: DemoSize, synthetic: bool, hard: bool, log) -> Path:
+    from siammae.composite import composite_davis
+    from siammae.synth import synth_davis
+
+    if synthetic:
+        _stage(log, 3, f"held-out synthetic DAVIS-2017 set: {size.sequences} sequences x "
+                       f"{size.sequence_frames} frames (texture/shape families unseen in training)")
+        synth_davis(davis, num_sequences=size.sequences, frames=size.sequence_frames, size=size.sequence_size,
+                    seed=size.seed + 1, split="val")
+    else:
+        _stage(log, 3, f"DAVIS-2017-format set composited from the videos{' (hard)' if hard else ''}: "
+                       f"{size.sequences} sequences x {size.sequence_frames} frames")
+        composite_davis(videos, davis, num_sequences=size.sequences, frames=size.sequence_frames,
+                        size=size.sequence_size, seed=size.seed + 1, hard=hard)
+    return davis
+
+
+def _train_stage(out: Path, davis: Path, size: DemoSize, log):
+    """The tiny recipe at the demo's size, tracking J&F on the DAVIS set -> (config, train summary)."""
+    from siammae.config import load_config
+    from siammae.train import train
+
+    _stage(log, 4, f"train the tiny recipe for {size.steps} steps of {size.batch} pairs (CPU), "
+                   f"J&F on {size.eval_sequences} sequences every {size.eval_every} steps")
+    cfg = load_config("tiny", [
+        f"data.shards={out / 'shards'}",
+        f"train.output_dir={out / 'run'}",
+        f"train.samples={size.steps * size.batch}",
+        f"train.global_batch_size={size.batch}",
+        f"train.seed={size.seed}",
+        "train.resume=never",
+        f"optim.encoder_lr_scale={size.encoder_lr_scale}",
+        f"eval.davis={davis}",
+        f"eval.every={size.eval_every}",
+        f"eval.sequences={size.eval_sequences}",
+        f"eval.size={size.eval_size or min(size.sequence_size)}",
+    ])
+    return cfg, train(cfg)
+
+
+def _compare_stage(out: Path, davis: Path, cfg, size: DemoSize, log, progress: bool) -> dict:
+    """J&F of the trained encoder and of a random one of the same architecture -> {name: global row}."""
+    import torch
+
+    from siammae.checkpoint import load_encoder
+    from siammae.measures import evaluate, write_csvs
+    from siammae.propagate import choose_protocol, propagate
+
+    _stage(log, 5, "label propagation + J&F: trained encoder vs random encoder")
+    # The run's protocol at the size it was evaluated at in training, layered as `siammae propagate` does.
+    protocol = choose_protocol(run_eval=cfg.eval, short_side=cfg.eval.size)
+    results = {}
+    for name, random_init in (("trained", False), ("random", True)):
+        torch.manual_seed(size.seed)
+        encoder, info = load_encoder(cfg.train.output_dir, random_init=random_init)
+        res_dir = out / "propagation" / name
+        propagate(encoder, davis, res_dir, protocol, overlay=size.overlays, progress=progress,
+                  settings={"encoder": dict(info.to_dict(), role=name)})
+        evaluation = evaluate(davis, res_dir)
+        write_csvs(evaluation, res_dir)
+        results[name] = evaluation.global_row()
+        log(f"    {name}: J&F {results[name]['J&F-Mean']:.3f}")
+    return results
+
+
 # How far (in J&F points) the trained encoder must be ahead of the random one for the demo to pass.
 # At 300 steps it led by 5.0-6.8 points over training seeds 0-2 (J&F 52.5, 51.6, 53.4 vs 46.6), at
-# the default 600 by 6.5-7.8 (seed 0, five runs); before the fixes of issue 6 it trailed, or led by
+# the default 600 by 6.5-7.8 (seed 0, five runs); before the train/held-out separation and the shuffle fixes it trailed, or led by
 # under 3 (J&F 32-49.5).
 MARGIN = 3.0
 

@@ -16,6 +16,8 @@ embeddings: its state dict loads strictly into ``timm.create_model(*timm_spec(cf
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn as nn
 from einops import rearrange
@@ -68,10 +70,6 @@ def timm_spec(model_cfg) -> tuple[str, dict]:
     if model_cfg.img_size != 224:
         kwargs["img_size"] = model_cfg.img_size
     return TIMM_NAMES[model_cfg.arch], kwargs
-
-
-def timm_name(model_cfg) -> str:
-    return timm_spec(model_cfg)[0]
 
 
 def build_encoder(model_cfg, img_size: int | None = None) -> nn.Module:
@@ -135,6 +133,11 @@ class Decoder(nn.Module):
         full.scatter_(1, keep.unsqueeze(-1).expand(-1, -1, D), self.embed(tokens))
         return full + self.pos_embed
 
+    def mix(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Target tokens (B, N, D) informed by the context tokens (B, M, D) -> (B, N, D); each
+        decoder type defines it."""
+        raise NotImplementedError
+
     def forward(self, context: list, context_keep: list, target: torch.Tensor, target_keep: torch.Tensor):
         """-> predicted pixels of every target patch (B, N, p*p*3)."""
         x = self.mix(self.target_tokens(target, target_keep), self.context_tokens(context, context_keep))
@@ -161,14 +164,30 @@ class JointDecoder(Decoder):
         return y[:, n_ctx:]
 
 
+# name -> (decoder class, its block): how target tokens meet the context tokens (paper Fig. 4).
 DECODERS = {
-    "cross-self": lambda **kw: CrossDecoder(block=CrossSelfBlock, **kw),
-    "cross": lambda **kw: CrossDecoder(block=CrossBlock, **kw),
-    "joint": lambda **kw: JointDecoder(block=self_attention_block, **kw),
+    "cross-self": (CrossDecoder, CrossSelfBlock),
+    "cross": (CrossDecoder, CrossBlock),
+    "joint": (JointDecoder, self_attention_block),
 }
 
 
 # ----------------------------------------------------------------------------- the model
+
+
+@dataclass
+class Output:
+    """What a pre-training model's forward returns. The trainer minimises ``loss`` and logs ``logs``
+    (named scalar tensors, averaged like the loss) without knowing the method; ``pred`` and ``mask``
+    feed the reconstruction pictures. Unpacks as ``loss, pred, mask = model(frames)``."""
+
+    loss: torch.Tensor  # () scalar
+    pred: torch.Tensor  # (B, N, p*p*3) predicted patches of the target frame
+    mask: torch.Tensor  # (B, N) 1 = masked (predicted) patch of the target frame
+    logs: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.loss, self.pred, self.mask))
 
 
 class SiamMAE(nn.Module):
@@ -212,7 +231,8 @@ class SiamMAE(nn.Module):
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None):
         """frames (B, T, 3, H, W) normalised; mask (B, T, N) bool, drawn fresh when None.
 
-        Returns (loss, pred (B, N, p*p*3) for the last frame, mask (B, N) of the last frame, 1 = masked).
+        Returns an :class:`Output`: loss, pred (B, N, p*p*3) for the last frame, mask (B, N) of the last
+        frame (1 = masked).
         """
         B, T = frames.shape[:2]
         if mask is None:
@@ -223,7 +243,7 @@ class SiamMAE(nn.Module):
             tokens = self.encode(frames, keeps)
             pred = self.decoder(tokens[:-1], keeps[:-1], tokens[-1], keeps[-1])
         target_mask = mask[:, -1]
-        return self.loss(frames, pred, target_mask), pred, target_mask.float()
+        return Output(self.loss(frames, pred, target_mask), pred, target_mask.float())
 
     @torch.no_grad()
     def reconstruct(self, frames: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -279,33 +299,23 @@ def _init_model(model: nn.Module) -> nn.Module:
     return model
 
 
-ENCODERS = {
-    "siamese": lambda cfg, dec, **kw: SiamMAE(build_encoder(cfg), dec, **kw),
-    "siamese-unshared": lambda cfg, dec, **kw: SiamMAEUnshared(build_encoder(cfg), build_encoder(cfg), dec, **kw),
-    "joint": lambda cfg, dec, **kw: JointEncoderMAE(build_encoder(cfg), dec, **kw),
-}
+# name -> model class: how the frames are encoded (see the module docstring).
+ENCODERS = {"siamese": SiamMAE, "siamese-unshared": SiamMAEUnshared, "joint": JointEncoderMAE}
 
 
 def build_model(model_cfg) -> SiamMAE:
     """The model named by ``model_cfg.encoder`` x ``model_cfg.decoder`` (see ``siammae.config``)."""
+    encoders = [build_encoder(model_cfg)]
+    if model_cfg.encoder == "siamese-unshared":
+        encoders.append(build_encoder(model_cfg))  # the later frames' own ViT
+    decoder_class, block = DECODERS[model_cfg.decoder]
     grid = model_cfg.img_size // model_cfg.patch_size
-    enc_dim = {"vit_tiny": 192, "vit_small": 384, "vit_base": 768, "vit_large": 1024}[model_cfg.arch]
-    decoder = DECODERS[model_cfg.decoder](
-        enc_dim=enc_dim,
-        dim=model_cfg.decoder_dim,
-        depth=model_cfg.decoder_depth,
-        heads=model_cfg.decoder_heads,
-        grid=(grid, grid),
-        patch_dim=model_cfg.patch_size**2 * 3,
-    )
-    model = ENCODERS[model_cfg.encoder](
-        model_cfg,
-        decoder,
-        mask_ratio=model_cfg.mask_ratio,
-        masking=model_cfg.masking,
-        norm_pix_loss=model_cfg.norm_pix_loss,
-        sdpa=model_cfg.sdpa_backend,
-    )
+    decoder = decoder_class(enc_dim=encoders[0].embed_dim, dim=model_cfg.decoder_dim, depth=model_cfg.decoder_depth,
+                            heads=model_cfg.decoder_heads, grid=(grid, grid),
+                            patch_dim=model_cfg.patch_size**2 * 3, block=block)
+    model = ENCODERS[model_cfg.encoder](*encoders, decoder, mask_ratio=model_cfg.mask_ratio,
+                                        masking=model_cfg.masking, norm_pix_loss=model_cfg.norm_pix_loss,
+                                        sdpa=model_cfg.sdpa_backend)
     _init_model(model)
     set_fused_attention(model, model_cfg.attention == "sdpa")
     return model

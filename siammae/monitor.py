@@ -21,6 +21,11 @@ from pathlib import Path
 
 import torch
 
+from siammae.config import ConfigError
+from siammae.davis import DavisError
+from siammae.pictures import plot_loss_curve
+from siammae.runfolder import append_metrics
+
 
 class DavisMonitor:
     """Built before training, so a wrong ``eval.davis`` is an error before any step (DavisError)."""
@@ -28,7 +33,7 @@ class DavisMonitor:
     def __init__(self, cfg, out_dir):
         from siammae.checkpoint import EncoderInfo
         from siammae.davis import require_annotations, select_sequences
-        from siammae.model import timm_name
+        from siammae.model import timm_spec
         from siammae.propagate import check_davis, choose_protocol
 
         e = cfg.eval
@@ -39,7 +44,7 @@ class DavisMonitor:
         self.every = e.every or cfg.train.save_every
         self.protocol = choose_protocol(run_eval=e, short_side=e.size or None)
         self.work = Path(out_dir) / "eval"
-        self.info = EncoderInfo(timm_name(cfg.model), cfg.model.patch_size, cfg.model.img_size, "training")
+        self.info = EncoderInfo(timm_spec(cfg.model)[0], cfg.model.patch_size, cfg.model.img_size, "training")
 
     def due(self, step: int, total: int) -> bool:
         return step == 0 or step % self.every == 0 or step == total
@@ -86,3 +91,43 @@ class DavisMonitor:
             record["eval_copy_jf"] = copy_first_frame_jf(self.root, self.seqs, self.work / "copy_first_frame")
         record["eval_seconds"] = round(time.perf_counter() - start, 2)
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}
+
+
+def make_monitor(cfg) -> DavisMonitor | None:
+    """The J&F monitor when ``eval.davis`` is set (its folder is checked now), else None."""
+    if not cfg.eval.davis:
+        return None
+    try:
+        return DavisMonitor(cfg, cfg.train.output_dir)
+    except DavisError as e:
+        raise ConfigError(f"eval.davis={cfg.eval.davis}: {e}") from None
+
+
+def run_monitor(monitor: DavisMonitor, accelerator, model, step: int, out: Path, tensorboard: bool,
+                write=print) -> None:
+    """Evaluate on rank 0 and log the record (metrics.jsonl, TensorBoard, ``write``) and redraw
+    ``loss_curve.png``; the other ranks wait at a barrier, so none runs ahead into the next all-reduce."""
+    if accelerator.is_main_process:
+        record = monitor.evaluate(accelerator.unwrap_model(model).encoder, step, accelerator.device)
+        append_metrics(out, record)
+        if "eval_error" in record:
+            write(f"warning: evaluation at step {step} failed (training goes on): {record['eval_error']}")
+        else:
+            if tensorboard:
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            write(describe_record(record))
+        try:
+            plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
+        except Exception as e:  # noqa: BLE001 - a picture is never worth a run
+            write(f"warning: loss_curve.png not drawn: {e}")
+    accelerator.wait_for_everyone()
+
+
+def describe_record(record: dict) -> str:
+    copy = record.get("eval_copy_jf")
+    return (f"step {record['step']}: J&F {record['eval_jf']:.3f}"
+            + (f" (copying frame 0 in place: {copy:.3f})" if copy is not None else "")
+            + f", token cosine {record['eval_mean_cosine']:.3f}, effective rank "
+            f"{record['eval_effective_rank']:.1f}, position share {record['eval_position_share']:.3f} "
+            f"[{record['eval_seconds']:.0f} s]")
+

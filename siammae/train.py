@@ -1,4 +1,4 @@
-"""Pre-train SiamMAE on WebDataset shards, on one CPU, one GPU or many.
+"""Pre-train on WebDataset shards, on one CPU, one GPU or many: the training loop.
 
     accelerate launch -m siammae.train recipes/base.yaml data.shards=/data/k400_shards
     python -m siammae.train tiny data.shards=shards/ train.output_dir=runs/tiny
@@ -6,10 +6,13 @@
 
 Running the same command again continues from the newest complete checkpoint in the run folder.
 
-The script reads top to bottom: config -> data -> model and optimizer -> resume -> the loop (one
-optimizer step per pass: ``grad_accum`` micro-batches, skip if the loss was not finite anywhere,
-clip, step) -> logs, pictures, checkpoints -> summary. The learning rate is a pure function of the
-optimizer step (:func:`learning_rate`), set on the parameter groups; no scheduler object.
+:func:`main` parses the command line and turns user errors into one line and exit status 2;
+:func:`train` does the work and reads top to bottom: data -> model and optimizer -> resume -> the
+loop (one optimizer step per pass: ``grad_accum`` micro-batches, skip if the loss was not finite
+anywhere, clip, step) -> logs, pictures, evaluations, checkpoints -> summary. The model computes its
+own loss (and any scalars it wants logged), so the loop does not know which method it trains. The
+learning rate is a pure function of the optimizer step (:mod:`siammae.schedule`); the run folder's
+files are :mod:`siammae.runfolder`'s.
 
 Data segments: the endless data stream is cut into segments of ``train.save_every`` steps, each with
 its own seed (:func:`segment_loader`). Checkpoints fall on segment boundaries, so a resumed run reads
@@ -22,10 +25,7 @@ counters, other samples.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -33,57 +33,21 @@ from pathlib import Path
 
 import torch
 
-from siammae.checkpoint import COMPLETE, checkpoint_dirs, checkpoint_step
-from siammae.config import ConfigError, dump_config, load_config, read_config
-from siammae.data import DataError, describe, make_loader, resolve_shards
-from siammae.files import read_jsonl, write_atomic
-
-NO_WEIGHT_DECAY = {"pos_embed", "decoder_pos_embed", "cls_token", "mask_token", "reg_token", "dist_token"}
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def run_lengths(cfg) -> tuple[int, int]:
-    """(total optimizer steps, warm-up steps) from lengths given in samples or epochs of samples, so a
-    recipe means the same on 1 or 64 GPUs (the global batch is fixed, not the per-GPU batch)."""
-    t, o = cfg.train, cfg.optim
-    total_samples = t.samples if t.samples > 0 else t.epochs * t.epoch_samples
-    warmup_samples = o.warmup_samples if o.warmup_samples > 0 else o.warmup_epochs * t.epoch_samples
-    total = max(1, math.ceil(total_samples / t.global_batch_size))
-    return total, min(total, round(warmup_samples / t.global_batch_size))
+from siammae.config import load_config
+from siammae.data import describe, make_loader, resolve_shards
+from siammae.errors import SiammaeError
+from siammae.runfolder import (
+    append_metrics,
+    keep_metrics_until,
+    prepare_run_folder,
+    resume_from,
+    save_checkpoint,
+)
+from siammae.schedule import learning_rate, make_optimizer, peak_learning_rate, run_lengths, set_learning_rate
 
 
-def learning_rate(step: int, peak: float, min_lr: float, warmup: int, total: int) -> float:
-    """lr of optimizer step ``step`` (0-based): linear warm-up to ``peak``, then half a cosine to ``min_lr``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, encoder_lr_scale: float = 1.0) -> list:
-    """AdamW groups: weight decay on weight matrices only; none on biases, norms, position embeddings
-    and tokens (MAE). Frozen parameters (the fixed sin-cos positions) are left out. Each group carries
-    ``lr_scale``: the encoders' parameters (``encoder*``) learn at ``encoder_lr_scale`` x the schedule's lr
-    when that is not 1 (then there are four groups)."""
-    groups = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or name.split(".")[-1] in NO_WEIGHT_DECAY
-        scale = encoder_lr_scale if name.startswith("encoder") else 1.0
-        key = (skip, scale)
-        groups.setdefault(key, dict(params=[], weight_decay=0.0 if skip else weight_decay, lr_scale=scale))
-        groups[key]["params"].append(p)
-    return [groups[k] for k in sorted(groups)]
-
-
-def pick_precision(requested: str, device: torch.device) -> tuple[str, str | None]:
-    """The mixed-precision mode that works on ``device``, and a note when it differs from the recipe."""
-    if device.type == "cpu" and requested == "fp16":
-        return "no", "mixed_precision=fp16 needs a GPU (no loss scaling on the CPU): training in fp32"
-    return requested, None
+class Diverged(SiammaeError):
+    """The loss was not finite for ``train.max_nonfinite`` steps in a row."""
 
 
 class Progress:
@@ -99,6 +63,15 @@ class Progress:
         self.overflow = 0  # fp16 steps the loss scaler skipped (gradient overflow; normal early on)
         self.train_seconds = 0.0  # wall time of all sessions, up to the last checkpoint
 
+    def advance(self, finite: bool, overflow: bool, skipped: int, batch: int) -> None:
+        """Count one optimizer step (``finite``: it was taken; ``overflow``: fp16's scaler skipped it)."""
+        self.step += 1
+        self.samples += batch
+        self.skipped += skipped
+        self.nonfinite += int(not finite)
+        self.nonfinite_in_a_row = 0 if finite else self.nonfinite_in_a_row + 1
+        self.overflow += int(finite and overflow)
+
     def state_dict(self) -> dict:
         return dict(vars(self))
 
@@ -107,58 +80,58 @@ class Progress:
             setattr(self, key, value)
 
 
-def resume_from(cfg, ckpt_root: Path) -> Path | None:
-    """The checkpoint to continue from: ``train.resume`` is auto (newest complete, or none), never (a
-    fresh start, see :func:`set_aside`) or a checkpoint folder."""
-    mode = cfg.train.resume
-    if mode == "never":
-        return None
-    if mode == "auto":
-        existing = checkpoint_dirs(ckpt_root)
-        return existing[-1] if existing else None
-    path = Path(mode)
-    if not (path / COMPLETE).is_file():
-        raise ConfigError(f"train.resume={mode}: not a complete checkpoint folder (no '{COMPLETE}' marker)")
-    return path
+class MetricsWindow:
+    """Loss, model scalars, throughput and data wait since the last log record."""
+
+    def __init__(self):
+        self.start, self.wait, self.steps = time.perf_counter(), 0.0, 0
+        self.sums, self.counted = {}, 0
+
+    def add(self, scalars: dict) -> None:
+        """One finite optimizer step's mean loss and model scalars."""
+        for key, value in scalars.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.counted += 1
+
+    def record(self, step: int, progress: Progress, lr: float, batch: int) -> dict:
+        elapsed = time.perf_counter() - self.start
+        means = {k: v / self.counted for k, v in self.sums.items()} if self.counted else {"loss": float("nan")}
+        return dict(step=step, samples=progress.samples, **means, lr=lr, pairs_per_s=self.steps * batch / elapsed,
+                    data_wait=self.wait / elapsed, skipped=progress.skipped, nonfinite=progress.nonfinite,
+                    overflow=progress.overflow)
 
 
-def set_aside(out: Path) -> Path | None:
-    """A fresh start in a run folder that holds an earlier run: its checkpoints and metrics move to
-    ``previous-<time>/`` (never deleted: ``train.resume=never`` on the wrong folder must not cost a run)."""
-    old = [out / name for name in ("checkpoints", "metrics.jsonl", "recon") if (out / name).exists()]
-    if not checkpoint_dirs(out / "checkpoints", complete_only=False) and not (out / "metrics.jsonl").exists():
-        return None
-    dest = out / time.strftime("previous-%Y%m%d-%H%M%S")
-    dest.mkdir(parents=True)
-    for path in old:
-        path.rename(dest / path.name)
-    return dest
+def pick_precision(requested: str, device: torch.device) -> tuple[str, str | None]:
+    """The mixed-precision mode that works on ``device``, and a note when it differs from the recipe."""
+    if device.type == "cpu" and requested == "fp16":
+        return "no", "mixed_precision=fp16 needs a GPU (no loss scaling on the CPU): training in fp32"
+    return requested, None
 
 
-def save_checkpoint(accelerator, ckpt_root: Path, step: int, keep: int) -> Path:
-    """``save_state`` into ``checkpoint_<step>``, then the ``complete`` marker, then prune to the last
-    ``keep``. A kill at any moment leaves the newest *complete* checkpoint untouched: older ones are
-    removed only after the new one is marked complete."""
-    path = ckpt_root / f"checkpoint_{step}"
-    if accelerator.is_main_process and path.exists():
-        shutil.rmtree(path)  # a leftover of a save that was killed before it completed
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
-    accelerator.wait_for_everyone()  # every rank's files (RNG states) are written
-    if accelerator.is_main_process:
-        for f in path.iterdir():  # on disk before the marker says so
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        (path / COMPLETE).write_text(json.dumps(dict(step=step, time=time.time())) + "\n")
-        complete = checkpoint_dirs(ckpt_root)
-        for old in complete[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-        newest = checkpoint_step(complete[-1])
-        for p in checkpoint_dirs(ckpt_root, complete_only=False):
-            if not (p / COMPLETE).is_file() and checkpoint_step(p) < newest:
-                shutil.rmtree(p, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return path
+def make_accelerator(cfg):
+    """The Accelerator for this run and the per-process micro-batch; checks that the global batch
+    splits evenly over processes x accumulation before anything is written."""
+    from accelerate import Accelerator, PartialState
+
+    # Without a GPU, Accelerate sets up several processes (gloo) only when told to use the CPU.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    state = PartialState(cpu=cpu)
+    precision, note = pick_precision(cfg.train.mixed_precision, state.device)
+    world, accum = state.num_processes, cfg.train.grad_accum
+    if cfg.train.global_batch_size % (world * accum):
+        raise SiammaeError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
+                           f"{world} processes x train.grad_accum={accum}")
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=accum,
+                              log_with="tensorboard" if cfg.train.tensorboard else None,
+                              project_dir=str(cfg.train.output_dir))
+    if note:
+        accelerator.print(f"note: {note}")
+    if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # Leave a core to each data worker: oversubscribed OpenMP threads spin-wait and a CPU step
+        # gets several times slower (measured: 15 s instead of 1 s per tiny step on 2 cores).
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // world - cfg.data.num_workers))
+    return accelerator, cfg.train.global_batch_size // (world * accum)
 
 
 def segment_loader(urls, cfg, step: int, total: int, micro_batch: int, accelerator):
@@ -192,57 +165,6 @@ def write_recon(accelerator, model, frames_uint8, out_dir: Path, step: int, cfg)
     return save_recon(out_dir / "recon" / f"step_{step:07d}.png", frames_uint8, recon, mask, cfg.model.patch_size)
 
 
-def keep_metrics_until(metrics_path: Path, step: int) -> None:
-    """On resume, drop records written after the checkpoint (those steps are about to be redone)."""
-    if metrics_path.is_file():
-        kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= step]  # a torn line goes too
-        write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def append_metrics(out: Path, record: dict) -> None:
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def make_monitor(cfg):
-    """The J&F monitor when ``eval.davis`` is set (its folder is checked now: DavisError), else None."""
-    if not cfg.eval.davis:
-        return None
-    from siammae.davis import DavisError
-    from siammae.monitor import DavisMonitor
-
-    try:
-        return DavisMonitor(cfg, cfg.train.output_dir)
-    except DavisError as e:
-        raise ConfigError(f"eval.davis={cfg.eval.davis}: {e}") from None
-
-
-def run_monitor(monitor, accelerator, model, step: int, out: Path, cfg, bar=None) -> None:
-    """Evaluate on rank 0 and log the record (metrics.jsonl, TensorBoard, the terminal); the other
-    ranks wait at a barrier, so none runs ahead into the next all-reduce alone."""
-    if accelerator.is_main_process:
-        record = monitor.evaluate(accelerator.unwrap_model(model).encoder, step, accelerator.device)
-        append_metrics(out, record)
-        if "eval_error" in record:
-            text = f"warning: evaluation at step {step} failed (training goes on): {record['eval_error']}"
-        else:
-            if cfg.train.tensorboard:
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-            text = (f"step {step}: J&F {record['eval_jf']:.3f}"
-                    + (f" (copying frame 0 in place: {record['eval_copy_jf']:.3f})" if "eval_copy_jf" in record else "")
-                    + f", token cosine {record['eval_mean_cosine']:.3f}, effective rank "
-                    f"{record['eval_effective_rank']:.1f}, position share {record['eval_position_share']:.3f} "
-                    f"[{record['eval_seconds']:.0f} s]")
-        (bar.write if bar is not None else print)(text)
-        try:
-            from siammae.pictures import plot_loss_curve
-
-            plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")
-        except Exception as e:  # noqa: BLE001 - a picture is never worth a run
-            (bar.write if bar is not None else print)(f"warning: loss_curve.png not drawn: {e}")
-    accelerator.wait_for_everyone()
-
-
 def flat_hparams(cfg) -> dict:
     """The config as TensorBoard hparams (scalars and strings only)."""
     flat = {}
@@ -273,230 +195,204 @@ def nonfinite_message(step: int, count: int, precision: str) -> str:
             f"the last complete checkpoint is kept")
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="python -m siammae.train",
-        description="Pre-train SiamMAE on WebDataset shards. Running it again resumes the run.")
-    parser.add_argument("recipe", help="a recipe file or the name of a packaged recipe (base, tiny, ...)")
-    parser.add_argument("overrides", nargs="*", metavar="group.key=value", help="config overrides")
-    return parser.parse_args(argv)
+# ----------------------------------------------------------------------------- one optimizer step
+
+
+def optimizer_step(model, optimizer, data_iter, accelerator, cfg, window: MetricsWindow, stop_signal: dict) -> dict:
+    """``grad_accum`` micro-batches, one small all-reduce, then the update (skipped on every rank when
+    the loss was not finite on any). Returns what the loop needs: ``finite``, ``skipped`` and
+    ``signalled`` (over all ranks), the batch's sample ``keys`` and last ``frames`` (uint8)."""
+    from siammae.pixels import normalize
+
+    device, accum = accelerator.device, cfg.train.grad_accum
+    sums = {}  # summed over the finite micro-batches: the loss and the model's logged scalars
+    nonfinite = torch.zeros((), device=device)
+    skipped, keys = 0, []
+    for _ in range(accum):
+        t0 = time.perf_counter()
+        batch = next(data_iter)
+        window.wait += time.perf_counter() - t0
+        skipped += batch["skipped"]
+        keys.extend(batch["keys"])
+        frames = batch["frames"].to(device, non_blocking=True)
+        with accelerator.accumulate(model):
+            out = model(normalize(frames))
+            accelerator.backward(out.loss)  # also when not finite: every rank must join the all-reduce
+        finite = torch.isfinite(out.loss.detach())
+        for name, value in {"loss": out.loss, **out.logs}.items():
+            sums[name] = sums.get(name, 0.0) + torch.where(finite, value.detach().float(), 0.0)
+        nonfinite += (~finite).float()
+
+    # One small all-reduce: the sums, non-finite micro-batches, skipped samples and stop requests over
+    # all ranks, so that every rank takes the same decisions.
+    local = torch.stack([*sums.values(), nonfinite, torch.tensor(float(skipped), device=device),
+                         torch.tensor(float(stop_signal["signal"] > 0), device=device)])
+    *totals, bad, skipped_all, signalled = accelerator.reduce(local, "sum").tolist()
+    if bad > 0:  # gradients hold NaN/inf on every rank after the all-reduce: drop them
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        if cfg.optim.clip_grad > 0:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        good = accelerator.num_processes * accum
+        window.add({name: total / good for name, total in zip(sums, totals)})
+    window.steps += 1
+    return dict(finite=bad == 0, skipped=int(skipped_all), signalled=signalled > 0, keys=keys, frames=frames)
 
 
 # ----------------------------------------------------------------------------- the trainer
 
 
-def main(argv=None, on_step=None) -> dict:
-    """Train; returns the summary. ``on_step(step, model, keys, accelerator)``, if given, is called on
-    every rank after every optimizer step (the tests use it)."""
-    args = parse_args(argv)
-    # Everything that can be wrong in the command line fails here, before any work.
-    try:
-        cfg = load_config(args.recipe, args.overrides)
-        urls = resolve_shards(cfg.data.shards)
-        monitor = make_monitor(cfg)
-    except (ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-
-    from accelerate import Accelerator, PartialState
-    from accelerate.utils import set_seed
+def train(cfg, on_step=None) -> dict:
+    """Train as ``cfg`` says; returns the summary. ``on_step(step, model, keys, accelerator)``, if given,
+    is called on every rank after every optimizer step (the tests use it). User errors raise
+    :class:`SiammaeError` before any work; a diverged run raises :class:`Diverged`."""
     from tqdm import tqdm
 
-    from siammae.model import build_model
-    from siammae.pixels import normalize
+    from siammae.monitor import make_monitor, run_monitor
 
+    urls = resolve_shards(cfg.data.shards)  # everything that can be wrong fails here, before any work
+    monitor = make_monitor(cfg)
     out = Path(cfg.train.output_dir)
     ckpt_root = out / "checkpoints"
-    # Without a GPU, Accelerate sets up several processes (gloo) only when told to use the CPU.
-    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    state = PartialState(cpu=cpu)
-    precision, precision_note = pick_precision(cfg.train.mixed_precision, state.device)
-    world, accum = state.num_processes, cfg.train.grad_accum
-    if cfg.train.global_batch_size % (world * accum):
-        print(f"error: train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
-              f"{world} processes x train.grad_accum={accum}", file=sys.stderr)
-        raise SystemExit(2)
-    micro_batch = cfg.train.global_batch_size // (world * accum)
-    try:
-        resume = resume_from(cfg, ckpt_root)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-
-    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=accum,
-                              log_with="tensorboard" if cfg.train.tensorboard else None, project_dir=str(out))
-    main_proc = accelerator.is_main_process
-    say = accelerator.print
+    resume = resume_from(cfg, ckpt_root)
+    accelerator, micro_batch = make_accelerator(cfg)
+    main_proc, say = accelerator.is_main_process, accelerator.print
     if main_proc:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.train.resume == "never" and (aside := set_aside(out)):
-            say(f"note: train.resume=never: the earlier run's checkpoints and metrics moved to {aside}")
-        previous = out / "config.yaml"
-        if resume is not None and previous.is_file():
-            try:
-                old, new = read_config(previous).to_dict(), cfg.to_dict()
-                changed = [f"{g}.{k}" for g in new for k in new[g] if old[g][k] != new[g][k] and k != "resume"]
-            except ConfigError as e:
-                changed = [f"(the earlier config.yaml does not read: {e})"]
-            if changed:
-                say(f"note: config differs from the run being resumed in: {', '.join(changed)}")
-        dump_config(cfg, previous)
-    if precision_note:
-        say(f"note: {precision_note}")
-    if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # Leave a core to each data worker: oversubscribed OpenMP threads spin-wait and a CPU step
-        # gets several times slower (seen here: 15 s instead of 1 s per tiny step on 2 cores).
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // world - cfg.data.num_workers))
+        prepare_run_folder(cfg, out, resume, say)
 
-    # Model and optimizer. The same seed on every rank for the initial weights, then a rank-specific
-    # one so that ranks draw different masks.
-    set_seed(cfg.train.seed)
-    model = build_model(cfg.model)
-    set_seed(cfg.train.seed, device_specific=True)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay, cfg.optim.encoder_lr_scale), lr=0.0,
-                                  betas=tuple(cfg.optim.betas))
-    model, optimizer = accelerator.prepare(model, optimizer)  # not the loader: see siammae.data
-    progress = Progress()
-    accelerator.register_for_checkpointing(progress)
-
-    total_steps, warmup_steps = run_lengths(cfg)
-    peak_lr = cfg.optim.base_lr * cfg.train.global_batch_size / 256
-    if resume is not None:
-        accelerator.load_state(str(resume))
-        say(f"resuming from {resume} at step {progress.step}")
+    model, optimizer, progress = prepare_model(cfg, accelerator, resume)
     if main_proc:
         keep_metrics_until(out / "metrics.jsonl", progress.step)
     if cfg.train.tensorboard:
         accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    threads = torch.get_num_threads()
-    device = accelerator.device.type + (f" ({threads} thread{'s' * (threads != 1)})" if accelerator.device.type == "cpu" else "")
-    say(f"siammae.train: {describe(urls)}; {n_params / 1e6:.1f}M trainable parameters; {world} process(es) on "
-        f"{device}, precision {accelerator.mixed_precision}; {total_steps} steps of "
-        f"{cfg.train.global_batch_size} pairs ({micro_batch} per process x {accum} accumulation), "
-        f"warm-up {warmup_steps} steps, peak lr {peak_lr:.3g}; run folder {out}")
-
+    total_steps, warmup_steps = run_lengths(cfg)
+    peak_lr = peak_learning_rate(cfg)
+    say(describe_run(cfg, urls, model, accelerator, micro_batch, total_steps, warmup_steps, peak_lr))
     if monitor is not None:
         say(f"evaluation: {monitor.describe()}")
         if progress.step == 0:
-            run_monitor(monitor, accelerator, model, 0, out, cfg)
+            run_monitor(monitor, accelerator, model, 0, out, cfg.train.tensorboard)
 
     bar = tqdm(total=total_steps, initial=progress.step, disable=not main_proc, dynamic_ncols=True,
                unit="step", smoothing=0.05)
     session_start, session_start_step = time.perf_counter(), progress.step
     seconds_before = progress.train_seconds
-    window = dict(t=time.perf_counter(), wait=0.0, steps=0, loss=0.0, n_loss=0)
-    data_iter, segment_end = None, progress.step
-    stop_signal = catch_stop_signals()
-    frames_u8 = None
-    last_ckpt = resume
+    window, stop_signal = MetricsWindow(), catch_stop_signals()
+    data_iter, segment_end, last_ckpt, signalled = None, progress.step, resume, False
+    try:
+        while progress.step < total_steps and not signalled:
+            if progress.step >= segment_end:
+                data_iter, segment_end = segment_loader(urls, cfg, progress.step, total_steps, micro_batch, accelerator)
+            lr = learning_rate(progress.step, peak_lr, cfg.optim.min_lr, warmup_steps, total_steps)
+            set_learning_rate(optimizer, lr)
+            result = optimizer_step(model, optimizer, data_iter, accelerator, cfg, window, stop_signal)
+            progress.advance(result["finite"], accelerator.optimizer_step_was_skipped, result["skipped"],
+                             cfg.train.global_batch_size)
+            step, signalled = progress.step, result["signalled"]
+            if on_step is not None:
+                on_step(step, model, result["keys"], accelerator)
 
-    while progress.step < total_steps:
-        step = progress.step
-        if step >= segment_end:
-            data_iter, segment_end = segment_loader(urls, cfg, step, total_steps, micro_batch, accelerator)
-        lr = learning_rate(step, peak_lr, cfg.optim.min_lr, warmup_steps, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
+            diverged = progress.nonfinite_in_a_row >= cfg.train.max_nonfinite  # the same on every rank
+            if step % cfg.train.log_every == 0 or step == total_steps or diverged:
+                record = window.record(step, progress, lr, cfg.train.global_batch_size)
+                if main_proc:
+                    append_metrics(out, record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
+                                    pairs_s=f"{record['pairs_per_s']:.1f}", skipped=progress.skipped, refresh=False)
+                if cfg.train.tensorboard:
+                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                window = MetricsWindow()
+            if diverged:
+                raise Diverged(nonfinite_message(step, progress.nonfinite_in_a_row, accelerator.mixed_precision))
+            if main_proc and cfg.train.recon_every > 0 and (step % cfg.train.recon_every == 0 or step == total_steps):
+                write_recon(accelerator, model, result["frames"], out, step, cfg)
+            if monitor is not None and monitor.due(step, total_steps):
+                run_monitor(monitor, accelerator, model, step, out, cfg.train.tensorboard, bar.write)
+            if step % cfg.train.save_every == 0 or step == total_steps or signalled:
+                progress.train_seconds = seconds_before + time.perf_counter() - session_start
+                last_ckpt = save_checkpoint(accelerator, ckpt_root, step, cfg.train.keep_last)
+            bar.update(1)
+    finally:
+        bar.close()
+        accelerator.end_training()
 
-        # One optimizer step: grad_accum micro-batches; gradients are all-reduced on the last one.
-        loss_sum = torch.zeros((), device=accelerator.device)
-        nonfinite = torch.zeros((), device=accelerator.device)
-        skipped, keys = 0, []
-        for _ in range(accum):
-            t0 = time.perf_counter()
-            batch = next(data_iter)
-            window["wait"] += time.perf_counter() - t0
-            skipped += batch["skipped"]
-            keys.extend(batch["keys"])
-            frames_u8 = batch["frames"].to(accelerator.device, non_blocking=True)
-            with accelerator.accumulate(model):
-                loss, _, _ = model(normalize(frames_u8))
-                accelerator.backward(loss)  # also when not finite: every rank must join the all-reduce
-            finite = torch.isfinite(loss.detach())
-            loss_sum += torch.where(finite, loss.detach().float(), 0.0)
-            nonfinite += (~finite).float()
+    return summarize(cfg, progress, time.perf_counter() - session_start, progress.step - session_start_step,
+                     last_ckpt, stop_signal["signal"] or (signal.SIGTERM if signalled else 0), say)
 
-        # One small all-reduce: mean loss, non-finite micro-batches, skipped samples and stop requests
-        # over all ranks, so every rank takes the same decisions below.
-        local = torch.cat([torch.stack([loss_sum, nonfinite]),
-                           torch.tensor([float(skipped), float(stop_signal["signal"] > 0)], device=accelerator.device)])
-        total_loss, bad, skipped_all, signalled = accelerator.reduce(local, "sum").tolist()
-        if bad > 0:  # gradients hold NaN/inf on every rank after the all-reduce: drop them
-            optimizer.zero_grad(set_to_none=True)
-            progress.nonfinite += 1
-            progress.nonfinite_in_a_row += 1
-        else:
-            if cfg.optim.clip_grad > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            progress.overflow += int(accelerator.optimizer_step_was_skipped)
-            progress.nonfinite_in_a_row = 0
-            good = world * accum - bad
-            window["loss"] += total_loss / good
-            window["n_loss"] += 1
-        progress.step += 1
-        progress.samples += cfg.train.global_batch_size
-        progress.skipped += int(skipped_all)
-        window["steps"] += 1
-        step = progress.step
-        if on_step is not None:
-            on_step(step, model, keys, accelerator)
 
-        stop = progress.nonfinite_in_a_row >= cfg.train.max_nonfinite  # the same on every rank
+def prepare_model(cfg, accelerator, resume):
+    """The model and optimizer, prepared by Accelerate, and the loop's :class:`Progress`, all restored
+    from ``resume`` when given."""
+    from accelerate.utils import set_seed
 
-        # Logs, pictures, checkpoints.
-        if step % cfg.train.log_every == 0 or step == total_steps or stop:
-            elapsed = time.perf_counter() - window["t"]
-            record = dict(step=step, samples=progress.samples,
-                          loss=window["loss"] / window["n_loss"] if window["n_loss"] else float("nan"),
-                          lr=lr, pairs_per_s=window["steps"] * cfg.train.global_batch_size / elapsed,
-                          data_wait=window["wait"] / elapsed, skipped=progress.skipped,
-                          nonfinite=progress.nonfinite, overflow=progress.overflow)
-            if main_proc:
-                append_metrics(out, record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", pairs_s=f"{record['pairs_per_s']:.1f}",
-                                skipped=progress.skipped, refresh=False)
-            if cfg.train.tensorboard:
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-            window = dict(t=time.perf_counter(), wait=0.0, steps=0, loss=0.0, n_loss=0)
-        if stop:
-            bar.close()
-            accelerator.end_training()
-            if main_proc:
-                print(f"error: {nonfinite_message(step, progress.nonfinite_in_a_row, accelerator.mixed_precision)}",
-                      file=sys.stderr)
-            raise SystemExit(1)
-        if main_proc and cfg.train.recon_every > 0 and (step % cfg.train.recon_every == 0 or step == total_steps):
-            write_recon(accelerator, model, frames_u8, out, step, cfg)
-        if monitor is not None and monitor.due(step, total_steps):
-            run_monitor(monitor, accelerator, model, step, out, cfg, bar)
-        if step % cfg.train.save_every == 0 or step == total_steps or signalled:
-            progress.train_seconds = seconds_before + time.perf_counter() - session_start
-            last_ckpt = save_checkpoint(accelerator, ckpt_root, step, cfg.train.keep_last)
-        bar.update(1)
-        if signalled:
-            bar.close()
-            accelerator.end_training()
-            say(f"stopped by a signal after step {step}; checkpoint {last_ckpt}; run the same command to continue")
-            raise SystemExit(128 + (stop_signal["signal"] or signal.SIGTERM))
+    from siammae.model import build_model
 
-    bar.close()
-    wall = time.perf_counter() - session_start
-    steps_done = progress.step - session_start_step
+    # The same seed on every rank for the initial weights, then a rank-specific one for the masks.
+    set_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    set_seed(cfg.train.seed, device_specific=True)
+    model, optimizer = accelerator.prepare(model, make_optimizer(model, cfg))  # not the loader: see siammae.data
+    progress = Progress()
+    accelerator.register_for_checkpointing(progress)
+    if resume is not None:
+        accelerator.load_state(str(resume))
+        accelerator.print(f"resuming from {resume} at step {progress.step}")
+    return model, optimizer, progress
+
+
+def summarize(cfg, progress: Progress, wall: float, steps_done: int, last_ckpt, signal_number: int, say) -> dict:
+    """The session's summary (returned by :func:`train`) and its last line on the terminal."""
     summary = dict(steps=progress.step, samples=progress.samples, wall_s=round(wall, 1),
                    pairs_per_s=round(steps_done * cfg.train.global_batch_size / wall, 1) if steps_done else 0.0,
                    skipped=progress.skipped, nonfinite=progress.nonfinite,
-                   checkpoint=str(last_ckpt) if last_ckpt else None)
-    if steps_done == 0:
-        say(f"nothing to do: the run in {out} already has all {total_steps} steps (checkpoint {last_ckpt})")
+                   checkpoint=str(last_ckpt) if last_ckpt else None, signal=signal_number)
+    if signal_number:
+        say(f"stopped by a signal after step {progress.step}; checkpoint {last_ckpt}; run the same command to continue")
+    elif steps_done == 0:
+        say(f"nothing to do: the run in {cfg.train.output_dir} already has all {progress.step} steps "
+            f"(checkpoint {last_ckpt})")
     else:
         say(f"done: {progress.step} steps, {progress.samples} pairs seen, {wall / 60:.1f} min this session, "
             f"{summary['pairs_per_s']} pairs/s, {progress.skipped} samples skipped, "
             f"{progress.nonfinite} non-finite steps; checkpoint {last_ckpt}")
-    accelerator.end_training()
+    return summary
+
+
+def describe_run(cfg, urls, model, accelerator, micro_batch, total_steps, warmup_steps, peak_lr) -> str:
+    """The one line that says what this session will do."""
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    threads = torch.get_num_threads()
+    device = accelerator.device.type + (f" ({threads} thread{'s' * (threads != 1)})"
+                                        if accelerator.device.type == "cpu" else "")
+    return (f"siammae.train: {describe(urls)}; {n_params / 1e6:.1f}M trainable parameters; "
+            f"{accelerator.num_processes} process(es) on {device}, precision {accelerator.mixed_precision}; "
+            f"{total_steps} steps of {cfg.train.global_batch_size} pairs ({micro_batch} per process x "
+            f"{cfg.train.grad_accum} accumulation), warm-up {warmup_steps} steps, peak lr {peak_lr:.3g}; "
+            f"run folder {cfg.train.output_dir}")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m siammae.train",
+        description="Pre-train on WebDataset shards (SiamMAE by default). Running it again resumes the run.")
+    parser.add_argument("recipe", help="a recipe file or the name of a packaged recipe (base, tiny, ...)")
+    parser.add_argument("overrides", nargs="*", metavar="group.key=value", help="config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv=None, on_step=None) -> dict:
+    """The command line: a user error prints one line and exits with status 2 (a diverged run: 1);
+    a run stopped by a signal exits with 128 + the signal, as the shell would report it."""
+    args = parse_args(argv)
+    try:
+        summary = train(load_config(args.recipe, args.overrides), on_step)
+    except SiammaeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1 if isinstance(e, Diverged) else 2)
+    if summary["signal"]:
+        raise SystemExit(128 + summary["signal"])
     return summary
 
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from siammae import train
+from siammae import runfolder, schedule
+from siammae.checkpoint import COMPLETE, checkpoint_dirs
 from siammae.config import ConfigError, load_config
 from train_fixtures import corrupt_first_jpeg, read_records, truncate, write_shards
 
@@ -74,21 +75,21 @@ def straight(tmp_path_factory, shards):
 
 
 def test_learning_rate_warms_up_then_follows_a_cosine():
-    lrs = [train.learning_rate(s, 1.0, 0.1, 10, 110) for s in range(110)]
+    lrs = [schedule.learning_rate(s, 1.0, 0.1, 10, 110) for s in range(110)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:10]))
     assert lrs[10] == pytest.approx(1.0) and lrs[60] == pytest.approx(0.55)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] > 0.1
-    assert train.learning_rate(110, 1.0, 0.1, 10, 110) == pytest.approx(0.1)
-    assert train.learning_rate(0, 1.0, 0.0, 0, 10) == pytest.approx(1.0)  # no warm-up
+    assert schedule.learning_rate(110, 1.0, 0.1, 10, 110) == pytest.approx(0.1)
+    assert schedule.learning_rate(0, 1.0, 0.0, 0, 10) == pytest.approx(1.0)  # no warm-up
 
 
 def test_run_lengths_in_samples_or_epochs():
     cfg = load_config("base")
-    total, warmup = train.run_lengths(cfg)
+    total, warmup = schedule.run_lengths(cfg)
     assert total == math.ceil(2000 * 240_000 / 2048) and warmup == round(40 * 240_000 / 2048)
     cfg = load_config("base", ["train.samples=4096", "optim.warmup_samples=2048"])
-    assert train.run_lengths(cfg) == (2, 1)
+    assert schedule.run_lengths(cfg) == (2, 1)
 
 
 def test_no_weight_decay_on_biases_norms_positions_and_tokens():
@@ -96,7 +97,7 @@ def test_no_weight_decay_on_biases_norms_positions_and_tokens():
 
     cfg = load_config("tiny", ["model.img_size=32"])
     model = build_model(cfg.model)
-    decay, no_decay = train.param_groups(model, 0.05)
+    decay, no_decay = schedule.param_groups(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
@@ -114,7 +115,7 @@ def test_encoder_lr_scale_applies_to_the_encoder_only():
 
     model = build_model(load_config("tiny", ["model.img_size=32"]).model)
     names = {id(p): n for n, p in model.named_parameters()}
-    groups = train.param_groups(model, 0.05, encoder_lr_scale=0.1)
+    groups = schedule.param_groups(model, 0.05, encoder_lr_scale=0.1)
     assert len(groups) == 4
     for g in groups:
         in_encoder = {names[id(p)].startswith("encoder.") for p in g["params"]}
@@ -126,21 +127,21 @@ def test_resume_picks_newest_complete_checkpoint(tmp_path):
     for step, complete in [(6, True), (12, True), (18, False)]:  # 18: killed while saving
         (root / f"checkpoint_{step}").mkdir(parents=True)
         if complete:
-            (root / f"checkpoint_{step}" / train.COMPLETE).write_text("{}")
+            (root / f"checkpoint_{step}" / COMPLETE).write_text("{}")
     cfg = load_config("tiny", [f"train.output_dir={tmp_path}"])
-    assert train.resume_from(cfg, root) == root / "checkpoint_12"
+    assert runfolder.resume_from(cfg, root) == root / "checkpoint_12"
     cfg.train.resume = str(root / "checkpoint_6")
-    assert train.resume_from(cfg, root) == root / "checkpoint_6"
+    assert runfolder.resume_from(cfg, root) == root / "checkpoint_6"
     cfg.train.resume = str(root / "checkpoint_18")
     with pytest.raises(ConfigError, match="not a complete checkpoint"):
-        train.resume_from(cfg, root)
+        runfolder.resume_from(cfg, root)
     cfg.train.resume = "never"
-    assert train.resume_from(cfg, root) is None
+    assert runfolder.resume_from(cfg, root) is None
     (tmp_path / "metrics.jsonl").write_text("{}\n")
-    aside = train.set_aside(tmp_path)  # a fresh start moves the earlier run aside, deletes nothing
+    aside = runfolder.set_aside(tmp_path)  # a fresh start moves the earlier run aside, deletes nothing
     assert sorted(p.name for p in aside.iterdir()) == ["checkpoints", "metrics.jsonl"]
     assert len(list((aside / "checkpoints").iterdir())) == 3 and not root.exists()
-    assert train.set_aside(tmp_path) is None
+    assert runfolder.set_aside(tmp_path) is None
 
 
 class FakeAccelerator:
@@ -165,13 +166,13 @@ class FakeAccelerator:
 def test_checkpoints_are_marked_complete_pruned_and_survive_a_kill_while_saving(tmp_path):
     root = tmp_path / "checkpoints"
     for step in (6, 12):
-        train.save_checkpoint(FakeAccelerator(), root, step, keep=2)
+        runfolder.save_checkpoint(FakeAccelerator(), root, step, keep=2)
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(FakeAccelerator(die=True), root, 18, keep=2)
-    assert [p.name for p in train.checkpoint_dirs(root)] == ["checkpoint_6", "checkpoint_12"]
+        runfolder.save_checkpoint(FakeAccelerator(die=True), root, 18, keep=2)
+    assert [p.name for p in checkpoint_dirs(root)] == ["checkpoint_6", "checkpoint_12"]
     cfg = load_config("tiny")
-    assert train.resume_from(cfg, root) == root / "checkpoint_12"  # the half-written 18 is ignored
-    train.save_checkpoint(FakeAccelerator(), root, 18, keep=2)  # redoing step 18 replaces the leftover
+    assert runfolder.resume_from(cfg, root) == root / "checkpoint_12"  # the half-written 18 is ignored
+    runfolder.save_checkpoint(FakeAccelerator(), root, 18, keep=2)  # redoing step 18 replaces the leftover
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint_12", "checkpoint_18"]
     assert (root / "checkpoint_18" / "optimizer.bin").is_file() and (root / "checkpoint_18" / "complete").is_file()
 
@@ -179,7 +180,7 @@ def test_checkpoints_are_marked_complete_pruned_and_survive_a_kill_while_saving(
 def test_metrics_after_the_checkpoint_are_dropped_on_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(dict(step=s)) + "\n" for s in range(1, 9)) + '{"step": 9, "lo')
-    train.keep_metrics_until(path, 6)
+    runfolder.keep_metrics_until(path, 6)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
 
 
@@ -245,7 +246,7 @@ def test_sigterm_saves_where_it_is_and_the_run_continues(straight, shards, tmp_p
     assert stopped.returncode == 128 + 15, stopped.stderr[-2000:]
     # the signal arrives during step 8's callback: step 9 notices it (in the all-reduce) and saves
     assert "stopped by a signal after step 9" in stopped.stdout + stopped.stderr
-    assert [p.name for p in train.checkpoint_dirs(out / "checkpoints")] == ["checkpoint_6", "checkpoint_9"]
+    assert [p.name for p in checkpoint_dirs(out / "checkpoints")] == ["checkpoint_6", "checkpoint_9"]
     trainer(out, shards, "data.num_workers=1", record=record)
     steps = [r["step"] for r in read_records(record)]
     assert steps == list(range(1, 13))  # nothing lost, nothing repeated

@@ -27,7 +27,8 @@ import torch  # noqa: E402
 from siammae.config import load_config  # noqa: E402
 from siammae.model import build_model  # noqa: E402
 from siammae.pixels import normalize  # noqa: E402
-from siammae.train import param_groups, pick_precision  # noqa: E402
+from siammae.schedule import param_groups  # noqa: E402
+from siammae.train import pick_precision  # noqa: E402
 
 # Dense fp16/bf16 tensor-core peaks (TFLOP/s), by a substring of the device name.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0,

@@ -3,7 +3,7 @@
 A sequence is a run of consecutive frames of one real video (the *background*, moving as it was filmed)
 with a few *objects* drawn over it: each object is a region cut from a real frame, given a random shape
 from :mod:`siammae.synth`, and moved, turned and scaled along a smooth path, occluding the background and
-the objects drawn before it. The renderer is the synthetic one (:func:`siammae.synth._draw_object`), so
+the objects drawn before it. The renderer is the synthetic one (:func:`siammae.synth.draw_object`), so
 frames and masks agree to the pixel.
 
 Two variants:
@@ -29,14 +29,14 @@ import numpy as np
 
 from siammae.errors import SiammaeError
 from siammae.synth import (
-    _SHAPE_FNS,
+    SHAPES,
     Path2D,
     SceneObject,
     Size,
-    _draw_object,
-    _rasterise,
-    _sprite_side,
-    _write_sequence,
+    draw_object,
+    rasterise,
+    sprite_side,
+    write_sequence,
 )
 
 _STREAM_COMPOSITE = 505
@@ -136,15 +136,15 @@ def _real_object(rng: np.random.Generator, size: Size, texture: np.ndarray) -> S
     scale = min(h, w)
     radius = scale * rng.uniform(0.12, 0.22)
     breathe = rng.uniform(0.0, 0.1)
-    side = _sprite_side(radius, breathe)
-    shape = str(rng.choice(sorted(_SHAPE_FNS)))
+    side = sprite_side(radius, breathe)
+    shape = str(rng.choice(sorted(SHAPES)))
     margin = 0.1 * np.array([h, w])
     lo, hi = margin, np.array([h, w]) - margin
     centre = rng.uniform(lo, hi)
     room = np.minimum(centre - lo, hi - centre)
     path = Path2D(centre=centre, amplitude=room * rng.uniform(0.4, 1.0, 2),
                   omega=rng.uniform(0.015, 0.05, 2) * rng.choice([-1, 1], 2), phase=rng.uniform(0, 2 * np.pi, 2))
-    return SceneObject(sprite=_cut_sprite(texture, side, rng), alpha=_rasterise(_SHAPE_FNS[shape](rng, radius), side),
+    return SceneObject(sprite=_cut_sprite(texture, side, rng), alpha=rasterise(SHAPES[shape](rng, radius), side),
                        radius=radius, path=path, angle=rng.uniform(0, 2 * np.pi), spin=rng.uniform(-0.03, 0.03),
                        breathe=breathe, breathe_omega=rng.uniform(0.02, 0.06), breathe_phase=rng.uniform(0, 2 * np.pi))
 
@@ -175,7 +175,7 @@ def compose_sequence(sources: List[SourceVideo], index: int, frames: int, size: 
         video, masks = background.copy(), np.zeros(background.shape[:3], dtype=np.uint8)
         t = np.arange(frames, dtype=np.float64)
         for label, obj in enumerate(scene_objects, start=1):
-            _draw_object(obj, t, label, video, masks)
+            draw_object(obj, t, label, video, masks)
         counts = np.bincount(masks[0].ravel(), minlength=count + 1)
         if counts[1:].min() >= min_pixels:
             record = dict(background=str(bg.path), background_frames=[bg_indices[0], bg_indices[-1]],
@@ -222,7 +222,7 @@ def composite_davis(
     for i in range(num_sequences):
         name = f"{prefix}-{i:03d}"
         video, masks, records[name] = compose_sequence(sources, i, frames, size, seed, hard, objects)
-        _write_sequence(root, resolution, name, video, masks, quality)
+        write_sequence(root, resolution, name, video, masks, quality)
         names.append(name)
         if progress is not None:
             progress(name)

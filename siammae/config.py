@@ -82,7 +82,7 @@ class DataConfig:
     hflip: float = 0.5
     # Samples buffered per worker before decoding (compressed bytes, so this is cheap). A shard holds
     # each video's pairs one after another, so the buffer must span many videos: a batch drawn from a
-    # buffer of a few videos' pairs trains on near-duplicates (seen in the tiny recipe, issue 6).
+    # buffer of a few videos' pairs trains on near-duplicates (seen in the tiny recipe).
     shuffle_buffer: int = 2000
     num_workers: int = 8
 

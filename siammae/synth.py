@@ -31,7 +31,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from siammae.ffmpeg import ffmpeg_exe
+from siammae.errors import SiammaeError
+from siammae.ffmpeg import FfmpegError, ffmpeg_exe
 
 TEXTURES = {
     "train": ("noise", "stripes", "checker", "gradient"),
@@ -293,7 +294,7 @@ def _shape_cross(rng, radius) -> Inside:
     return lambda u, v: ((np.abs(u) <= arm) & (np.abs(v) <= width)) | ((np.abs(u) <= width) & (np.abs(v) <= arm))
 
 
-_SHAPE_FNS = {
+SHAPES = {
     "ellipse": _shape_ellipse,
     "rectangle": _shape_rectangle,
     "polygon": _shape_polygon,
@@ -372,14 +373,14 @@ def _sample_path(rng, lo: np.ndarray, hi: np.ndarray, omega: Tuple[float, float]
     )
 
 
-def _sprite_side(radius: float, breathe: float) -> int:
+def sprite_side(radius: float, breathe: float) -> int:
     """Sprite side S (odd) such that every drawing-window pixel maps inside the sprite: the window's
     corners lie sqrt(2) * half away from the centre, and shrinking by (1 - breathe) magnifies that."""
     half = int(np.ceil(radius * (1 + breathe))) + 1
     return 2 * int(np.ceil(np.sqrt(2) * (half + 1) / (1 - breathe)) + 1) + 1
 
 
-def _rasterise(inside: Inside, side: int) -> np.ndarray:
+def rasterise(inside: Inside, side: int) -> np.ndarray:
     """Evaluate a shape test at the texel centres of a (side, side) sprite -> bool (side, side)."""
     centres = np.arange(side, dtype=np.float32) - side // 2 + 0.5
     return inside(centres[None, :], centres[:, None])
@@ -390,12 +391,12 @@ def _sample_object(rng, size: Size, textures: Sequence[str], shapes: Sequence[st
     scale = min(h, w)
     radius = scale * rng.uniform(0.14, 0.28)
     breathe = rng.uniform(0.0, 0.15)
-    side = _sprite_side(radius, breathe)
+    side = sprite_side(radius, breathe)
     # Centres may leave the frame by a little, so objects are sometimes cut by the border.
     margin = 0.08 * np.array([h, w])
     return SceneObject(
         sprite=make_texture(rng, str(rng.choice(textures)), side, side, scale),
-        alpha=_rasterise(_SHAPE_FNS[str(rng.choice(shapes))](rng, radius), side),
+        alpha=rasterise(SHAPES[str(rng.choice(shapes))](rng, radius), side),
         radius=radius,
         path=_sample_path(rng, margin, np.array([h, w]) - margin, omega=(0.03, 0.1)),
         angle=rng.uniform(0, 2 * np.pi),
@@ -429,7 +430,7 @@ def _draw_background(scene: Scene, t: np.ndarray, frames: np.ndarray) -> None:
         frames[i] = scene.background[y : y + h, x : x + w]
 
 
-def _draw_object(obj: SceneObject, t: np.ndarray, label: int, frames: np.ndarray, masks: np.ndarray) -> None:
+def draw_object(obj: SceneObject, t: np.ndarray, label: int, frames: np.ndarray, masks: np.ndarray) -> None:
     """Paint ``obj`` over ``frames`` (T, H, W, 3) and write ``label`` into ``masks`` (T, H, W).
 
     Works on a (T, B, B) window that follows the object, so the cost is the object's area, not the
@@ -485,7 +486,7 @@ def render_scene(scene: Scene, num_frames: int, start: int = 0) -> Tuple[np.ndar
         chunk = slice(lo, lo + step)
         _draw_background(scene, t[chunk], frames[chunk])
         for label, obj in enumerate(scene.objects, start=1):
-            _draw_object(obj, t[chunk], label, frames[chunk], masks[chunk])
+            draw_object(obj, t[chunk], label, frames[chunk], masks[chunk])
     return frames, masks
 
 
@@ -529,7 +530,7 @@ def encode_video(
     ]  # fmt: skip
     result = subprocess.run(command, input=np.ascontiguousarray(frames).tobytes(), capture_output=True)
     if result.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed writing {path}: {result.stderr.decode(errors='replace').strip()}")
+        raise FfmpegError(f"ffmpeg failed writing {path}: {result.stderr.decode(errors='replace').strip()}")
     return path
 
 
@@ -593,10 +594,10 @@ def _sample_davis_scene(rng, size: Size, split: str, objects: Tuple[int, int], n
         counts = np.bincount(masks[0].ravel(), minlength=len(scene.objects) + 1)
         if counts[1:].min() >= min_pixels:
             return frames, masks
-    raise RuntimeError(f"could not place {objects} visible objects in a {size} frame; use a larger size")
+    raise SiammaeError(f"could not place {objects} visible objects in a {size} frame; use a larger size")
 
 
-def _write_sequence(root: Path, resolution: str, name: str, frames: np.ndarray, masks: np.ndarray, quality: int):
+def write_sequence(root: Path, resolution: str, name: str, frames: np.ndarray, masks: np.ndarray, quality: int):
     """Write one sequence's JPEG frames and palette PNG annotations, replacing any older copy."""
     from PIL import Image
 
@@ -643,7 +644,7 @@ def synth_davis(
     for group, members in groups.items():
         for name, rng in members:
             video, masks = _sample_davis_scene(rng, size, split, objects, frames)
-            _write_sequence(root, resolution, name, video, masks, quality)
+            write_sequence(root, resolution, name, video, masks, quality)
             if progress is not None:
                 progress(name)
         list_dir = root / "ImageSets" / "2017"

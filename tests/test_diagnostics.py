@@ -12,7 +12,7 @@ from siammae.diagnostics import (
     token_diagnostics,
 )
 from siammae.propagate import check_davis
-from siammae.synth import _write_sequence
+from siammae.synth import write_sequence
 
 
 def unit(x):
@@ -59,8 +59,8 @@ def test_copy_first_frame_scores_one_on_a_still_scene_and_less_when_objects_move
     still = np.zeros((4, 48, 64), np.uint8)
     still[:, 10:30, 10:30] = 1
     moving = np.stack([np.roll(still[0], 12 * t, axis=1) for t in range(4)])
-    _write_sequence(tmp_path, "480p", "still", frames, still, 95)
-    _write_sequence(tmp_path, "480p", "moving", frames, moving, 95)
+    write_sequence(tmp_path, "480p", "still", frames, still, 95)
+    write_sequence(tmp_path, "480p", "moving", frames, moving, 95)
     (tmp_path / "ImageSets/2017").mkdir(parents=True)
     (tmp_path / "ImageSets/2017/val.txt").write_text("still\nmoving\n")
     root = str(tmp_path)

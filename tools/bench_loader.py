@@ -14,7 +14,7 @@ Everything runs in this one process, pinned to one core with one thread, so the 
                Once opening the video per sample (what a Dataset's __getitem__ does), once with
                every reader kept open (the best case).
 
-Targets (issue 4): pipeline >= 20x on the fly, >= 75% of the floor. The last line is one JSON object.
+Targets: pipeline >= 20x on the fly, >= 75% of the floor. The last line is one JSON object.
 
   python tools/bench_loader.py --shards shards/ --videos videos/
 """

@@ -29,7 +29,7 @@ import numpy as np
 
 from siammae.errors import SiammaeError
 from siammae.synth import (
-    SHAPES,
+    SHAPE_FNS,
     Path2D,
     SceneObject,
     Size,
@@ -137,14 +137,14 @@ def _real_object(rng: np.random.Generator, size: Size, texture: np.ndarray) -> S
     radius = scale * rng.uniform(0.12, 0.22)
     breathe = rng.uniform(0.0, 0.1)
     side = sprite_side(radius, breathe)
-    shape = str(rng.choice(sorted(SHAPES)))
+    shape = str(rng.choice(sorted(SHAPE_FNS)))
     margin = 0.1 * np.array([h, w])
     lo, hi = margin, np.array([h, w]) - margin
     centre = rng.uniform(lo, hi)
     room = np.minimum(centre - lo, hi - centre)
     path = Path2D(centre=centre, amplitude=room * rng.uniform(0.4, 1.0, 2),
                   omega=rng.uniform(0.015, 0.05, 2) * rng.choice([-1, 1], 2), phase=rng.uniform(0, 2 * np.pi, 2))
-    return SceneObject(sprite=_cut_sprite(texture, side, rng), alpha=rasterise(SHAPES[shape](rng, radius), side),
+    return SceneObject(sprite=_cut_sprite(texture, side, rng), alpha=rasterise(SHAPE_FNS[shape](rng, radius), side),
                        radius=radius, path=path, angle=rng.uniform(0, 2 * np.pi), spin=rng.uniform(-0.03, 0.03),
                        breathe=breathe, breathe_omega=rng.uniform(0.02, 0.06), breathe_phase=rng.uniform(0, 2 * np.pi))
 

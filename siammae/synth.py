@@ -294,7 +294,7 @@ def _shape_cross(rng, radius) -> Inside:
     return lambda u, v: ((np.abs(u) <= arm) & (np.abs(v) <= width)) | ((np.abs(u) <= width) & (np.abs(v) <= arm))
 
 
-SHAPES = {
+SHAPE_FNS = {
     "ellipse": _shape_ellipse,
     "rectangle": _shape_rectangle,
     "polygon": _shape_polygon,
@@ -396,7 +396,7 @@ def _sample_object(rng, size: Size, textures: Sequence[str], shapes: Sequence[st
     margin = 0.08 * np.array([h, w])
     return SceneObject(
         sprite=make_texture(rng, str(rng.choice(textures)), side, side, scale),
-        alpha=rasterise(SHAPES[str(rng.choice(shapes))](rng, radius), side),
+        alpha=rasterise(SHAPE_FNS[str(rng.choice(shapes))](rng, radius), side),
         radius=radius,
         path=_sample_path(rng, margin, np.array([h, w]) - margin, omega=(0.03, 0.1)),
         angle=rng.uniform(0, 2 * np.pi),

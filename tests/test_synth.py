@@ -77,7 +77,7 @@ def test_train_and_val_families_are_disjoint_and_all_render():
         texture = synth.make_texture(rng, family, 30, 40, scale=64)
         assert texture.shape == (30, 40, 3) and texture.dtype == np.uint8
         assert texture.std() > 5, f"{family} is nearly flat"
-    for name, make_shape in synth.SHAPES.items():
+    for name, make_shape in synth.SHAPE_FNS.items():
         radius, side = 12.0, synth.sprite_side(12.0, 0.15)
         alpha = synth.rasterise(make_shape(rng, radius), side)
         assert alpha.sum() > 0.2 * np.pi * radius**2, f"{name} is too thin"

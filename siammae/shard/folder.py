@@ -13,39 +13,20 @@ Layout of OUT::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List
 
 
-@dataclass(frozen=True)
 class ShardFolder:
     """OUT: the finished shards, the merged records and the bookkeeping under ``OUT/.shard``."""
 
-    root: Path  # str or os.PathLike accepted
-
-    def __post_init__(self):
-        object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def state(self) -> Path:
-        return self.root / ".shard"
-
-    @property
-    def config(self) -> Path:
-        return self.state / "config.json"
-
-    @property
-    def tmp(self) -> Path:
-        return self.state / "tmp"
-
-    @property
-    def failed(self) -> Path:
-        return self.root / "failed.jsonl"
-
-    @property
-    def stats(self) -> Path:
-        return self.root / "stats.json"
+    def __init__(self, root):
+        self.root = Path(root)
+        self.state = self.root / ".shard"
+        self.config = self.state / "config.json"
+        self.tmp = self.state / "tmp"
+        self.failed = self.root / "failed.jsonl"
+        self.stats = self.root / "stats.json"
 
     def shard(self, name: str) -> Path:
         """Where the finished shard ``name`` lies."""
@@ -59,10 +40,10 @@ class ShardFolder:
         """Shards of ``prefix`` (a part or a worker) still being written, or left by a killed run."""
         return self.tmp.glob(f"{prefix}-*")
 
-    def part(self, index: int) -> PartFolder:
+    def part(self, index: int) -> "PartFolder":
         return PartFolder(self, self.state / f"part{index:04d}")
 
-    def parts(self) -> List[PartFolder]:
+    def parts(self) -> List["PartFolder"]:
         """The parts that have bookkeeping here, sorted by name."""
         return [PartFolder(self, path) for path in sorted(self.state.glob("part*"))]
 
@@ -71,32 +52,15 @@ class ShardFolder:
         return sorted(self.state.glob("part*/manifests/*.json"))
 
 
-@dataclass(frozen=True)
 class PartFolder:
     """``OUT/.shard/part<I>``: the bookkeeping of one part."""
 
-    folder: ShardFolder
-    root: Path
-
-    @property
-    def name(self) -> str:
-        return self.root.name
-
-    @property
-    def manifests(self) -> Path:
-        return self.root / "manifests"
-
-    @property
-    def failed(self) -> Path:
-        return self.root / "failed.jsonl"
-
-    @property
-    def stats(self) -> Path:
-        return self.root / "stats.json"
-
-    @property
-    def lock(self) -> Path:
-        return self.root / "lock"
+    def __init__(self, folder: ShardFolder, root: Path):
+        self.folder, self.root, self.name = folder, Path(root), Path(root).name
+        self.manifests = self.root / "manifests"
+        self.failed = self.root / "failed.jsonl"
+        self.stats = self.root / "stats.json"
+        self.lock = self.root / "lock"
 
     def manifest(self, shard_name: str) -> Path:
         """The manifest of the shard ``shard_name`` (``<stem>.tar`` -> ``<stem>.json``)."""

@@ -27,3 +27,41 @@ def test_version_without_importing_torch():
     r = run_probe("--version")
     assert r.returncode == 0, r.stderr + r.stdout
     assert __version__ in r.stdout
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback():
+    import click
+    from click.testing import CliRunner
+
+    from siammae.cli import Command
+    from siammae.errors import SiammaeError
+
+    @click.command(cls=Command)
+    @click.argument("what")
+    def fails(what):
+        raise SiammaeError("the folder x has no videos") if what == "user" else ValueError("a bug")
+
+    user = CliRunner().invoke(fails, ["user"])
+    assert user.exit_code == 1 and user.output == "Error: the folder x has no videos\n"
+    bug = CliRunner().invoke(fails, ["bug"])
+    assert isinstance(bug.exception, ValueError)  # not turned into a one-line "Error:"
+
+
+def test_every_error_class_of_the_library_is_a_user_error():
+    """One type to catch: each exception class the library defines derives from SiammaeError."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import siammae
+    from siammae.errors import SiammaeError
+
+    found = []
+    for module in pkgutil.walk_packages(siammae.__path__, "siammae."):
+        if module.name.endswith("__main__"):
+            continue
+        for name, obj in inspect.getmembers(importlib.import_module(module.name), inspect.isclass):
+            if issubclass(obj, BaseException) and obj.__module__ == module.name:
+                found.append(obj)
+                assert issubclass(obj, SiammaeError), f"{module.name}.{name} does not derive from SiammaeError"
+    assert len(found) >= 10

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from siammae import runfolder, schedule
+from siammae import runfolder, schedule, train
 from siammae.checkpoint import COMPLETE, checkpoint_dirs
 from siammae.config import ConfigError, load_config
 from train_fixtures import corrupt_first_jpeg, read_records, truncate, write_shards
@@ -364,3 +364,32 @@ def test_two_processes_evaluate_on_rank_0_only_and_neither_hangs(shards, small_d
          *overrides], timeout=240)
     assert [r["step"] for r in metrics(out) if "eval_jf" in r] == [0, 2, 4]
     assert (out / "checkpoints" / "checkpoint_4").is_dir()
+
+
+def test_the_loop_logs_the_model_scalars_without_knowing_the_method():
+    """A model returns its loss and any scalars it wants logged (here a toy objective, as a contrastive
+    term would be); one optimizer step over two micro-batches averages both and steps the weights."""
+    from accelerate import Accelerator
+
+    from siammae.model import Output
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, frames):
+            loss = (self.w * frames.mean()) ** 2
+            return Output(loss, frames[:, -1], torch.zeros(len(frames), 1), logs={"contrast": 2 * self.w.detach()})
+
+    cfg = load_config("tiny", ["train.grad_accum=2"])
+    accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
+    toy = Toy()
+    model, optimizer = accelerator.prepare(toy, torch.optim.SGD(toy.parameters(), lr=0.1))
+    batch = dict(frames=torch.full((2, 2, 3, 8, 8), 200, dtype=torch.uint8), skipped=1, keys=["a", "b"])
+    window = train.MetricsWindow()
+    result = train.optimizer_step(model, optimizer, iter([batch, batch]), accelerator, cfg, window, {"signal": 0})
+    assert result["finite"] and result["skipped"] == 2 and result["keys"] == ["a", "b", "a", "b"]
+    record = window.record(1, train.Progress(), 0.1, 4)
+    assert record["contrast"] == pytest.approx(2.0) and record["loss"] > 0
+    assert model.w.item() < 1.0, "the step was taken"

@@ -237,8 +237,9 @@ CROSS_RULES = [
     (("model.mask_ratio", "data.num_frames"), lambda ratios, frames: len(ratios) == frames,
      "model.mask_ratio needs one ratio per frame"),
     (("model.mask_ratio", "model.img_size", "model.patch_size"),
-     lambda ratios, size, p: all(_visible((size // p) ** 2, r) >= 1 for r in ratios),
-     "every frame must keep at least one of its (img_size / patch_size)^2 patches visible"),
+     lambda ratios, size, p: all(_visible((size // p) ** 2, r) >= 1 for r in ratios[:-1]),
+     "every context frame (all but the last) must keep at least one of its (img_size / patch_size)^2 "
+     "patches visible"),
     (("model.mask_ratio", "model.img_size", "model.patch_size"),
      lambda ratios, size, p: _visible((size // p) ** 2, ratios[-1]) < (size // p) ** 2,
      "the last frame must mask at least one patch (the loss is over its masked patches)"),

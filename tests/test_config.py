@@ -92,7 +92,7 @@ def test_every_packaged_recipe_loads(recipe):
     load_config(recipe)
 
 
-# ----------------------------------------------------------------------------- value rules (issue 13)
+# ----------------------------------------------------------------------------- value rules
 
 # One value of the right type that each key refuses, as it would be typed on the command line.
 BAD = {

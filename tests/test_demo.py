@@ -1,4 +1,4 @@
-"""``siammae demo`` shortened to seconds: every stage runs for real and leaves its outputs (issue 6)."""
+"""``siammae demo`` shortened to seconds: every stage runs for real and leaves its outputs."""
 
 import csv
 import json
@@ -109,7 +109,7 @@ def test_cli_rejects_a_malformed_size(tmp_path):
 
 def test_cli_runs_the_demo_on_a_folder_of_real_videos(tmp_path):
     """--videos DIR: the user's files are sharded as they are, the DAVIS set is composited from them and
-    J&F is tracked during training (synthetic files stand in for real ones: tests never read ../shared)."""
+    J&F is tracked during training (synthetic files stand in for real ones)."""
     from siammae.cli.demo import demo
     from siammae.synth import synth_videos
 

@@ -115,12 +115,13 @@ class Counts:
     """What the workers did: videos done and failed, samples, shards and bytes finished, and the CPU
     seconds of the workers that exited normally."""
 
-    done: int = 0
-    failed: int = 0
+    done: int = 0  # videos
+    failed: int = 0  # videos
     samples: int = 0
-    shards: int = 0
+
+    shards: int = 0  # finished shards and their size
     bytes: int = 0
-    cpu: float = 0.0
+    cpu: float = 0.0  # seconds, workers that exited normally
 
 
 @dataclass

@@ -33,6 +33,10 @@ Presets (:data:`PROTOCOLS`) and where each value comes from:
   argmax with nearest; we upsample once, bilinearly, to the original size.)
 - ``crw``: ajabri/videowalk ``test.py``: top-k 10, 20 context frames front-padded with copies of
   frame 0, a disk of radius 12 not applied to the first frame, temperature 0.05, native 480p.
+- ``siammae-jhmdb``: the paper's Table 4b for JHMDB (top-k 7, queue 20, neighbourhood 20), frames
+  resized to 320x320 as CropMAE's JHMDB evaluation does, temperature 0.7 and the disk as ``siammae``.
+- ``siammae-vip``: the paper's Table 4b for VIP (top-k 10, queue 20, neighbourhood 8), the long side
+  880 as CropMAE's VIP evaluation, temperature 0.7 and the disk as ``siammae``.
 """
 
 from __future__ import annotations
@@ -44,13 +48,14 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from siammae.davis import (
+    DavisError,
     DavisSequence,
     load_sequence,
     read_annotation,
@@ -67,6 +72,10 @@ class ProtocolError(SiammaeError):
     """A propagation setting out of its range; one line for the user."""
 
 
+class VideoError(SiammaeError):
+    """A video whose frames cannot be propagated as they are (e.g. frames of different sizes)."""
+
+
 @dataclass(frozen=True)
 class Protocol:
     """Every knob of label propagation. Distances are in tokens (feature-grid cells)."""
@@ -80,6 +89,8 @@ class Protocol:
     temperature: float
     pad_queue: bool = False  # start with the queue full of copies of frame 0 (CRW)
     short_side: int = 480  # frames resized so that their short side is this; 0 = native size
+    long_side: int = 0  # instead: the long side is this (VIP's 880); 0 = use short_side
+    input_size: tuple = ()  # instead: every frame resized to this (H, W) (JHMDB's 320x320); () = aspect kept
     multiple: int = 0  # the long side (and a native short side) is made a multiple of this; 0 = patch
     rounding: str = "nearest"  # how the long side reaches the multiple: "nearest" or "floor"
     mean: tuple = IMAGENET_MEAN
@@ -96,6 +107,9 @@ class Protocol:
             (self.window in ("disk", "square"), "window must be disk or square"),
             (self.temperature > 0, "temperature must be > 0"),
             (self.short_side >= 0 and self.multiple >= 0, "short_side and multiple must be >= 0"),
+            (self.long_side >= 0, "long_side must be >= 0"),
+            (len(self.input_size) in (0, 2) and all(v > 0 for v in self.input_size),
+             "input_size must be (height, width) or empty"),
             (self.rounding in ("nearest", "floor"), "rounding must be nearest or floor"),
             (self.first_labels in ("area", "nearest"), "first_labels must be area or nearest"),
             (len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values"),
@@ -126,7 +140,14 @@ PROTOCOLS = {
                      first_labels="nearest", keep_small=False, minmax=True),
     "crw": Protocol("crw", topk=10, queue=20, radius=12, window="disk", window_on_first=False,
                     temperature=0.05, pad_queue=True, keep_small=False),
+    "siammae-jhmdb": Protocol("siammae-jhmdb", topk=7, queue=20, radius=20, window="disk", window_on_first=False,
+                              temperature=0.7, input_size=(320, 320)),
+    "siammae-vip": Protocol("siammae-vip", topk=10, queue=20, radius=8, window="disk", window_on_first=False,
+                            temperature=0.7, long_side=880),
 }
+
+# The preset each task uses unless told otherwise.
+TASK_PRESETS = {"davis": "siammae", "jhmdb": "siammae-jhmdb", "vip": "siammae-vip"}
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -136,7 +157,14 @@ def resized_shape(height: int, width: int, protocol: Protocol, patch: int) -> tu
     """Network input size (H', W') for a frame: short side -> ``short_side``, long side keeping the
     aspect ratio, both multiples of the patch (and of ``multiple`` for the long side)."""
     multiple = protocol.multiple or patch
+    if protocol.input_size:  # a fixed size, aspect ratio not kept
+        return tuple(max(patch, int(round(v / patch)) * patch) for v in protocol.input_size)
     short, long_ = min(height, width), max(height, width)
+    if protocol.long_side:
+        new_long, new_short = float(protocol.long_side), short * protocol.long_side / long_
+        new_long = max(multiple, int(round(new_long / multiple)) * multiple)
+        new_short = max(patch, int(round(new_short / patch)) * patch)
+        return (new_short, new_long) if height <= width else (new_long, new_short)
     if protocol.short_side:
         new_short = protocol.short_side
         new_long = long_ * new_short / short
@@ -275,6 +303,57 @@ def soft_to_ids(soft: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]
 # ----------------------------------------------------------------------------- sequences
 
 
+def propagate_video(
+    extractor: FeatureExtractor,
+    frame_paths: Sequence[Path],
+    protocol: Protocol,
+    first_labels: Callable[[tuple[int, int]], torch.Tensor],
+    emit: Callable[[int, Optional[torch.Tensor], tuple[int, int], np.ndarray], None],
+    batch_size: int = 8,
+    progress: bool = True,
+    name: str = "",
+) -> dict:
+    """The propagation loop every task shares (DAVIS masks, JHMDB joints, VIP parts).
+
+    ``first_labels(grid)`` gives frame 0's soft labels (L, h * w) on the token grid (h, w); then, in
+    frame order, ``emit(t, soft, grid, frame)`` receives each frame's propagated soft labels (L, h * w)
+    (None for frame 0) and the frame (H, W, 3) uint8, to write or decode them. Frames are read and
+    encoded ``batch_size`` at a time, so memory holds one batch and the context queue. All frames must
+    have frame 0's size. Returns timing figures."""
+    from tqdm import tqdm
+
+    T = len(frame_paths)
+    t_feat = t_prop = 0.0
+    propagator, frame_size = None, None
+    start = time.perf_counter()
+    bar = tqdm(total=T, desc=name, unit="frame", dynamic_ncols=True, disable=not progress, leave=False)
+    for b0 in range(0, T, batch_size):
+        frames = [read_frame(p) for p in frame_paths[b0 : b0 + batch_size]]
+        frame_size = frame_size or frames[0].shape[:2]
+        if any(f.shape[:2] != frame_size for f in frames):
+            raise VideoError(f"video '{name}': frames differ in size from frame 0 ({frame_size[1]}x{frame_size[0]})")
+        t0 = time.perf_counter()
+        feats = extractor(frames)
+        _sync(extractor.device)
+        t_feat += time.perf_counter() - t0
+        size = extractor.input_size(*frame_size)
+        grid = (size[0] // extractor.patch, size[1] // extractor.patch)
+        for i, frame in enumerate(frames):
+            t0 = time.perf_counter()
+            if propagator is None:
+                propagator = LabelPropagator(protocol, grid, feats[0], first_labels(grid).to(extractor.device))
+                soft = None
+            else:
+                soft = propagator.step(feats[i])
+            t_prop += time.perf_counter() - t0
+            emit(b0 + i, soft, grid, frame)
+            bar.update(1)
+    bar.close()
+    elapsed = time.perf_counter() - start
+    return dict(frames=T, seconds=elapsed, fps=T / max(elapsed, 1e-9), feature_seconds=t_feat,
+                propagation_seconds=t_prop, grid=list(grid), input_size=list(size))
+
+
 def propagate_sequence(
     extractor: FeatureExtractor,
     seq: DavisSequence,
@@ -284,55 +363,28 @@ def propagate_sequence(
     overlay: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Write ``out_dir/<seq>/<frame>.png`` for every frame (frame 0 = its ground truth).
-
-    Frames are read and encoded ``batch_size`` at a time, so memory holds one batch and the queue.
-    ``overlay`` > 0 also writes ``out_dir/overlays/<seq>.png``, a strip of that many frames.
+    """Write ``out_dir/<seq>/<frame>.png`` for every frame of a DAVIS sequence (frame 0 = its ground
+    truth). ``overlay`` > 0 also writes ``out_dir/overlays/<seq>.png``, a strip of that many frames.
     Returns timing figures."""
-    from tqdm import tqdm
-
     seq_dir = Path(out_dir) / seq.name
     seq_dir.mkdir(parents=True, exist_ok=True)
     first_ids = read_annotation(seq.first_annotation)
     T = len(seq.frames)
     shown = set(np.linspace(0, T - 1, min(overlay, T)).round().astype(int).tolist()) if overlay else set()
     strip_frames, strip_labels = [], []
-    t_feat = t_prop = 0.0
-    propagator = None
-    start = time.perf_counter()
-    bar = tqdm(total=T, desc=seq.name, unit="frame", dynamic_ncols=True, disable=not progress, leave=False)
-    for b0 in range(0, T, batch_size):
-        frames = [read_frame(p) for p in seq.frames[b0 : b0 + batch_size]]
-        shapes = {f.shape for f in frames}
-        if len(shapes) > 1 or frames[0].shape[:2] != first_ids.shape:
-            from siammae.davis import DavisError
 
+    def emit(t, soft, grid, frame):
+        if frame.shape[:2] != first_ids.shape:
             raise DavisError(f"sequence '{seq.name}': frames differ in size from the first annotation "
                              f"{first_ids.shape[1]}x{first_ids.shape[0]}")
-        t0 = time.perf_counter()
-        feats = extractor(frames)
-        _sync(extractor.device)
-        t_feat += time.perf_counter() - t0
-        size = extractor.input_size(*first_ids.shape)
-        grid = (size[0] // extractor.patch, size[1] // extractor.patch)
-        for i, frame in enumerate(frames):
-            t = b0 + i
-            t0 = time.perf_counter()
-            if t == 0:
-                soft = first_frame_labels(first_ids, grid, protocol).to(extractor.device)
-                propagator = LabelPropagator(protocol, grid, feats[0], soft)
-                ids = first_ids
-            else:
-                soft = propagator.step(feats[i])
-                ids = soft_to_ids(soft, grid, first_ids.shape, protocol.minmax)
-            t_prop += time.perf_counter() - t0
-            write_labels(seq_dir / f"{seq.frames[t].stem}.png", ids)
-            if t in shown:
-                strip_frames.append(frame)
-                strip_labels.append(ids)
-            bar.update(1)
-    bar.close()
-    elapsed = time.perf_counter() - start
+        ids = first_ids if soft is None else soft_to_ids(soft, grid, first_ids.shape, protocol.minmax)
+        write_labels(seq_dir / f"{seq.frames[t].stem}.png", ids)
+        if t in shown:
+            strip_frames.append(frame)
+            strip_labels.append(ids)
+
+    timing = propagate_video(extractor, seq.frames, protocol, lambda grid: first_frame_labels(first_ids, grid, protocol),
+                             emit, batch_size, progress, seq.name)
     if overlay:
         from PIL import Image
 
@@ -340,8 +392,7 @@ def propagate_sequence(
 
         (Path(out_dir) / "overlays").mkdir(exist_ok=True)
         Image.fromarray(overlay_strip(strip_frames, strip_labels)).save(Path(out_dir) / "overlays" / f"{seq.name}.png")
-    return dict(frames=T, seconds=elapsed, fps=T / max(elapsed, 1e-9), feature_seconds=t_feat,
-                propagation_seconds=t_prop, grid=list(grid), input_size=list(size))
+    return timing
 
 
 def _sync(device: torch.device) -> None:
@@ -349,11 +400,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def choose_protocol(preset: Optional[str] = None, run_eval=None, **knobs) -> Protocol:
-    """The protocol of one propagation, layered: the preset (``preset``, else the run's
-    ``eval.protocol``, else ``siammae``), then the run's own ``eval`` settings (top-k, queue, radius,
-    temperature), then ``knobs`` (any :class:`Protocol` field; None = not given)."""
-    base = PROTOCOLS[preset or (run_eval.protocol if run_eval is not None else "siammae")]
+def choose_protocol(preset: Optional[str] = None, run_eval=None, task: str = "davis", **knobs) -> Protocol:
+    """The protocol of one propagation, layered: the preset (``preset``, else for DAVIS the run's
+    ``eval.protocol``, else the task's own, :data:`TASK_PRESETS`), then for DAVIS the run's own
+    ``eval`` settings (top-k, queue, radius, temperature: a run's eval settings are DAVIS settings),
+    then ``knobs`` (any :class:`Protocol` field; None = not given)."""
+    run_eval = run_eval if task == "davis" else None
+    base = PROTOCOLS[preset or (run_eval.protocol if run_eval is not None else TASK_PRESETS[task])]
     changes = {}
     if run_eval is not None:
         changes = dict(topk=run_eval.topk, queue=run_eval.queue, radius=run_eval.radius,

@@ -1,13 +1,15 @@
-"""Label-propagation speed: frames/s of feature extraction and of propagation, and peak memory.
+"""Label-propagation speed per task: frames/s of feature extraction and of propagation, peak memory.
 
-    python tools/bench_propagate.py                       # ViT-S/16, 480x854 frames, siammae protocol
-    python tools/bench_propagate.py --model vit_small_patch8_224 --device cuda --frames 60
+    python tools/bench_propagate.py                       # ViT-S/16, DAVIS, JHMDB and VIP, each its preset
+    python tools/bench_propagate.py --task davis --model vit_small_patch8_224 --device cuda --frames 60
 
-Random weights (speed does not depend on them) and random frames at DAVIS 480p size. Feature
-extraction is timed over batches of ``--batch-size`` frames; propagation is timed in the steady state
-(the queue already full), one frame at a time, including upsampling to 480x854 and the argmax.
-PNG writing and JPEG decoding are not included. Peak memory: CUDA allocator peak on a GPU, the
-process's peak resident set size on the CPU.
+Random weights (speed does not depend on them) and random frames at each task's usual size: DAVIS
+480x854 (4 labels: background + 3 objects), JHMDB 240x320 (16: background + 15 joint heat maps, decoded
+to coordinates), VIP 720x1280 (20 part classes). Feature extraction is timed over batches of
+``--batch-size`` frames; propagation in the steady state (the queue already full), one frame at a time,
+including the task's read-out (upsampling + argmax, or decoding the joints). PNG writing and image
+decoding are not included. Peak memory: CUDA allocator peak on a GPU, the process's peak resident set
+size on the CPU; with ``--task all`` each task runs in its own process so each peak is its own.
 """
 
 from __future__ import annotations
@@ -26,26 +28,42 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+# task -> (frame height, width, labels propagated)
+TASK_SHAPES = {"davis": (480, 854, 4), "jhmdb": (240, 320, 16), "vip": (720, 1280, 20)}
+
+
 def main(argv=None):
-    from siammae.checkpoint import load_encoder
-    from siammae.propagate import PROTOCOLS, FeatureExtractor, LabelPropagator, soft_to_ids
+    from siammae.propagate import PROTOCOLS, TASK_PRESETS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="all", choices=["all", *TASK_SHAPES])
     ap.add_argument("--model", default="vit_small_patch16_224")
-    ap.add_argument("--protocol", default="siammae", choices=sorted(PROTOCOLS))
+    ap.add_argument("--protocol", default=None, choices=sorted(PROTOCOLS), help="default: the task's preset")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--width", type=int, default=854)
     ap.add_argument("--frames", type=int, default=16, help="frames timed in each part")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--objects", type=int, default=3)
     args = ap.parse_args(argv)
+    if args.task == "all":  # each task in its own process: its own peak memory
+        import subprocess
+
+        same = ["--model", args.model, "--device", args.device, "--frames", str(args.frames),
+                "--batch-size", str(args.batch_size), *(["--protocol", args.protocol] if args.protocol else [])]
+        for task in TASK_SHAPES:
+            subprocess.run([sys.executable, __file__, "--task", task, *same], check=True)
+            print()
+        return 0
+    return bench_task(args.task, PROTOCOLS[args.protocol or TASK_PRESETS[args.task]], args)
+
+
+def bench_task(task, protocol, args):
+    from siammae.checkpoint import load_encoder
+    from siammae.jhmdb import decode_joints
+    from siammae.propagate import FeatureExtractor, LabelPropagator, soft_to_ids
 
     device = torch.device(args.device)
-    protocol = PROTOCOLS[args.protocol]
     encoder, info = load_encoder(args.model, random_init=True)
     extractor = FeatureExtractor(encoder, protocol, device)
-    H, W = args.height, args.width
+    H, W, L = TASK_SHAPES[task]
     size = extractor.input_size(H, W)
     grid = (size[0] // extractor.patch, size[1] // extractor.patch)
     rng = np.random.default_rng(0)
@@ -64,19 +82,18 @@ def main(argv=None):
     feat_fps = batches * args.batch_size / (time.perf_counter() - t0)
 
     # Propagation in the steady state: fill the queue, then time --frames steps.
-    L = args.objects + 1
     first = torch.softmax(torch.randn(L, grid[0] * grid[1], device=device), 0)
     prop = LabelPropagator(protocol, grid, feats[0], first)
     for i in range(protocol.queue + 1):
         prop.step(feats[i % len(feats)])
     sync(device)
     t0 = time.perf_counter()
+    stride = (H / grid[0], W / grid[1])
     for i in range(args.frames):
         soft = prop.step(feats[i % len(feats)])
-        ids = soft_to_ids(soft, grid, (H, W), protocol.minmax)
+        out = decode_joints(soft, grid, stride) if task == "jhmdb" else soft_to_ids(soft, grid, (H, W), protocol.minmax)
     sync(device)
     prop_fps = args.frames / (time.perf_counter() - t0)
-    assert ids.shape == (H, W)
 
     if device.type == "cuda":
         peak = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB GPU (allocator peak)"
@@ -86,12 +103,14 @@ def main(argv=None):
         peak = f"{rss / 2**20:.2f} GiB process RSS"
         name = f"CPU, {torch.get_num_threads()} threads"
     both = 1 / (1 / feat_fps + 1 / prop_fps)
+    print(f"task              {task} ({L} labels)")
     print(f"device            {name}")
     print(f"model             {info.timm_model} (patch {extractor.patch}), protocol {protocol.name} "
           f"(top-k {protocol.topk}, queue {protocol.queue}, radius {protocol.radius:g})")
     print(f"frames            {H}x{W} -> network input {size[0]}x{size[1]}, grid {grid[0]}x{grid[1]} tokens")
     print(f"feature extraction {feat_fps:8.2f} frames/s  (batch {args.batch_size})")
-    print(f"propagation        {prop_fps:8.2f} frames/s  (queue full, incl. upsample + argmax)")
+    print(f"propagation        {prop_fps:8.2f} frames/s  (queue full, incl. the read-out: {type(out).__name__} "
+          f"{tuple(out.shape)})")
     print(f"together           {both:8.2f} frames/s")
     print(f"peak memory        {peak}")
     return 0

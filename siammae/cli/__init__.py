@@ -22,6 +22,7 @@ COMMANDS = {
     "inspect": "siammae.cli.inspect:inspect",
     "propagate": "siammae.cli.propagate:propagate",
     "evaluate": "siammae.cli.evaluate:evaluate",
+    "benchmark": "siammae.cli.benchmark:benchmark",
     "export": "siammae.cli.export:export",
     "synth": "siammae.cli.synth:synth",
     "demo": "siammae.cli.demo:demo",
@@ -68,4 +69,6 @@ def main():
       accelerate launch -m siammae.train RECIPE    pre-train SiamMAE on the shards
       siammae propagate --davis DAVIS --checkpoint RUN --out OUT
                                                    DAVIS-2017 label propagation + J&F
+      siammae benchmark --checkpoint RUN --davis D --jhmdb J --vip V --out OUT
+                                                   the paper's three tasks, one table
     """

@@ -12,7 +12,7 @@ import click
 from siammae.cli import Command
 from siammae.cli.evaluate import parse_sequences, run_evaluation
 
-PROTOCOL_NAMES = ["siammae", "dino", "crw"]
+PROTOCOL_NAMES = ["siammae", "dino", "crw", "siammae-jhmdb", "siammae-vip"]
 
 
 def encoder_options(f):
@@ -43,19 +43,41 @@ def pick_device(name):
     return name
 
 
+def dataset_options(f):
+    """--davis / --jhmdb (+ --jhmdb-list) / --vip, shared with ``benchmark``."""
+    options = [
+        click.option("--davis", type=click.Path(exists=True, file_okay=False),
+                     help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/): masks, J&F."),
+        click.option("--jhmdb", type=click.Path(exists=True, file_okay=False),
+                     help="JHMDB root (Rename_Images/, joint_positions/): 15 joints, PCK@0.1 and @0.2."),
+        click.option("--jhmdb-list", type=click.Path(exists=True, dir_okay=False),
+                     help="JHMDB video list (default: the standard test list of split 1 in the root)."),
+        click.option("--vip", type=click.Path(exists=True, file_okay=False),
+                     help="VIP root (VIP_Fine/ with Images/, Annotations/Category_ids/, lists/): 20 parts, mIoU."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def task_options(task: str, jhmdb_list=None) -> dict:
+    return {"jhmdb": dict(list_file=jhmdb_list)}.get(task, {})
+
+
 @click.command(cls=Command)
-@click.option("--davis", required=True, type=click.Path(exists=True, file_okay=False),
-              help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/).")
+@dataset_options
 @encoder_options
 @click.option("--random-init", is_flag=True, help="Use random weights (a baseline); needs a timm name or run folder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Output folder: <seq>/<frame>.png, propagation.json, the J&F CSVs.")
-@click.option("--split", default="val", show_default=True, help="ImageSets/2017/<split>.txt.")
-@click.option("--sequences", default=None, help="Comma-separated subset of the split's sequences.")
-@click.option("--resolution", default="480p", show_default=True, help="480p or Full-Resolution.")
+              help="Output folder: predictions, the score files, propagation.json (DAVIS) or scores.json.")
+@click.option("--split", default="val", show_default=True, help="DAVIS: ImageSets/2017/<split>.txt.")
+@click.option("--sequences", default=None, help="DAVIS: comma-separated subset of the split's sequences.")
+@click.option("--resolution", default="480p", show_default=True, help="DAVIS: 480p or Full-Resolution.")
 @click.option("--protocol", type=click.Choice(PROTOCOL_NAMES), default=None,
-              help="Preset: siammae (paper Table 4b, temperature 0.7), dino, crw. Default: the run's "
-                   "eval.protocol, else siammae. Flags below override single knobs.")
+              help="Preset: siammae (paper Table 4b for DAVIS, temperature 0.7), dino, crw, siammae-jhmdb "
+                   "(Table 4b, 320x320), siammae-vip (Table 4b, long side 880). Default: for DAVIS the run's "
+                   "eval.protocol, else siammae; siammae-jhmdb / siammae-vip for the others. Flags below "
+                   "override single knobs.")
 @click.option("--topk", type=click.IntRange(min=1), help="Context tokens each target token averages.")
 @click.option("--queue", type=click.IntRange(min=0), help="Previous predicted frames kept as context.")
 @click.option("--radius", type=click.FloatRange(min=0), help="Local window radius in tokens (0: none).")
@@ -74,10 +96,11 @@ def pick_device(name):
               help="Write OUT/overlays/<seq>.png, N frames with their predicted masks (--overlay alone: 8).")
 @click.option("--no-eval", is_flag=True, help="Do not compute J&F afterwards.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def propagate(davis, checkpoint, weights, weights_prefix, random_init, out, split, sequences, resolution,
-              protocol, topk, queue, radius, window, window_on_first, temperature, short_side, multiple,
+def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix, random_init, out, split, sequences,
+              resolution, protocol, topk, queue, radius, window, window_on_first, temperature, short_side, multiple,
               first_labels, keep_small, minmax, device, batch_size, overlay, no_eval, quiet):
-    """Propagate the first frame's masks through DAVIS-2017 videos, then score them.
+    """Propagate the first frame's labels through the videos of one dataset, then score them:
+    DAVIS-2017 masks (J&F), JHMDB joints (PCK) or VIP human parts (mIoU).
 
     Features: the encoder's last block after the final norm, [CLS] dropped, tokens L2-normalised.
     Each frame's labels are the softmax-weighted top-k of the first frame's and the last QUEUE
@@ -87,7 +110,20 @@ def propagate(davis, checkpoint, weights, weights_prefix, random_init, out, spli
     siammae propagate --davis DAVIS --checkpoint runs/siammae --out out/
     siammae propagate --davis DAVIS --checkpoint vit_small_patch16_224 --weights dino.pth \\
         --protocol dino --out out/dino
+    siammae propagate --jhmdb JHMDB --checkpoint runs/siammae --out out/jhmdb
     """
+    roots = {t: r for t, r in (("davis", davis), ("jhmdb", jhmdb), ("vip", vip)) if r}
+    if len(roots) != 1:
+        raise click.UsageError("give one dataset: --davis, --jhmdb or --vip (all three: siammae benchmark)")
+    knobs = dict(topk=topk, queue=queue, radius=radius, window=window, window_on_first=window_on_first,
+                 temperature=temperature, short_side=short_side, multiple=multiple, first_labels=first_labels,
+                 keep_small=keep_small, minmax=minmax)
+    if short_side is not None:  # --size replaces a preset's fixed size or long side
+        knobs.update(input_size=(), long_side=0)
+    if not davis:
+        (task, root), = roots.items()
+        return propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs,
+                              pick_device(device), batch_size, quiet, task_options(task, jhmdb_list))
     from siammae.checkpoint import load_encoder
     from siammae.davis import require_annotations
     from siammae.propagate import check_davis, choose_protocol
@@ -98,10 +134,7 @@ def propagate(davis, checkpoint, weights, weights_prefix, random_init, out, spli
     if not no_eval:
         require_annotations(seqs, hint="pass --no-eval to only propagate (e.g. test-dev)")
     encoder, info = load_encoder(checkpoint, weights=weights, random_init=random_init, prefix=weights_prefix)
-    chosen = choose_protocol(protocol, info.config.eval if info.config is not None else None,
-                             topk=topk, queue=queue, radius=radius, window=window, window_on_first=window_on_first,
-                             temperature=temperature, short_side=short_side, multiple=multiple,
-                             first_labels=first_labels, keep_small=keep_small, minmax=minmax)
+    chosen = choose_protocol(protocol, info.config.eval if info.config is not None else None, **knobs)
     record = run(encoder, davis, out, chosen, split=split, sequences=parse_sequences(sequences),
                  resolution=resolution, device=device, batch_size=batch_size, overlay=overlay,
                  progress=not quiet, settings=dict(encoder=info.to_dict()))
@@ -130,3 +163,22 @@ def feature_diagnostics(encoder, seqs, protocol, device, davis, split, resolutio
         with tempfile.TemporaryDirectory(prefix="siammae-copy-") as tmp:
             diag["copy_jf"] = round(copy_first_frame_jf(davis, seqs, tmp, split, resolution), 4)
     return diag
+
+
+def propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs, device,
+                   batch_size, quiet, options):
+    """``siammae propagate --jhmdb`` / ``--vip``: the task's preset, then the flags; scores printed."""
+    from siammae.checkpoint import load_encoder
+    from siammae.propagate import choose_protocol
+    from siammae.tasks import run_task
+
+    chosen = choose_protocol(protocol, task=task, **knobs)  # checked before the weights load
+    encoder, info = load_encoder(checkpoint, weights=weights, random_init=random_init, prefix=weights_prefix)
+    record = run_task(task, encoder, root, out, chosen, device=device, batch_size=batch_size, progress=not quiet,
+                      **options)
+    t = record["timing"]
+    click.echo(f"propagated {t['frames']} frames in {t['seconds']:.1f} s ({t['fps']:.2f} frames/s) with protocol "
+               f"{chosen.name} -> {out}")
+    click.echo(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in record["scores"].items())
+               + f"  (files: {', '.join(record['files'])})")
+

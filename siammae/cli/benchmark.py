@@ -1,0 +1,70 @@
+"""``siammae benchmark``: one encoder on DAVIS-2017, JHMDB and VIP (whichever are given), one table.
+
+A thin wrapper over :mod:`siammae.benchmark`; torch is imported inside the command.
+"""
+
+import click
+
+from siammae.cli import Command
+from siammae.cli.propagate import dataset_options, encoder_options, pick_device, task_options
+
+
+@click.command(cls=Command)
+@dataset_options
+@encoder_options
+@click.option("--random-init", is_flag=True, help="Use random weights (a baseline); needs a timm name or run folder.")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder: OUT/benchmark.json and OUT/<task>/.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Frames per forward pass.")
+@click.option("--compare", nargs=2, type=click.Path(exists=True), metavar="A B",
+              help="Instead of running: two benchmark.json files (or their folders) side by side, and B - A.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def benchmark(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix, random_init, out, device, batch_size,
+              compare, quiet):
+    """Label propagation on every dataset given, each with its task's preset (the paper's Table 4b
+    values; for DAVIS the run's eval settings as `siammae propagate` uses them), then one table:
+    J&F, J, F | PCK@0.1, PCK@0.2 | mIoU. OUT/benchmark.json records the encoder, a hash of its weights,
+    every protocol, the scores and timings; each task's predictions and score files are in OUT/<task>/.
+
+    \b
+    siammae benchmark --checkpoint runs/siammae --davis DAVIS --jhmdb JHMDB --vip VIP --out bench/siammae
+    siammae benchmark --compare bench/random bench/siammae
+    """
+    from siammae.benchmark import compare as compare_records
+    from siammae.benchmark import read_record
+
+    if compare:
+        click.echo(compare_records(*(read_record(p) for p in compare)))
+        return
+    if checkpoint is None or out is None:
+        raise click.UsageError("--checkpoint and --out are needed (or --compare A B)")
+    roots = {t: r for t, r in (("davis", davis), ("jhmdb", jhmdb), ("vip", vip)) if r}
+    if not roots:
+        raise click.UsageError("give at least one dataset: --davis, --jhmdb, --vip")
+    run(roots, checkpoint, weights, weights_prefix, random_init, out, pick_device(device), batch_size, quiet,
+        jhmdb_list)
+
+
+def run(roots, checkpoint, weights, weights_prefix, random_init, out, device, batch_size, quiet, jhmdb_list):
+    from siammae.benchmark import format_table, run_benchmark
+    from siammae.checkpoint import load_encoder
+    from siammae.davis import require_annotations
+    from siammae.jhmdb import load_videos as check_jhmdb
+    from siammae.propagate import check_davis, choose_protocol
+    from siammae.vip import load_videos as check_vip
+
+    # Every dataset is checked before the weights load and before the first task runs.
+    if "davis" in roots:
+        require_annotations(check_davis(roots["davis"]))
+    if "jhmdb" in roots:
+        check_jhmdb(roots["jhmdb"], jhmdb_list)
+    if "vip" in roots:
+        check_vip(roots["vip"])
+    encoder, info = load_encoder(checkpoint, weights=weights, random_init=random_init, prefix=weights_prefix)
+    run_eval = info.config.eval if info.config is not None else None
+    protocols = {task: choose_protocol(run_eval=run_eval, task=task) for task in roots}
+    options = {task: dict(device=device, batch_size=batch_size, progress=not quiet, **task_options(task, jhmdb_list))
+               for task in roots}
+    record = run_benchmark(encoder, info.to_dict(), roots, protocols, out, options, log=click.echo)
+    click.echo(format_table([record]))
+    click.echo(f"wrote {out}/benchmark.json")

@@ -19,7 +19,7 @@ def run_probe(*args):
 def test_help_lists_every_command_without_importing_torch():
     r = run_probe("--help")
     assert r.returncode == 0, r.stderr + r.stdout
-    for command in ["shard", "inspect", "propagate", "evaluate", "export", "synth", "demo"]:
+    for command in ["shard", "inspect", "propagate", "evaluate", "benchmark", "export", "synth", "demo"]:
         assert command in r.stdout
 
 

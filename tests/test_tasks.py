@@ -10,7 +10,7 @@ import pytest
 import timm
 import torch
 
-from siammae import vip
+from siammae import jhmdb, vip
 from siammae.davis import read_labels
 from siammae.propagate import (
     PROTOCOLS,
@@ -83,6 +83,39 @@ def test_vip_moving_parts_are_followed_better_than_copying_frame_0(tmp_path):
     assert saved["task"] == "vip" and saved["protocol"]["topk"] == 10 and saved["timing"]["frames"] == 16
 
 
+def jhmdb_set(root, shift, videos=2, frames=6):
+    for v in range(videos):
+        images, joints = jhmdb.translating_video(num_frames=frames, size=(240, 320), shift=shift, seed=v)
+        jhmdb.write_jhmdb(root, f"clip{v}", images, joints)
+    return root
+
+
+def copy_in_place_pck(root):
+    """PCK of predicting every frame's joints at frame 0's positions."""
+    videos = jhmdb.load_videos(root)
+    results = [jhmdb.pck(np.repeat(v.joints[:1], len(v.joints), 0), v.joints, v.visible) for v in videos]
+    return jhmdb.aggregate(results)["pck"]
+
+
+def test_jhmdb_still_video_scores_pck_1(tmp_path):
+    protocol = PROTOCOLS["siammae-jhmdb"].replace(topk=1, **NATIVE)
+    record = run_task("jhmdb", tiny_vit(), jhmdb_set(tmp_path / "j", (0, 0)), tmp_path / "out", protocol,
+                      progress=False)
+    assert record["scores"] == {"PCK@0.1": 1.0, "PCK@0.2": 1.0}
+    assert {"pck.csv", "pck.json", "joints.json", "scores.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_jhmdb_joints_on_a_translating_texture_are_followed(tmp_path):
+    """A texture panning a patch per frame: a random ViT's tokens match exactly, so the joints follow;
+    frame 0's positions (copying in place) fall behind."""
+    root = jhmdb_set(tmp_path / "j", (8, 8))
+    protocol = PROTOCOLS["siammae-jhmdb"].replace(topk=1, **NATIVE)
+    record = run_task("jhmdb", tiny_vit(), root, tmp_path / "out", protocol, progress=False)
+    copy = copy_in_place_pck(root)
+    assert record["scores"]["PCK@0.2"] > copy["0.2"] + 0.4, (record["scores"], copy)
+    assert record["scores"]["PCK@0.1"] > 0.6, record["scores"]  # 0.75 vs 0.0
+
+
 def test_task_presets_follow_the_paper_and_a_run_eval_setting_is_davis_only():
     class Eval:  # a run's eval section
         protocol, topk, queue, radius, temperature = "siammae", 3, None, None, None
@@ -92,3 +125,58 @@ def test_task_presets_follow_the_paper_and_a_run_eval_setting_is_davis_only():
     assert (jhmdb.topk, jhmdb.queue, jhmdb.radius, jhmdb.input_size) == (7, 20, 20, (320, 320))
     v = choose_protocol(task="vip")
     assert (v.topk, v.queue, v.radius, v.long_side) == (10, 20, 8, 880)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def test_propagate_and_benchmark_commands_on_all_three_tasks(tmp_path):
+    from click.testing import CliRunner
+
+    from siammae.cli import main
+    from siammae.synth import synth_davis
+
+    synth_davis(tmp_path / "davis", num_sequences=1, frames=4, size=(64, 96), seed=0)
+    jhmdb_set(tmp_path / "jhmdb", (8, 8), videos=1, frames=4)
+    frames, labels = person_video(np.random.default_rng(0), T=4)
+    vip.write_vip(tmp_path / "vip", "videos1", frames, labels)
+    encoder = ["--checkpoint", "vit_tiny_patch16_224", "--random-init", "--quiet"]
+    run = CliRunner().invoke
+    r = run(main, ["propagate", "--jhmdb", str(tmp_path / "jhmdb"), *encoder, "--out", str(tmp_path / "pj"),
+                   "--size", "160"])
+    assert r.exit_code == 0, r.output
+    assert "jhmdb: PCK@0.1" in r.output and "siammae-jhmdb+custom" in r.output
+    assert json.loads((tmp_path / "pj" / "scores.json").read_text())["protocol"]["input_size"] == []
+    r = run(main, ["propagate", "--davis", str(tmp_path / "davis"), "--vip", str(tmp_path / "vip"), *encoder,
+                   "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "give one dataset" in r.output
+
+    args = ["benchmark", "--davis", str(tmp_path / "davis"), "--jhmdb", str(tmp_path / "jhmdb"),
+            "--vip", str(tmp_path / "vip"), *encoder]
+    r = run(main, [*args, "--out", str(tmp_path / "b1")])
+    assert r.exit_code == 0, r.output
+    for column in ["davis J&F", "jhmdb PCK@0.1", "jhmdb PCK@0.2", "vip mIoU"]:
+        assert column in r.output
+    record = json.loads((tmp_path / "b1" / "benchmark.json").read_text())
+    assert set(record["tasks"]) == {"davis", "jhmdb", "vip"} and len(record["weights_sha256"]) == 64
+    assert record["tasks"]["vip"]["protocol"]["name"] == "siammae-vip"
+    assert (tmp_path / "b1" / "davis" / "global_results-val.csv").is_file()
+    r = run(main, [*args[:3], *encoder, "--out", str(tmp_path / "b2")])  # DAVIS only, same random weights
+    r = run(main, ["benchmark", "--compare", str(tmp_path / "b1"), str(tmp_path / "b2")])
+    assert r.exit_code == 0 and "davis J&F +0.000" in r.output and "same weights" in r.output, r.output
+    r = run(main, ["benchmark", "--compare", str(tmp_path / "b1"), str(tmp_path / "davis")])
+    assert r.exit_code == 1 and "not a benchmark record" in r.output
+
+
+def test_a_bad_dataset_is_one_line_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from siammae.cli import main
+
+    (tmp_path / "empty").mkdir()
+    encoder = ["--checkpoint", "vit_tiny_patch16_224", "--random-init", "--quiet"]
+    for flag in ("--jhmdb", "--vip"):
+        r = CliRunner().invoke(main, ["propagate", flag, str(tmp_path / "empty"), *encoder, "--out", str(tmp_path / "o")])
+        assert r.exit_code == 1 and r.output.startswith("Error: ") and len(r.output.splitlines()) == 1, r.output
+        assert not (tmp_path / "o").exists()
+

@@ -6,13 +6,19 @@ A thin wrapper over :mod:`siammae.benchmark`; torch is imported inside the comma
 import click
 
 from siammae.cli import Command
-from siammae.cli.propagate import dataset_options, encoder_options, pick_device, task_options
+from siammae.cli.propagate import (
+    dataset_options,
+    encoder_options,
+    open_encoder,
+    pick_device,
+    task_options,
+)
 
 
 @click.command(cls=Command)
 @dataset_options
-@encoder_options
-@click.option("--random-init", is_flag=True, help="Use random weights (a baseline); needs a timm name or run folder.")
+@encoder_options(required=False)
+@click.option("--random-init", is_flag=True, help="Use random weights (a baseline, seed 0); needs a timm name or run folder.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder: OUT/benchmark.json and OUT/<task>/.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Frames per forward pass.")
@@ -47,7 +53,6 @@ def benchmark(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
 
 def run(roots, checkpoint, weights, weights_prefix, random_init, out, device, batch_size, quiet, jhmdb_list):
     from siammae.benchmark import format_table, run_benchmark
-    from siammae.checkpoint import load_encoder
     from siammae.davis import require_annotations
     from siammae.jhmdb import load_videos as check_jhmdb
     from siammae.propagate import check_davis, choose_protocol
@@ -60,7 +65,7 @@ def run(roots, checkpoint, weights, weights_prefix, random_init, out, device, ba
         check_jhmdb(roots["jhmdb"], jhmdb_list)
     if "vip" in roots:
         check_vip(roots["vip"])
-    encoder, info = load_encoder(checkpoint, weights=weights, random_init=random_init, prefix=weights_prefix)
+    encoder, info = open_encoder(checkpoint, weights, weights_prefix, random_init)
     run_eval = info.config.eval if info.config is not None else None
     protocols = {task: choose_protocol(run_eval=run_eval, task=task) for task in roots}
     options = {task: dict(device=device, batch_size=batch_size, progress=not quiet, **task_options(task, jhmdb_list))

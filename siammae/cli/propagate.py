@@ -15,10 +15,12 @@ from siammae.cli.evaluate import parse_sequences, run_evaluation
 PROTOCOL_NAMES = ["siammae", "dino", "crw", "siammae-jhmdb", "siammae-vip"]
 
 
-def encoder_options(f):
-    """--checkpoint / --weights / --weights-prefix / --random-init, shared with ``export``."""
+def encoder_options(f=None, *, required=True):
+    """--checkpoint / --weights / --weights-prefix, shared with ``export`` and ``benchmark``."""
+    if f is None:
+        return lambda g: encoder_options(g, required=required)
     options = [
-        click.option("--checkpoint", required=True,
+        click.option("--checkpoint", required=required,
                      help="A training run folder (newest complete checkpoint), a checkpoint folder or file, "
                           "an exported encoder.safetensors, or a timm ViT name (with --weights or --random-init)."),
         click.option("--weights", type=click.Path(exists=True, dir_okay=False),
@@ -31,6 +33,18 @@ def encoder_options(f):
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def open_encoder(checkpoint, weights, weights_prefix, random_init):
+    """The encoder and its description; random weights are drawn with seed 0, so a random baseline is
+    the same network on every run (and ``benchmark --compare`` can say so)."""
+    import torch
+
+    from siammae.checkpoint import load_encoder
+
+    if random_init:
+        torch.manual_seed(0)
+    return load_encoder(checkpoint, weights=weights, random_init=random_init, prefix=weights_prefix)
 
 
 def pick_device(name):
@@ -67,7 +81,7 @@ def task_options(task: str, jhmdb_list=None) -> dict:
 @click.command(cls=Command)
 @dataset_options
 @encoder_options
-@click.option("--random-init", is_flag=True, help="Use random weights (a baseline); needs a timm name or run folder.")
+@click.option("--random-init", is_flag=True, help="Use random weights (a baseline, seed 0); needs a timm name or run folder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder: predictions, the score files, propagation.json (DAVIS) or scores.json.")
 @click.option("--split", default="val", show_default=True, help="DAVIS: ImageSets/2017/<split>.txt.")
@@ -124,7 +138,6 @@ def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
         (task, root), = roots.items()
         return propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs,
                               pick_device(device), batch_size, quiet, task_options(task, jhmdb_list))
-    from siammae.checkpoint import load_encoder
     from siammae.davis import require_annotations
     from siammae.propagate import check_davis, choose_protocol
     from siammae.propagate import propagate as run
@@ -133,7 +146,7 @@ def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
     seqs = check_davis(davis, split, parse_sequences(sequences), resolution)  # before loading weights
     if not no_eval:
         require_annotations(seqs, hint="pass --no-eval to only propagate (e.g. test-dev)")
-    encoder, info = load_encoder(checkpoint, weights=weights, random_init=random_init, prefix=weights_prefix)
+    encoder, info = open_encoder(checkpoint, weights, weights_prefix, random_init)
     chosen = choose_protocol(protocol, info.config.eval if info.config is not None else None, **knobs)
     record = run(encoder, davis, out, chosen, split=split, sequences=parse_sequences(sequences),
                  resolution=resolution, device=device, batch_size=batch_size, overlay=overlay,
@@ -168,12 +181,11 @@ def feature_diagnostics(encoder, seqs, protocol, device, davis, split, resolutio
 def propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs, device,
                    batch_size, quiet, options):
     """``siammae propagate --jhmdb`` / ``--vip``: the task's preset, then the flags; scores printed."""
-    from siammae.checkpoint import load_encoder
     from siammae.propagate import choose_protocol
     from siammae.tasks import run_task
 
     chosen = choose_protocol(protocol, task=task, **knobs)  # checked before the weights load
-    encoder, info = load_encoder(checkpoint, weights=weights, random_init=random_init, prefix=weights_prefix)
+    encoder, info = open_encoder(checkpoint, weights, weights_prefix, random_init)
     record = run_task(task, encoder, root, out, chosen, device=device, batch_size=batch_size, progress=not quiet,
                       **options)
     t = record["timing"]

@@ -416,21 +416,3 @@ def write_jhmdb(root, name: str, frames: Sequence[np.ndarray], joints, action: s
         with open(listing, "a", encoding="utf-8") as handle:
             handle.write(line)
     return f"{action}/{name}"
-
-
-def translating_video(num_frames: int = 5, size: Tuple[int, int] = (240, 320), shift: Tuple[int, int] = (3, 2),
-                      seed: int = 0) -> Tuple[List[np.ndarray], np.ndarray]:
-    """A blocky random texture panning by ``shift`` = (dx, dy) whole pixels per frame, and 15 joints
-    moving with it: ``(frames [(H, W, 3) uint8], joints (T, 15, 2))``. Frame 0's joints lie in the
-    middle 40% x 50% of the frame."""
-    rng = np.random.default_rng(seed)
-    (height, width), (dx, dy) = size, (int(shift[0]), int(shift[1]))
-    my, mx = (num_frames - 1) * abs(dy), (num_frames - 1) * abs(dx)
-    blocks = rng.integers(0, 256, ((height + 2 * my) // 8 + 1, (width + 2 * mx) // 8 + 1, 3))
-    canvas = np.kron(blocks, np.ones((8, 8, 1), dtype=np.int64))  # 8-px blocks: trackable at any patch
-    canvas = np.clip(canvas + rng.integers(-20, 21, canvas.shape), 0, 255).astype(np.uint8)
-    frames = [canvas[my - t * dy: my - t * dy + height, mx - t * dx: mx - t * dx + width].copy()
-              for t in range(num_frames)]
-    start = rng.uniform([0.3 * width, 0.25 * height], [0.7 * width, 0.75 * height], (NUM_JOINTS, 2))
-    steps = np.arange(num_frames)[:, None, None] * np.array([dx, dy], dtype=np.float64)
-    return frames, start[None] + steps

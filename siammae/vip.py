@@ -348,29 +348,3 @@ def write_vip(root: str | os.PathLike, name: str, frames: Sequence[np.ndarray],
         with open(listing, "a") as fh:
             fh.write(name + "\n")
     return video
-
-
-def moving_parts(num_frames: int = 4, size: tuple[int, int] = (64, 96), shift: tuple[int, int] = (0, 2),
-                 seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """A textured scene with four part regions, translating ``shift`` (dy, dx) pixels a frame.
-
-    Returns ``num_frames`` frames (H, W, 3) uint8 and their ids (H, W) uint8 (0, 2 hair, 13 face,
-    4 upper-clothes, 8 pants). The scene wraps around (np.roll), so the labels of frame t are exactly
-    those of frame 0 rolled by t * shift. Texture is 4-pixel blocks, coarse enough to survive JPEG.
-    """
-    rng = np.random.default_rng(seed)
-    h, w = size
-    blocks = rng.integers(0, 256, ((h + 3) // 4, (w + 3) // 4, 3), dtype=np.uint8)
-    image = np.kron(blocks, np.ones((4, 4, 1), dtype=np.uint8))[:h, :w]
-    ids = np.zeros((h, w), dtype=np.uint8)
-    for k, (y0, y1, x0, x1) in zip((2, 13, 4, 8), ((0.1, 0.25, 0.4, 0.6), (0.25, 0.4, 0.42, 0.58),
-                                                   (0.4, 0.65, 0.3, 0.7), (0.65, 0.9, 0.35, 0.65))):
-        ids[int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)] = k
-    # A tint per part so each part's texture differs from the background's.
-    image = np.clip(image.astype(np.int16) // 2 + (ids[..., None] * np.array([9, 5, 3])), 0, 255)
-    frames, labels = [], []
-    for t in range(num_frames):
-        dy, dx = t * shift[0], t * shift[1]
-        frames.append(np.roll(image, (dy, dx), axis=(0, 1)).astype(np.uint8))
-        labels.append(np.roll(ids, (dy, dx), axis=(0, 1)))
-    return frames, labels

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 from scipy.io import loadmat, savemat
+from task_fixtures import translating_video
 
 from siammae.errors import SiammaeError
 from siammae.jhmdb import (
@@ -23,7 +24,6 @@ from siammae.jhmdb import (
     load_videos,
     pck,
     read_list,
-    translating_video,
     write_jhmdb,
     write_results,
 )

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from task_fixtures import translating_video
 
 from siammae import jhmdb, vip
 from siammae.davis import read_labels
@@ -85,7 +86,7 @@ def test_vip_moving_parts_are_followed_better_than_copying_frame_0(tmp_path):
 
 def jhmdb_set(root, shift, videos=2, frames=6):
     for v in range(videos):
-        images, joints = jhmdb.translating_video(num_frames=frames, size=(240, 320), shift=shift, seed=v)
+        images, joints = translating_video(num_frames=frames, size=(240, 320), shift=shift, seed=v)
         jhmdb.write_jhmdb(root, f"clip{v}", images, joints)
     return root
 

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
+from task_fixtures import moving_parts
 
 from siammae.errors import SiammaeError
 from siammae.vip import (
@@ -21,7 +22,6 @@ from siammae.vip import (
     fine_root,
     list_videos,
     load_videos,
-    moving_parts,
     read_category_ids,
     resize_nearest,
     seed_labels,

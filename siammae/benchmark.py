@@ -16,7 +16,10 @@ from pathlib import Path
 
 from siammae.errors import SiammaeError
 from siammae.files import write_atomic
-from siammae.tasks import HEADLINE, TASKS, run_task
+
+TASKS = ("davis", "jhmdb", "vip")
+# The headline figures of each task, in the order tables show them.
+HEADLINE = {"davis": ("J&F", "J", "F"), "jhmdb": ("PCK@0.1", "PCK@0.2"), "vip": ("mIoU",)}
 
 
 class BenchmarkError(SiammaeError):
@@ -33,10 +36,13 @@ def weights_sha256(encoder) -> str:
     return digest.hexdigest()
 
 
-def run_benchmark(encoder, info: dict, roots: dict, protocols: dict, out, options: dict, log=print) -> dict:
-    """Run every task in ``roots`` (task -> dataset root) with ``protocols`` (task -> Protocol) into
-    ``out/<task>/``; write and return the record. ``options`` (task -> dict) go to the task's runner."""
+def run_benchmark(encoder, info: dict, roots: dict, data: dict, protocols: dict, out, options: dict,
+                  log=print) -> dict:
+    """Run every task in ``roots`` (task -> dataset root; ``data``: task -> its loaded dataset, see
+    :func:`siammae.tasks.load_dataset`) with ``protocols`` (task -> Protocol) into ``out/<task>/``; write
+    and return the record. ``options`` (task -> dict) go to the task's runner."""
     from siammae import __version__
+    from siammae.tasks import run_task
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,7 +51,7 @@ def run_benchmark(encoder, info: dict, roots: dict, protocols: dict, out, option
         if task in roots:
             log(f"{task}: {roots[task]} (protocol {protocols[task].name})")
             record["tasks"][task] = dict(root=str(roots[task]), **run_task(
-                task, encoder, roots[task], out / task, protocols[task], **options.get(task, {})))
+                task, encoder, roots[task], out / task, protocols[task], data=data[task], **options.get(task, {})))
             write_atomic(out / "benchmark.json", json.dumps(record, indent=2) + "\n")  # what is done is kept
     return record
 
@@ -98,8 +104,12 @@ def compare(a: dict, b: dict) -> str:
         va, vb = (r["tasks"].get(task, {}).get("scores", {}).get(key) for r in (a, b))
         if va is not None and vb is not None:
             diffs.append(f"{task} {key} {vb - va:+.3f}")
-    notes = [f"{t}: the protocols differ" for t in TASKS
-             if t in a["tasks"] and t in b["tasks"] and a["tasks"][t]["protocol"] != b["tasks"][t]["protocol"]]
-    if a.get("weights_sha256") == b.get("weights_sha256"):
+    notes = []
+    for t in TASKS:
+        if t in a["tasks"] and t in b["tasks"]:
+            ta, tb = a["tasks"][t], b["tasks"][t]
+            notes += [f"{t}: the {what} differ" for what, key in (("protocols", "protocol"), ("datasets", "root"))
+                      if ta.get(key) != tb.get(key)]
+    if a.get("weights_sha256") and a.get("weights_sha256") == b.get("weights_sha256"):
         notes.append("same weights")
     return "\n".join([text, "B - A: " + (", ".join(diffs) or "no task in common"), *notes])

@@ -119,10 +119,15 @@ class Protocol:
                 raise ProtocolError(f"protocol {self.name}: {message}")
 
     def replace(self, **changes) -> "Protocol":
-        """A copy with the given knobs changed (None values are ignored); renamed ``<name>+custom``."""
+        """A copy with the given knobs changed (None values are ignored); renamed ``<name>+custom``.
+        The input size is one choice: setting ``short_side``, ``long_side`` or ``input_size`` clears
+        the other two unless they are given too."""
         changes = {k: v for k, v in changes.items() if v is not None}
         if not changes:
             return self
+        sizes = {"short_side": 0, "long_side": 0, "input_size": ()}
+        if sizes.keys() & changes.keys():
+            changes = {**{k: v for k, v in sizes.items() if k != "short_side"}, **changes}
         differs = any(getattr(self, k) != v for k, v in changes.items() if k != "name")
         custom = self.name if self.name.endswith("+custom") else f"{self.name}+custom"
         name = changes.pop("name", custom if differs else self.name)
@@ -395,6 +400,13 @@ def propagate_sequence(
     return timing
 
 
+def total_timing(per_video: dict) -> dict:
+    """Frames, seconds and frames/s over the per-video timings of :func:`propagate_video`."""
+    frames = sum(t["frames"] for t in per_video.values())
+    seconds = sum(t["seconds"] for t in per_video.values())
+    return dict(frames=frames, seconds=round(seconds, 3), fps=round(frames / max(seconds, 1e-9), 3))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -457,9 +469,6 @@ def propagate(
     timings = {}
     for seq in tqdm(seqs, desc="sequences", unit="seq", dynamic_ncols=True, disable=not progress):
         timings[seq.name] = propagate_sequence(extractor, seq, protocol, out_dir, batch_size, overlay, progress)
-    total_frames = sum(t["frames"] for t in timings.values())
-    total_seconds = sum(t["seconds"] for t in timings.values())
-    record["timing"] = dict(frames=total_frames, seconds=round(total_seconds, 3),
-                            fps=round(total_frames / max(total_seconds, 1e-9), 3), per_sequence=timings)
+    record["timing"] = dict(total_timing(timings), per_sequence=timings)
     write_atomic(out_dir / "propagation.json", json.dumps(record, indent=2) + "\n")
     return record

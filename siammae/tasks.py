@@ -1,9 +1,10 @@
 """The paper's three propagation tasks on one core: DAVIS-2017 masks (J&F), JHMDB joints (PCK), VIP
 human parts (mIoU).
 
-Each ``run_<task>`` checks its dataset, propagates with :func:`siammae.propagate.propagate_video` (the
-one implementation of features, context, affinity, window and top-k), scores, writes its files into
-``out`` and returns one record, also written as ``out/scores.json``::
+:func:`load_dataset` checks a task's dataset (every file, before any work); each ``run_<task>``
+propagates the loaded dataset with :func:`siammae.propagate.propagate_video` (the one implementation of
+features, context, affinity, window and top-k), scores, writes its files into ``out`` and returns one
+record, also written as ``out/scores.json``::
 
     {"task": "jhmdb", "scores": {"PCK@0.1": 0.47, "PCK@0.2": 0.76}, "protocol": {...},
      "timing": {"frames": 9000, "seconds": 812.0, "fps": 11.1}, "files": [...]}
@@ -15,7 +16,6 @@ The datasets' own conventions (layouts, heat maps, PCK, the confusion matrix) li
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -23,37 +23,54 @@ import numpy as np
 import torch
 
 from siammae.files import write_atomic
-from siammae.propagate import FeatureExtractor, Protocol, first_frame_labels, propagate_video, soft_to_ids
-
-TASKS = ("davis", "jhmdb", "vip")
-# The headline figures of each task, in the order tables show them.
-HEADLINE = {"davis": ("J&F", "J", "F"), "jhmdb": ("PCK@0.1", "PCK@0.2"), "vip": ("mIoU",)}
-
-
-def _timing(per_video: dict) -> dict:
-    frames = sum(t["frames"] for t in per_video.values())
-    seconds = sum(t["seconds"] for t in per_video.values())
-    return dict(frames=frames, seconds=round(seconds, 3), fps=round(frames / max(seconds, 1e-9), 3))
+from siammae.propagate import (
+    FeatureExtractor,
+    Protocol,
+    first_frame_labels,
+    propagate_video,
+    soft_to_ids,
+    total_timing,
+)
 
 
 def _record(task: str, scores: dict, protocol: Protocol, per_video_timing: dict, out: Path, **extra) -> dict:
-    record = dict(task=task, scores={k: round(float(v), 4) for k, v in scores.items()},
-                  protocol=protocol.to_dict(), timing=_timing(per_video_timing), **extra)
-    write_atomic(out / "scores.json", json.dumps(record, indent=2) + "\n")
+    """The task's record (a score that could not be computed is null), written as ``out/scores.json``."""
+    scores = {k: None if v is None or not np.isfinite(v) else round(float(v), 4) for k, v in scores.items()}
+    record = dict(task=task, scores=scores, protocol=protocol.to_dict(), timing=total_timing(per_video_timing), **extra)
+    write_atomic(out / "scores.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
     return record
 
 
-def run_davis(encoder, root, out, protocol: Protocol, device="cpu", batch_size: int = 8, progress: bool = True,
-              split: str = "val", sequences=None, resolution: str = "480p", settings: Optional[dict] = None) -> dict:
-    """DAVIS-2017 label propagation into ``out`` and J&F exactly as the official evaluator."""
-    from siammae.davis import require_annotations
+def load_dataset(task: str, root, list_file=None, split: str = "val", sequences=None, resolution: str = "480p"):
+    """The task's videos with every file checked (a user error names the file): DAVIS sequences
+    (each annotated on every frame), JHMDB videos (``list_file``: a video list) or VIP videos."""
+    if task == "davis":
+        from siammae.davis import require_annotations
+        from siammae.propagate import check_davis
+
+        seqs = check_davis(root, split, sequences, resolution)
+        require_annotations(seqs)
+        return seqs
+    if task == "jhmdb":
+        from siammae import jhmdb
+
+        return jhmdb.load_videos(root, list_file)
+    from siammae import vip
+
+    return vip.load_videos(root)
+
+
+def run_davis(encoder, root, seqs, out, protocol: Protocol, device="cpu", batch_size: int = 8, progress: bool = True,
+              split: str = "val", resolution: str = "480p", settings: Optional[dict] = None) -> dict:
+    """DAVIS-2017 label propagation of ``seqs`` (from :func:`load_dataset`) into ``out``, and J&F exactly
+    as the official evaluator."""
     from siammae.measures import evaluate, write_csvs
-    from siammae.propagate import check_davis, propagate
+    from siammae.propagate import propagate
 
     out = Path(out)
-    require_annotations(check_davis(root, split, sequences, resolution))
-    record = propagate(encoder, root, out, protocol, split=split, sequences=sequences, resolution=resolution,
-                       device=device, batch_size=batch_size, progress=progress, settings=settings)
+    record = propagate(encoder, root, out, protocol, split=split, sequences=[s.name for s in seqs],
+                       resolution=resolution, device=device, batch_size=batch_size, progress=progress,
+                       settings=settings)
     result = evaluate(root, out, split, record["sequences"], resolution)
     write_csvs(result, out, split)
     row = result.global_row()
@@ -62,30 +79,29 @@ def run_davis(encoder, root, out, protocol: Protocol, device="cpu", batch_size: 
                    files=["propagation.json", f"global_results-{split}.csv", f"per-sequence_results-{split}.csv", "scores.json"])
 
 
-def run_jhmdb(encoder, root, out, protocol: Protocol, device="cpu", batch_size: int = 8, progress: bool = True,
-              list_file=None) -> dict:
-    """JHMDB pose propagation: frame 0's joints as heat maps, propagated, decoded, scored as PCK."""
-    from PIL import Image
+def run_jhmdb(encoder, root, videos, out, protocol: Protocol, device="cpu", batch_size: int = 8,
+              progress: bool = True) -> dict:
+    """JHMDB pose propagation of ``videos`` (from :func:`load_dataset`): frame 0's joints as heat maps,
+    propagated, decoded, scored as PCK."""
     from tqdm import tqdm
 
     from siammae import jhmdb
 
     out = Path(out)
-    videos = jhmdb.load_videos(root, list_file)  # every file checked before any work
     out.mkdir(parents=True, exist_ok=True)
     extractor = FeatureExtractor(encoder, protocol, torch.device(device))
     per_video, timings, predictions = {}, {}, {}
     for video in tqdm(videos, desc="jhmdb", unit="video", dynamic_ncols=True, disable=not progress):
-        width, height = Image.open(video.frames[0]).size
+        height, width = video.size
         pred = np.array(video.joints, dtype=np.float64)  # frame 0 keeps its ground truth (not scored)
 
         def stride(grid):
             return height / grid[0], width / grid[1]
 
-        def first(grid, video=video):
+        def first(grid):
             return jhmdb.joint_heatmaps(video.joints[0], video.visible[0], grid, stride(grid))
 
-        def emit(t, soft, grid, frame, pred=pred):
+        def emit(t, soft, grid, frame):
             if soft is not None:
                 pred[t] = jhmdb.decode_joints(soft, grid, stride(grid))
 
@@ -101,17 +117,16 @@ def run_jhmdb(encoder, root, out, protocol: Protocol, device="cpu", batch_size: 
                    videos=len(videos))
 
 
-def run_vip(encoder, root, out, protocol: Protocol, device="cpu", batch_size: int = 8, progress: bool = True,
-            videos=None) -> dict:
-    """VIP part propagation: frame 0's part ids propagated like masks, one dataset-wide confusion
-    matrix over the annotated frames, mIoU."""
+def run_vip(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_size: int = 8,
+            progress: bool = True) -> dict:
+    """VIP part propagation of ``clips`` (from :func:`load_dataset`): frame 0's part ids propagated like
+    masks, one dataset-wide confusion matrix over the annotated frames, mIoU."""
     from tqdm import tqdm
 
     from siammae import vip
     from siammae.davis import write_labels
 
     out = Path(out)
-    clips = vip.load_videos(root, videos)  # every file checked before any work
     out.mkdir(parents=True, exist_ok=True)
     extractor = FeatureExtractor(encoder, protocol, torch.device(device))
     confusion, timings, per_video = vip.Confusion(), {}, {}
@@ -120,14 +135,14 @@ def run_vip(encoder, root, out, protocol: Protocol, device="cpu", batch_size: in
         scored, own = set(clip.scored), vip.Confusion()
         (out / clip.name).mkdir(exist_ok=True)
 
-        def emit(t, soft, grid, frame, clip=clip, first_ids=first_ids, own=own, scored=scored):
+        def emit(t, soft, grid, frame):
             ids = first_ids if soft is None else soft_to_ids(soft, grid, frame.shape[:2], protocol.minmax)
             write_labels(out / clip.name / f"{clip.frames[t].stem}.png", ids)
             if t in scored:
                 own.add(vip.read_category_ids(clip.annotations[t]), ids)
 
         timings[clip.name] = propagate_video(
-            extractor, clip.frames, protocol, lambda grid, ids=first_ids: first_frame_labels(ids, grid, protocol),
+            extractor, clip.frames, protocol, lambda grid: first_frame_labels(first_ids, grid, protocol),
             emit, batch_size, False, clip.name)
         per_video[clip.name] = own
         confusion += own
@@ -139,8 +154,7 @@ def run_vip(encoder, root, out, protocol: Protocol, device="cpu", batch_size: in
 RUNNERS = {"davis": run_davis, "jhmdb": run_jhmdb, "vip": run_vip}
 
 
-def run_task(task: str, encoder, root, out, protocol: Protocol, **options) -> dict:
-    start = time.perf_counter()
-    record = RUNNERS[task](encoder, root, out, protocol, **options)
-    record["wall_seconds"] = round(time.perf_counter() - start, 1)
-    return record
+def run_task(task: str, encoder, root, out, protocol: Protocol, data=None, list_file=None, **options) -> dict:
+    """Run ``task`` on ``root``; ``data`` is its :func:`load_dataset` result when already loaded."""
+    data = load_dataset(task, root, list_file) if data is None else data
+    return RUNNERS[task](encoder, root, data, out, protocol, **options)

@@ -43,7 +43,13 @@ from siammae.runfolder import (
     resume_from,
     save_checkpoint,
 )
-from siammae.schedule import learning_rate, make_optimizer, peak_learning_rate, run_lengths, set_learning_rate
+from siammae.schedule import (
+    learning_rate,
+    make_optimizer,
+    peak_learning_rate,
+    run_lengths,
+    set_learning_rate,
+)
 
 
 class Diverged(SiammaeError):
@@ -174,17 +180,20 @@ def flat_hparams(cfg) -> dict:
     return flat
 
 
-def catch_stop_signals() -> dict:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def catch_stop_signals() -> tuple[dict, dict]:
     """SIGTERM (cluster pre-emption, ``scancel``) and SIGUSR1 (SLURM's ``--signal`` warning) ask the
-    loop to finish the current step, save a checkpoint and exit; running the command again resumes."""
+    loop to finish the current step, save a checkpoint and exit; running the command again resumes.
+    Returns the request record and the previous handlers (put back when training ends)."""
     requested = {"signal": 0}
 
     def handler(signum, _frame):
         requested["signal"] = signum
 
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, handler)
-    return requested
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    return requested, previous
 
 
 def nonfinite_message(step: int, count: int, precision: str) -> str:
@@ -279,7 +288,8 @@ def train(cfg, on_step=None) -> dict:
                unit="step", smoothing=0.05)
     session_start, session_start_step = time.perf_counter(), progress.step
     seconds_before = progress.train_seconds
-    window, stop_signal = MetricsWindow(), catch_stop_signals()
+    window = MetricsWindow()
+    stop_signal, previous_handlers = catch_stop_signals()
     data_iter, segment_end, last_ckpt, signalled = None, progress.step, resume, False
     try:
         while progress.step < total_steps and not signalled:
@@ -317,9 +327,13 @@ def train(cfg, on_step=None) -> dict:
     finally:
         bar.close()
         accelerator.end_training()
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
 
+    # Stopped only when every rank agreed (a signal after the last step's all-reduce changes nothing).
+    signal_number = (stop_signal["signal"] or signal.SIGTERM) if signalled else 0
     return summarize(cfg, progress, time.perf_counter() - session_start, progress.step - session_start_step,
-                     last_ckpt, stop_signal["signal"] or (signal.SIGTERM if signalled else 0), say)
+                     last_ckpt, signal_number, say)
 
 
 def prepare_model(cfg, accelerator, resume):
@@ -389,7 +403,8 @@ def main(argv=None, on_step=None) -> dict:
     try:
         summary = train(load_config(args.recipe, args.overrides), on_step)
     except SiammaeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank stops; one says why
+            print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1 if isinstance(e, Diverged) else 2)
     if summary["signal"]:
         raise SystemExit(128 + summary["signal"])

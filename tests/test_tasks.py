@@ -180,4 +180,7 @@ def test_a_bad_dataset_is_one_line_before_any_work(tmp_path):
         r = CliRunner().invoke(main, ["propagate", flag, str(tmp_path / "empty"), *encoder, "--out", str(tmp_path / "o")])
         assert r.exit_code == 1 and r.output.startswith("Error: ") and len(r.output.splitlines()) == 1, r.output
         assert not (tmp_path / "o").exists()
+    r = CliRunner().invoke(main, ["propagate", "--vip", str(tmp_path / "empty"), "--sequences", "a", *encoder,
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--sequences: DAVIS options, not for --vip" in r.output
 

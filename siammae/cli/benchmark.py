@@ -11,7 +11,6 @@ from siammae.cli.propagate import (
     encoder_options,
     open_encoder,
     pick_device,
-    task_options,
 )
 
 
@@ -53,23 +52,15 @@ def benchmark(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
 
 def run(roots, checkpoint, weights, weights_prefix, random_init, out, device, batch_size, quiet, jhmdb_list):
     from siammae.benchmark import format_table, run_benchmark
-    from siammae.davis import require_annotations
-    from siammae.jhmdb import load_videos as check_jhmdb
-    from siammae.propagate import check_davis, choose_protocol
-    from siammae.vip import load_videos as check_vip
+    from siammae.propagate import choose_protocol
+    from siammae.tasks import load_dataset
 
-    # Every dataset is checked before the weights load and before the first task runs.
-    if "davis" in roots:
-        require_annotations(check_davis(roots["davis"]))
-    if "jhmdb" in roots:
-        check_jhmdb(roots["jhmdb"], jhmdb_list)
-    if "vip" in roots:
-        check_vip(roots["vip"])
+    # Every dataset is checked (and loaded once) before the weights load and the first task runs.
+    data = {task: load_dataset(task, root, list_file=jhmdb_list) for task, root in roots.items()}
     encoder, info = open_encoder(checkpoint, weights, weights_prefix, random_init)
     run_eval = info.config.eval if info.config is not None else None
     protocols = {task: choose_protocol(run_eval=run_eval, task=task) for task in roots}
-    options = {task: dict(device=device, batch_size=batch_size, progress=not quiet, **task_options(task, jhmdb_list))
-               for task in roots}
-    record = run_benchmark(encoder, info.to_dict(), roots, protocols, out, options, log=click.echo)
+    options = {task: dict(device=device, batch_size=batch_size, progress=not quiet) for task in roots}
+    record = run_benchmark(encoder, info.to_dict(), roots, data, protocols, out, options, log=click.echo)
     click.echo(format_table([record]))
     click.echo(f"wrote {out}/benchmark.json")

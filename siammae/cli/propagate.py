@@ -74,10 +74,6 @@ def dataset_options(f):
     return f
 
 
-def task_options(task: str, jhmdb_list=None) -> dict:
-    return {"jhmdb": dict(list_file=jhmdb_list)}.get(task, {})
-
-
 @click.command(cls=Command)
 @dataset_options
 @encoder_options
@@ -132,12 +128,15 @@ def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
     knobs = dict(topk=topk, queue=queue, radius=radius, window=window, window_on_first=window_on_first,
                  temperature=temperature, short_side=short_side, multiple=multiple, first_labels=first_labels,
                  keep_small=keep_small, minmax=minmax)
-    if short_side is not None:  # --size replaces a preset's fixed size or long side
-        knobs.update(input_size=(), long_side=0)
     if not davis:
         (task, root), = roots.items()
+        source = click.get_current_context().get_parameter_source
+        davis_only = [f"--{n.replace('_', '-')}" for n in ("split", "sequences", "resolution", "overlay", "no_eval")
+                      if source(n).name != "DEFAULT"]
+        if davis_only:
+            raise click.UsageError(f"{', '.join(davis_only)}: DAVIS options, not for --{task}")
         return propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs,
-                              pick_device(device), batch_size, quiet, task_options(task, jhmdb_list))
+                              pick_device(device), batch_size, quiet, jhmdb_list)
     from siammae.davis import require_annotations
     from siammae.propagate import check_davis, choose_protocol
     from siammae.propagate import propagate as run
@@ -179,18 +178,19 @@ def feature_diagnostics(encoder, seqs, protocol, device, davis, split, resolutio
 
 
 def propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs, device,
-                   batch_size, quiet, options):
+                   batch_size, quiet, jhmdb_list):
     """``siammae propagate --jhmdb`` / ``--vip``: the task's preset, then the flags; scores printed."""
     from siammae.propagate import choose_protocol
-    from siammae.tasks import run_task
+    from siammae.tasks import load_dataset, run_task
 
-    chosen = choose_protocol(protocol, task=task, **knobs)  # checked before the weights load
+    chosen = choose_protocol(protocol, task=task, **knobs)  # the settings and every file are checked
+    data = load_dataset(task, root, list_file=jhmdb_list)  # before the weights load
     encoder, info = open_encoder(checkpoint, weights, weights_prefix, random_init)
-    record = run_task(task, encoder, root, out, chosen, device=device, batch_size=batch_size, progress=not quiet,
-                      **options)
+    record = run_task(task, encoder, root, out, chosen, data=data, device=device, batch_size=batch_size,
+                      progress=not quiet)
     t = record["timing"]
     click.echo(f"propagated {t['frames']} frames in {t['seconds']:.1f} s ({t['fps']:.2f} frames/s) with protocol "
                f"{chosen.name} -> {out}")
-    click.echo(f"{task}: " + ", ".join(f"{k} {v:.4f}" for k, v in record["scores"].items())
+    click.echo(f"{task}: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in record["scores"].items())
                + f"  (files: {', '.join(record['files'])})")
 

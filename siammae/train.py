@@ -288,8 +288,7 @@ def train(cfg, on_step=None) -> dict:
                unit="step", smoothing=0.05)
     session_start, session_start_step = time.perf_counter(), progress.step
     seconds_before = progress.train_seconds
-    window = MetricsWindow()
-    stop_signal, previous_handlers = catch_stop_signals()
+    window, (stop_signal, previous_handlers) = MetricsWindow(), catch_stop_signals()
     data_iter, segment_end, last_ckpt, signalled = None, progress.step, resume, False
     try:
         while progress.step < total_steps and not signalled:
@@ -327,13 +326,12 @@ def train(cfg, on_step=None) -> dict:
     finally:
         bar.close()
         accelerator.end_training()
-        for sig, handler in previous_handlers.items():
+        for sig, handler in previous_handlers.items():  # train() is a library call: leave them as found
             signal.signal(sig, handler)
 
     # Stopped only when every rank agreed (a signal after the last step's all-reduce changes nothing).
-    signal_number = (stop_signal["signal"] or signal.SIGTERM) if signalled else 0
     return summarize(cfg, progress, time.perf_counter() - session_start, progress.step - session_start_step,
-                     last_ckpt, signal_number, say)
+                     last_ckpt, (stop_signal["signal"] or signal.SIGTERM) if signalled else 0, say)
 
 
 def prepare_model(cfg, accelerator, resume):

@@ -177,6 +177,10 @@ def frame_size(path: Path) -> tuple[int, int]:
 def check_video(video: VipVideo) -> None:
     """Read every frame header and every annotation of ``video``; VipError on the first bad file."""
     sizes = [frame_size(f) for f in video.frames]
+    odd = next((t for t, size in enumerate(sizes) if size != sizes[0]), None)
+    if odd is not None:  # propagation needs one size per video: say so now, not mid-run
+        raise VipError(f"{video.frames[odd]}: frame is {sizes[odd][1]}x{sizes[odd][0]} but the video's first "
+                       f"frame is {sizes[0][1]}x{sizes[0][0]}")
     for t, png in video.annotations.items():
         read_category_ids(png, size=sizes[t])
 

@@ -311,3 +311,12 @@ def test_problems_in_a_later_video_surface_before_any_work(tmp_path):
 def test_video_record_is_plain_data():
     v = VipVideo("v", [], {})
     assert v.scored == [] and v.annotations == {}
+
+
+def test_a_frame_of_another_size_is_refused_up_front(tmp_path):
+    frames, labels = moving_parts(3, size=(32, 48))
+    frames[2] = np.zeros((40, 48, 3), np.uint8)
+    write_vip(tmp_path, "videos1", frames, [labels[0], None, None])
+    with pytest.raises(VipError, match="000000000003.jpg: frame is 48x40 but the video's first frame is 48x32"):
+        load_videos(tmp_path)
+

@@ -45,7 +45,6 @@ import dataclasses
 import json
 import math
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -54,6 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from siammae.affinity import LabelPropagator
 from siammae.davis import (
     DavisError,
     DavisSequence,
@@ -66,6 +66,7 @@ from siammae.davis import (
 from siammae.errors import SiammaeError
 from siammae.files import write_atomic
 from siammae.pixels import IMAGENET_MEAN, IMAGENET_STD
+from siammae.precision import autocast, resolve_precision
 
 
 class ProtocolError(SiammaeError):
@@ -181,19 +182,6 @@ def resized_shape(height: int, width: int, protocol: Protocol, patch: int) -> tu
     return (new_short, new_long) if height <= width else (new_long, new_short)
 
 
-def window_mask(h: int, w: int, radius: float, shape: str, device=None) -> Optional[torch.Tensor]:
-    """(N, N) bool, True where context token j is inside target token i's window; None = no window."""
-    if radius <= 0:
-        return None
-    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-    ys, xs = ys.reshape(-1), xs.reshape(-1)
-    dy = (ys[:, None] - ys[None, :]).abs()
-    dx = (xs[:, None] - xs[None, :]).abs()
-    if shape == "disk":
-        return (dy * dy + dx * dx).float() < radius * radius
-    return (dy <= radius) & (dx <= radius)
-
-
 def first_frame_labels(labels: np.ndarray, grid: tuple[int, int], protocol: Protocol) -> torch.Tensor:
     """First-frame ids (H, W) -> soft labels (K + 1, h * w) on the token grid, K = max id."""
     num = int(labels.max()) + 1
@@ -220,13 +208,20 @@ def first_frame_labels(labels: np.ndarray, grid: tuple[int, int], protocol: Prot
 # ----------------------------------------------------------------------------- features
 
 
-class FeatureExtractor:
-    """Frames -> L2-normalised patch tokens of the last block after the final norm."""
+BATCH_BUDGET = 256 * 2**20  # bytes of activations one forward pass may hold when the batch is not given
 
-    def __init__(self, encoder: torch.nn.Module, protocol: Protocol, device: torch.device):
+
+class FeatureExtractor:
+    """Frames -> L2-normalised patch tokens of the last block after the final norm.
+
+    ``precision`` (fp32, bf16, fp16 or auto; :mod:`siammae.precision`) is the forward pass's number
+    format; the tokens come out fp32 either way."""
+
+    def __init__(self, encoder: torch.nn.Module, protocol: Protocol, device: torch.device, precision: str = "fp32"):
         self.encoder = encoder.to(device).eval()
         self.protocol = protocol
-        self.device = device
+        self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.patch = int(encoder.patch_embed.patch_size[0])
         self.prefix = int(getattr(encoder, "num_prefix_tokens", 1))
         self.mean = torch.tensor(protocol.mean, device=device).view(1, 3, 1, 1)
@@ -235,64 +230,34 @@ class FeatureExtractor:
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         return resized_shape(height, width, self.protocol, self.patch)
 
+    def batch_frames(self, height: int, width: int, budget: int = BATCH_BUDGET) -> int:
+        """Frames of (height, width) per forward pass that keep its activations within ``budget`` bytes:
+        about 14 token-width vectors per token live inside a block (input, norm, q, k, v, attention
+        output, the MLP's 4x hidden and its activation), plus the resized input."""
+        h, w = self.input_size(height, width)
+        tokens = (h // self.patch) * (w // self.patch) + self.prefix
+        width_ = int(getattr(self.encoder, "embed_dim", 768))
+        per_frame = tokens * width_ * 14 * (4 if self.precision == "fp32" else 2) + 3 * h * w * 4
+        return max(1, min(64, budget // per_frame))
+
     @torch.inference_mode()
     def __call__(self, frames: List[np.ndarray]) -> torch.Tensor:
-        """A list of (H, W, 3) uint8 frames of one size -> (B, h * w, D) unit-norm tokens."""
-        x = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-        size = self.input_size(*x.shape[-2:])
+        """A list of (H, W, 3) uint8 frames of one size -> (B, h * w, D) unit-norm fp32 tokens."""
+        size = self.input_size(*frames[0].shape[:2])
+        x = torch.cat([self._resized(frame, size) for frame in frames])  # one full-size float frame at a time
+        x = (x - self.mean) / self.std
+        with autocast(self.precision, self.device):
+            tokens = self.encoder.forward_features(x)[:, self.prefix :]
+        return F.normalize(tokens.float(), dim=-1)
+
+    def _resized(self, frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        x = torch.tensor(frame, device=self.device).permute(2, 0, 1)[None].float() / 255.0
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        x = (x - self.mean) / self.std
-        tokens = self.encoder.forward_features(x)[:, self.prefix :]
-        return F.normalize(tokens.float(), dim=-1)
+        return x
 
 
 # ----------------------------------------------------------------------------- propagation
-
-
-class LabelPropagator:
-    """The context (first frame + FIFO queue of soft labels) and one propagation step per frame."""
-
-    def __init__(self, protocol: Protocol, grid: tuple[int, int], first_feats: torch.Tensor,
-                 first_labels: torch.Tensor, max_elements: int = 1 << 25):
-        self.p = protocol
-        self.grid = grid
-        # Clones: a row of a batch of features would keep the whole batch alive in the queue.
-        self.first = (first_feats.clone(), first_labels.to(first_feats.device))
-        self.queue = deque(maxlen=protocol.queue)
-        if protocol.pad_queue:
-            self.queue.extend([self.first] * protocol.queue)
-        self.window = window_mask(*grid, protocol.radius, protocol.window, first_feats.device)
-        self.max_elements = max_elements
-
-    def context(self):
-        return [self.first, *self.queue]
-
-    @torch.inference_mode()
-    def step(self, feats: torch.Tensor) -> torch.Tensor:
-        """Target tokens (N, D) -> soft labels (L, N); the result joins the queue."""
-        ctx = self.context()
-        keys = torch.cat([f for f, _ in ctx])  # (C*N, D)
-        labels = torch.cat([lab for _, lab in ctx], dim=1).T  # (C*N, L)
-        C, N = len(ctx), feats.shape[0]
-        k = min(self.p.topk, C * N)
-        out = torch.empty(N, labels.shape[1], device=feats.device)
-        rows = max(1, self.max_elements // (C * N))
-        for start in range(0, N, rows):
-            q = feats[start : start + rows]
-            sim = (q @ keys.T).view(q.shape[0], C, N)
-            if self.window is not None:
-                allowed = self.window[start : start + rows]
-                first = 0 if self.p.window_on_first else 1
-                sim[:, first:].masked_fill_(~allowed[:, None], float("-inf"))
-            vals, idx = sim.view(q.shape[0], C * N).topk(k, dim=1)
-            weights = torch.softmax(vals / self.p.temperature, dim=1)
-            weights = torch.nan_to_num(weights)  # a token with fewer than k candidates: -inf -> 0
-            out[start : start + rows] = torch.einsum("nk,nkl->nl", weights, labels[idx])
-        pred = out.T.contiguous()
-        if self.queue.maxlen:
-            self.queue.append((feats.clone(), pred))
-        return pred
 
 
 def soft_to_ids(soft: torch.Tensor, grid: tuple[int, int], size: tuple[int, int], minmax: bool) -> np.ndarray:
@@ -314,7 +279,7 @@ def propagate_video(
     protocol: Protocol,
     first_labels: Callable[[tuple[int, int]], torch.Tensor],
     emit: Callable[[int, Optional[torch.Tensor], tuple[int, int], np.ndarray], None],
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     progress: bool = True,
     name: str = "",
 ) -> dict:
@@ -323,7 +288,8 @@ def propagate_video(
     ``first_labels(grid)`` gives frame 0's soft labels (L, h * w) on the token grid (h, w); then, in
     frame order, ``emit(t, soft, grid, frame)`` receives each frame's propagated soft labels (L, h * w)
     (None for frame 0) and the frame (H, W, 3) uint8, to write or decode them. Frames are read and
-    encoded ``batch_size`` at a time, so memory holds one batch and the context queue. All frames must
+    encoded ``batch_size`` at a time (None: as many as :meth:`FeatureExtractor.batch_frames` allows),
+    so memory holds one batch and the context queue, whatever the video's length. All frames must
     have frame 0's size. Returns timing figures."""
     from tqdm import tqdm
 
@@ -332,6 +298,7 @@ def propagate_video(
     propagator, frame_size = None, None
     start = time.perf_counter()
     bar = tqdm(total=T, desc=name, unit="frame", dynamic_ncols=True, disable=not progress, leave=False)
+    batch_size = batch_size or extractor.batch_frames(*read_frame(frame_paths[0]).shape[:2])
     for b0 in range(0, T, batch_size):
         frames = [read_frame(p) for p in frame_paths[b0 : b0 + batch_size]]
         frame_size = frame_size or frames[0].shape[:2]
@@ -356,7 +323,7 @@ def propagate_video(
     bar.close()
     elapsed = time.perf_counter() - start
     return dict(frames=T, seconds=elapsed, fps=T / max(elapsed, 1e-9), feature_seconds=t_feat,
-                propagation_seconds=t_prop, grid=list(grid), input_size=list(size))
+                propagation_seconds=t_prop, grid=list(grid), input_size=list(size), batch_size=batch_size)
 
 
 def propagate_sequence(
@@ -364,7 +331,7 @@ def propagate_sequence(
     seq: DavisSequence,
     protocol: Protocol,
     out_dir: Path,
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     overlay: int = 0,
     progress: bool = True,
 ) -> dict:
@@ -441,34 +408,54 @@ def propagate(
     sequences: Optional[Sequence[str]] = None,
     resolution: str = "480p",
     device: str | torch.device = "cpu",
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     overlay: int = 0,
     progress: bool = True,
     settings: Optional[dict] = None,
-) -> dict:
+    precision: str = "fp32",
+    workers: int = 1,
+) -> Optional[dict]:
     """Propagate every selected sequence into ``out_dir``; writes ``out_dir/propagation.json`` (the
-    protocol, ``settings`` such as the encoder's description, per-sequence timings) and returns it."""
-    from tqdm import tqdm
+    protocol, the precision, ``settings`` such as the encoder's description, per-sequence timings) and
+    returns it.
 
-    device = torch.device(device)
+    ``workers`` > 1 propagates that many sequences at once in worker processes, each with its share of
+    the CPU threads. Under ``accelerate launch`` (or torchrun) each process takes its share of the
+    sequences on its own device; the main process merges the timings, writes the one
+    ``propagation.json`` and returns it, the others return None. The predictions are the same files as
+    a single process writes."""
+    from siammae import __version__
+    from siammae.parallel import SequenceJob, launched_processes, merge_parts, propagate_in_workers
+
+    state = launched_processes()
+    device = state.device if state and torch.device(device).type == "cuda" else torch.device(device)
     out_dir = Path(out_dir)
     seqs = check_davis(davis_root, split, sequences, resolution)
-    names = [s.name for s in seqs]
     out_dir.mkdir(parents=True, exist_ok=True)
-    extractor = FeatureExtractor(encoder, protocol, device)
-    from siammae import __version__
-
+    job = SequenceJob(encoder, protocol, device, resolve_precision(precision, device), out_dir, batch_size, overlay)
     record = dict(
         siammae_version=__version__,
         protocol=protocol.to_dict(),
-        davis=str(davis_root), split=split, resolution=resolution, sequences=names,
-        device=str(device), batch_size=batch_size, patch_size=extractor.patch,
+        davis=str(davis_root), split=split, resolution=resolution, sequences=[s.name for s in seqs],
+        device=str(device), precision=job.precision, batch_size=batch_size or "auto",
+        patch_size=int(encoder.patch_embed.patch_size[0]),
         features="last block after final norm, prefix tokens dropped, L2-normalised",
         **(settings or {}),
     )
-    timings = {}
-    for seq in tqdm(seqs, desc="sequences", unit="seq", dynamic_ncols=True, disable=not progress):
-        timings[seq.name] = propagate_sequence(extractor, seq, protocol, out_dir, batch_size, overlay, progress)
+    if state is not None:  # this process's share; the main process gathers the others' timings
+        mine = seqs[state.process_index :: state.num_processes]
+        timings = propagate_in_workers(job, mine, workers, progress and state.is_main_process)
+        timings = merge_parts(state, out_dir, timings, [s.name for s in seqs])
+        if timings is None:
+            return None
+    else:
+        timings = propagate_in_workers(job, seqs, workers, progress)
     record["timing"] = dict(total_timing(timings), per_sequence=timings)
     write_atomic(out_dir / "propagation.json", json.dumps(record, indent=2) + "\n")
     return record
+
+
+if __name__ == "__main__":  # accelerate launch -m siammae.propagate --davis ... (the command's options)
+    from siammae.cli.propagate import propagate as _command
+
+    _command(prog_name="python -m siammae.propagate")

@@ -60,8 +60,9 @@ def load_dataset(task: str, root, list_file=None, split: str = "val", sequences=
     return vip.load_videos(root)
 
 
-def run_davis(encoder, root, seqs, out, protocol: Protocol, device="cpu", batch_size: int = 8, progress: bool = True,
-              split: str = "val", resolution: str = "480p", settings: Optional[dict] = None) -> dict:
+def run_davis(encoder, root, seqs, out, protocol: Protocol, device="cpu", batch_size: Optional[int] = None,
+              progress: bool = True, split: str = "val", resolution: str = "480p", settings: Optional[dict] = None,
+              precision: str = "fp32") -> dict:
     """DAVIS-2017 label propagation of ``seqs`` (from :func:`load_dataset`) into ``out``, and J&F exactly
     as the official evaluator."""
     from siammae.measures import evaluate, write_csvs
@@ -70,17 +71,17 @@ def run_davis(encoder, root, seqs, out, protocol: Protocol, device="cpu", batch_
     out = Path(out)
     record = propagate(encoder, root, out, protocol, split=split, sequences=[s.name for s in seqs],
                        resolution=resolution, device=device, batch_size=batch_size, progress=progress,
-                       settings=settings)
+                       settings=settings, precision=precision)
     result = evaluate(root, out, split, record["sequences"], resolution)
     write_csvs(result, out, split)
     row = result.global_row()
     scores = {"J&F": row["J&F-Mean"], "J": row["J-Mean"], "F": row["F-Mean"]}
-    return _record("davis", scores, protocol, record["timing"]["per_sequence"], out,
+    return _record("davis", scores, protocol, record["timing"]["per_sequence"], out, precision=record["precision"],
                    files=["propagation.json", f"global_results-{split}.csv", f"per-sequence_results-{split}.csv", "scores.json"])
 
 
-def run_jhmdb(encoder, root, videos, out, protocol: Protocol, device="cpu", batch_size: int = 8,
-              progress: bool = True) -> dict:
+def run_jhmdb(encoder, root, videos, out, protocol: Protocol, device="cpu", batch_size: Optional[int] = None,
+              progress: bool = True, precision: str = "fp32") -> dict:
     """JHMDB pose propagation of ``videos`` (from :func:`load_dataset`): frame 0's joints as heat maps,
     propagated, decoded, scored as PCK."""
     from tqdm import tqdm
@@ -89,7 +90,7 @@ def run_jhmdb(encoder, root, videos, out, protocol: Protocol, device="cpu", batc
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    extractor = FeatureExtractor(encoder, protocol, torch.device(device))
+    extractor = FeatureExtractor(encoder, protocol, torch.device(device), precision)
     per_video, timings, predictions = {}, {}, {}
     for video in tqdm(videos, desc="jhmdb", unit="video", dynamic_ncols=True, disable=not progress):
         height, width = video.size
@@ -113,12 +114,12 @@ def run_jhmdb(encoder, root, videos, out, protocol: Protocol, device="cpu", batc
     jhmdb.write_results(out, per_video, overall)
     write_atomic(out / "joints.json", json.dumps(predictions) + "\n")
     scores = {f"PCK@{a:g}": overall["pck"][f"{a:g}"] for a in (0.1, 0.2)}
-    return _record("jhmdb", scores, protocol, timings, out, files=["pck.csv", "pck.json", "joints.json", "scores.json"],
+    return _record("jhmdb", scores, protocol, timings, out, precision=extractor.precision, files=["pck.csv", "pck.json", "joints.json", "scores.json"],
                    videos=len(videos))
 
 
-def run_vip(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_size: int = 8,
-            progress: bool = True) -> dict:
+def run_vip(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_size: Optional[int] = None,
+            progress: bool = True, precision: str = "fp32") -> dict:
     """VIP part propagation of ``clips`` (from :func:`load_dataset`): frame 0's part ids propagated like
     masks, one dataset-wide confusion matrix over the annotated frames, mIoU."""
     from tqdm import tqdm
@@ -128,7 +129,7 @@ def run_vip(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_s
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    extractor = FeatureExtractor(encoder, protocol, torch.device(device))
+    extractor = FeatureExtractor(encoder, protocol, torch.device(device), precision)
     confusion, timings, per_video = vip.Confusion(), {}, {}
     for clip in tqdm(clips, desc="vip", unit="video", dynamic_ncols=True, disable=not progress):
         first_ids = vip.seed_labels(clip)  # void as background: a 255 would make 236 empty channels
@@ -147,7 +148,7 @@ def run_vip(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_s
         per_video[clip.name] = own
         confusion += own
     vip.write_results(out, confusion, per_video)
-    return _record("vip", {"mIoU": confusion.miou()}, protocol, timings, out, files=["vip.csv", "vip.json", "scores.json"],
+    return _record("vip", {"mIoU": confusion.miou()}, protocol, timings, out, precision=extractor.precision, files=["vip.csv", "vip.json", "scores.json"],
                    videos=len(clips))
 
 

@@ -15,19 +15,18 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import ndimage
 
+from siammae.affinity import LabelPropagator, window_mask
 from siammae.cli.propagate import propagate as propagate_cmd
 from siammae.davis import DavisError, save_indexed_png
 from siammae.measures import evaluate
 from siammae.propagate import (
     PROTOCOLS,
-    LabelPropagator,
     Protocol,
     ProtocolError,
     first_frame_labels,
     propagate,
     resized_shape,
     soft_to_ids,
-    window_mask,
 )
 
 

@@ -58,7 +58,8 @@ def main(argv=None):
 def bench_task(task, protocol, args):
     from siammae.checkpoint import load_encoder
     from siammae.jhmdb import decode_joints
-    from siammae.propagate import FeatureExtractor, LabelPropagator, soft_to_ids
+    from siammae.affinity import LabelPropagator
+    from siammae.propagate import FeatureExtractor, soft_to_ids
 
     device = torch.device(args.device)
     encoder, info = load_encoder(args.model, random_init=True)

@@ -7,6 +7,7 @@ import click
 
 from siammae.cli import Command
 from siammae.cli.propagate import (
+    compute_options,
     dataset_options,
     encoder_options,
     open_encoder,
@@ -19,13 +20,12 @@ from siammae.cli.propagate import (
 @encoder_options(required=False)
 @click.option("--random-init", is_flag=True, help="Use random weights (a baseline, seed 0); needs a timm name or run folder.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder: OUT/benchmark.json and OUT/<task>/.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Frames per forward pass.")
+@compute_options
 @click.option("--compare", nargs=2, type=click.Path(exists=True), metavar="A B",
               help="Instead of running: two benchmark.json files (or their folders) side by side, and B - A.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def benchmark(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix, random_init, out, device, batch_size,
-              compare, quiet):
+              precision, compare, quiet):
     """Label propagation on every dataset given, each with its task's preset (the paper's Table 4b
     values; for DAVIS the run's eval settings as `siammae propagate` uses them), then one table:
     J&F, J, F | PCK@0.1, PCK@0.2 | mIoU. OUT/benchmark.json records the encoder, a hash of its weights,
@@ -46,11 +46,14 @@ def benchmark(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
     roots = {t: r for t, r in (("davis", davis), ("jhmdb", jhmdb), ("vip", vip)) if r}
     if not roots:
         raise click.UsageError("give at least one dataset: --davis, --jhmdb, --vip")
-    run(roots, checkpoint, weights, weights_prefix, random_init, out, pick_device(device), batch_size, quiet,
-        jhmdb_list)
+    from siammae.precision import resolve_precision
+
+    compute = dict(device=pick_device(device), batch_size=batch_size, precision=precision)
+    resolve_precision(precision, compute["device"])  # a format the device lacks: an error before any work
+    run(roots, checkpoint, weights, weights_prefix, random_init, out, compute, quiet, jhmdb_list)
 
 
-def run(roots, checkpoint, weights, weights_prefix, random_init, out, device, batch_size, quiet, jhmdb_list):
+def run(roots, checkpoint, weights, weights_prefix, random_init, out, compute, quiet, jhmdb_list):
     from siammae.benchmark import format_table, run_benchmark
     from siammae.propagate import choose_protocol
     from siammae.tasks import load_dataset
@@ -60,7 +63,7 @@ def run(roots, checkpoint, weights, weights_prefix, random_init, out, device, ba
     encoder, info = open_encoder(checkpoint, weights, weights_prefix, random_init)
     run_eval = info.config.eval if info.config is not None else None
     protocols = {task: choose_protocol(run_eval=run_eval, task=task) for task in roots}
-    options = {task: dict(device=device, batch_size=batch_size, progress=not quiet) for task in roots}
+    options = {task: dict(compute, progress=not quiet) for task in roots}
     record = run_benchmark(encoder, info.to_dict(), roots, data, protocols, out, options, log=click.echo)
     click.echo(format_table([record]))
     click.echo(f"wrote {out}/benchmark.json")

@@ -57,6 +57,23 @@ def pick_device(name):
     return name
 
 
+def compute_options(f):
+    """--device / --batch-size / --precision, shared with ``benchmark``."""
+    options = [
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                     help="Frames per forward pass. Default: as many as fit a 256 MB activation budget."),
+        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32",
+                     show_default=True,
+                     help="Number format of the encoder's forward pass (autocast); affinity and labels stay "
+                          "fp32. auto: bf16 on a CPU with AVX512-BF16/AMX or a CUDA GPU with bf16, fp16 on "
+                          "other GPUs, else fp32. A format the device lacks natively is an error."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def dataset_options(f):
     """--davis / --jhmdb (+ --jhmdb-list) / --vip, shared with ``benchmark``."""
     options = [
@@ -100,15 +117,17 @@ def dataset_options(f):
 @click.option("--first-labels", type=click.Choice(["area", "nearest"]), help="First mask onto the token grid.")
 @click.option("--keep-small/--no-keep-small", default=None, help="Every first-frame object keeps >= 1 token.")
 @click.option("--minmax/--no-minmax", default=None, help="Min-max rescale soft labels before argmax (DINO).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1), help="Frames per forward pass.")
+@compute_options
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="DAVIS: sequences propagated at once by worker processes, each with its share of the CPU "
+                   "threads (several GPUs: accelerate launch -m siammae.propagate ...).")
 @click.option("--overlay", type=click.IntRange(min=0), default=0, is_flag=False, flag_value=8,
               help="Write OUT/overlays/<seq>.png, N frames with their predicted masks (--overlay alone: 8).")
 @click.option("--no-eval", is_flag=True, help="Do not compute J&F afterwards.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix, random_init, out, split, sequences,
               resolution, protocol, topk, queue, radius, window, window_on_first, temperature, short_side, multiple,
-              first_labels, keep_small, minmax, device, batch_size, overlay, no_eval, quiet):
+              first_labels, keep_small, minmax, device, batch_size, precision, workers, overlay, no_eval, quiet):
     """Propagate the first frame's labels through the videos of one dataset, then score them:
     DAVIS-2017 masks (J&F), JHMDB joints (PCK) or VIP human parts (mIoU).
 
@@ -131,17 +150,20 @@ def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
     if not davis:
         (task, root), = roots.items()
         source = click.get_current_context().get_parameter_source
-        davis_only = [f"--{n.replace('_', '-')}" for n in ("split", "sequences", "resolution", "overlay", "no_eval")
-                      if source(n).name != "DEFAULT"]
+        davis_only = [f"--{n.replace('_', '-')}" for n in ("split", "sequences", "resolution", "overlay", "no_eval",
+                                                           "workers") if source(n).name != "DEFAULT"]
         if davis_only:
             raise click.UsageError(f"{', '.join(davis_only)}: DAVIS options, not for --{task}")
         return propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs,
-                              pick_device(device), batch_size, quiet, jhmdb_list)
+                              pick_device(device), dict(batch_size=batch_size, precision=precision), quiet, jhmdb_list)
     from siammae.davis import require_annotations
     from siammae.propagate import check_davis, choose_protocol
     from siammae.propagate import propagate as run
 
+    from siammae.precision import resolve_precision
+
     device = pick_device(device)
+    resolve_precision(precision, device)  # a format the device lacks: an error before any work
     seqs = check_davis(davis, split, parse_sequences(sequences), resolution)  # before loading weights
     if not no_eval:
         require_annotations(seqs, hint="pass --no-eval to only propagate (e.g. test-dev)")
@@ -149,12 +171,14 @@ def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
     chosen = choose_protocol(protocol, info.config.eval if info.config is not None else None, **knobs)
     record = run(encoder, davis, out, chosen, split=split, sequences=parse_sequences(sequences),
                  resolution=resolution, device=device, batch_size=batch_size, overlay=overlay,
-                 progress=not quiet, settings=dict(encoder=info.to_dict()))
+                 progress=not quiet, settings=dict(encoder=info.to_dict()), precision=precision, workers=workers)
+    if record is None:  # another process of `accelerate launch`: the main one merges and scores
+        return
     t = record["timing"]
     from siammae.diagnostics import describe
     from siammae.files import write_atomic
     click.echo(f"propagated {len(record['sequences'])} sequences, {t['frames']} frames in {t['seconds']:.1f} s "
-               f"({t['fps']:.2f} frames/s) with protocol {chosen.name} -> {out}")
+               f"({t['fps']:.2f} frames/s, {record['precision']}) with protocol {chosen.name} -> {out}")
     diag = feature_diagnostics(encoder, seqs, chosen, device, davis, split, resolution, with_copy=not no_eval)
     click.echo(describe(diag))
     record["diagnostics"] = diag
@@ -178,19 +202,21 @@ def feature_diagnostics(encoder, seqs, protocol, device, davis, split, resolutio
 
 
 def propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs, device,
-                   batch_size, quiet, jhmdb_list):
+                   compute, quiet, jhmdb_list):
     """``siammae propagate --jhmdb`` / ``--vip``: the task's preset, then the flags; scores printed."""
     from siammae.propagate import choose_protocol
     from siammae.tasks import load_dataset, run_task
 
+    from siammae.precision import resolve_precision
+
+    resolve_precision(compute["precision"], device)
     chosen = choose_protocol(protocol, task=task, **knobs)  # the settings and every file are checked
     data = load_dataset(task, root, list_file=jhmdb_list)  # before the weights load
     encoder, info = open_encoder(checkpoint, weights, weights_prefix, random_init)
-    record = run_task(task, encoder, root, out, chosen, data=data, device=device, batch_size=batch_size,
-                      progress=not quiet)
+    record = run_task(task, encoder, root, out, chosen, data=data, device=device, progress=not quiet, **compute)
     t = record["timing"]
-    click.echo(f"propagated {t['frames']} frames in {t['seconds']:.1f} s ({t['fps']:.2f} frames/s) with protocol "
-               f"{chosen.name} -> {out}")
+    click.echo(f"propagated {t['frames']} frames in {t['seconds']:.1f} s ({t['fps']:.2f} frames/s, "
+               f"{record['precision']}) with protocol {chosen.name} -> {out}")
     click.echo(f"{task}: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in record["scores"].items())
                + f"  (files: {', '.join(record['files'])})")
 

@@ -1,0 +1,97 @@
+"""Many DAVIS sequences at once: worker processes on one machine, or the processes of a launcher.
+
+Sequences are independent, so both forms only split the list: ``--workers N`` runs N spawned worker
+processes, each with 1/N of the CPU threads and its own copy of the extractor (the encoder's weights
+travel through shared memory), taking the next sequence as they finish one; under ``accelerate
+launch -m siammae.propagate`` (or torchrun) process r of W takes sequences r, r + W, ... on its own
+device. Every sequence is computed by the same code on the same inputs, so the files written are
+the ones a single process writes; only the timings differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+
+@dataclass
+class SequenceJob:
+    """What every process needs to propagate a sequence (picklable: sent once to each worker)."""
+
+    encoder: torch.nn.Module
+    protocol: object  # siammae.propagate.Protocol
+    device: torch.device
+    precision: str  # already resolved: fp32, bf16 or fp16
+    out_dir: Path
+    batch_size: Optional[int]
+    overlay: int
+
+    def extractor(self):
+        from siammae.propagate import FeatureExtractor
+
+        return FeatureExtractor(self.encoder, self.protocol, self.device, self.precision)
+
+    def run(self, extractor, seq, progress: bool) -> dict:
+        from siammae.propagate import propagate_sequence
+
+        return propagate_sequence(extractor, seq, self.protocol, self.out_dir, self.batch_size, self.overlay, progress)
+
+
+_WORKER = {}  # inside a worker process: its job and extractor
+
+
+def _start_worker(job: SequenceJob, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(job=job, extractor=job.extractor())
+
+
+def _run_in_worker(seq):
+    return seq.name, _WORKER["job"].run(_WORKER["extractor"], seq, progress=False)
+
+
+def propagate_in_workers(job: SequenceJob, seqs: List, workers: int = 1, progress: bool = True) -> dict:
+    """Propagate ``seqs`` (DavisSequence) with ``workers`` processes (1: in this process) and return
+    their timings in the order of ``seqs``."""
+    from tqdm import tqdm
+
+    bar = dict(total=len(seqs), desc="sequences", unit="seq", dynamic_ncols=True, disable=not progress)
+    if workers <= 1 or len(seqs) <= 1:
+        extractor = job.extractor()
+        return {seq.name: job.run(extractor, seq, progress) for seq in tqdm(seqs, **bar)}
+    workers = min(workers, len(seqs))
+    threads = max(1, torch.get_num_threads() // workers)
+    context = torch.multiprocessing.get_context("spawn")  # fork would copy the parent's OpenMP state
+    with context.Pool(workers, _start_worker, (job, threads)) as pool:
+        timings = dict(tqdm(pool.imap_unordered(_run_in_worker, seqs), **bar))
+    return {seq.name: timings[seq.name] for seq in seqs}
+
+
+def launched_processes():
+    """Accelerate's process state when this process is one of several started by a launcher
+    (``accelerate launch``, torchrun: WORLD_SIZE > 1), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def merge_parts(state, out_dir: Path, timings: dict, names: List[str]) -> Optional[dict]:
+    """Every process writes its timings as ``out_dir/.timing-<rank>.json``; after all are done the
+    main process reads them back in the order of ``names`` (and removes the parts), the others get None."""
+    part = Path(out_dir) / f".timing-{state.process_index}.json"
+    part.write_text(json.dumps(timings))
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    merged = {}
+    for rank in range(state.num_processes):
+        path = Path(out_dir) / f".timing-{rank}.json"
+        merged.update(json.loads(path.read_text()))
+        path.unlink()
+    return {name: merged[name] for name in names}

@@ -1,0 +1,106 @@
+"""Many sequences at once (--workers, accelerate launch) write what one process writes; --precision."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from test_propagate import moving_object_video, tiny_vit, write_sequence
+
+from siammae import precision as precision_module
+from siammae.cli.propagate import propagate as propagate_cmd
+from siammae.precision import PrecisionError, resolve_precision
+from siammae.propagate import PROTOCOLS, FeatureExtractor
+
+
+@pytest.fixture(scope="module")
+def davis(tmp_path_factory):
+    root = tmp_path_factory.mktemp("davis")
+    for i, name in enumerate("abc"):
+        frames, labels = moving_object_video(np.random.default_rng(i), T=5, H=64, W=96, S=24)
+        write_sequence(root, name, frames, labels)
+    return root
+
+
+def command(davis, out, *extra):
+    return ["--davis", str(davis), "--checkpoint", "vit_tiny_patch16_224", "--random-init", "--size", "128",
+            "--quiet", "--device", "cpu", "--out", str(out), *extra]
+
+
+def files(folder):
+    """Every file's bytes, propagation.json without its timings."""
+    got = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            got[str(path.relative_to(folder))] = path.read_bytes()
+    record = json.loads(got.pop("propagation.json"))
+    record.pop("timing")
+    return got, record
+
+
+@pytest.fixture(scope="module")
+def single(davis, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    r = CliRunner().invoke(propagate_cmd, command(davis, out))
+    assert r.exit_code == 0, r.output
+    return files(out)
+
+
+def test_workers_write_the_same_files_as_one_process(davis, single, tmp_path):
+    r = CliRunner().invoke(propagate_cmd, command(davis, tmp_path, "--workers", "2"))
+    assert r.exit_code == 0, r.output
+    got, record = files(tmp_path)
+    assert got.keys() == single[0].keys() and len([k for k in got if k.endswith(".png")]) == 15
+    assert got == single[0]  # predictions and both CSVs, byte for byte
+    assert record == single[1]
+    assert np.asarray(Image.open(tmp_path / "a" / "00004.png")).max() > 0  # the object is still predicted
+
+
+def test_accelerate_launch_splits_sequences_and_merges(davis, single, tmp_path):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+           "--main_process_port", "29541", "-m", "siammae.propagate", *command(davis, tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, record = files(tmp_path)
+    assert got == single[0] and record == single[1]
+    assert proc.stdout.count("wrote ") == 1  # the main process alone scores and writes the CSVs
+    assert not list(tmp_path.glob(".timing-*"))
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has", lambda p: p == "bf16")
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setattr(precision_module, "cpu_has", lambda p: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    with pytest.raises(PrecisionError, match="no native bf16.*fp32 or auto"):
+        resolve_precision("bf16", "cpu")
+    with pytest.raises(PrecisionError, match="choose one of"):
+        resolve_precision("fp8", "cpu")
+
+
+def test_a_precision_the_cpu_lacks_is_one_line_before_any_work(davis, monkeypatch, tmp_path):
+    monkeypatch.setattr(precision_module, "cpu_has", lambda p: False)
+    r = CliRunner().invoke(propagate_cmd, command(davis, tmp_path / "out", "--precision", "fp16"))
+    assert r.exit_code == 1 and r.output.startswith("Error: precision fp16") and r.output.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_bf16_features_match_fp32_and_the_precision_is_recorded(davis, monkeypatch, tmp_path):
+    monkeypatch.setattr(precision_module, "cpu_has", lambda p: True)  # autocast runs on any CPU
+    frames = [np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)]
+    encoder = tiny_vit(16)
+    full = FeatureExtractor(encoder, PROTOCOLS["siammae"], "cpu")(frames)
+    half = FeatureExtractor(encoder, PROTOCOLS["siammae"], "cpu", "bf16")(frames)
+    assert half.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(full, half, dim=-1).min() > 0.99
+    r = CliRunner().invoke(propagate_cmd, command(davis, tmp_path, "--precision", "bf16", "--no-eval"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "propagation.json").read_text())["precision"] == "bf16"
+    assert "bf16" in r.output

@@ -129,8 +129,9 @@ class Decoder(nn.Module):
     def target_tokens(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Visible target tokens (B, n, E) scattered into a full grid of [MASK] tokens -> (B, N, D)."""
         B, N, D = tokens.shape[0], self.pos_embed.shape[1], self.mask_token.shape[-1]
-        full = self.mask_token.expand(B, N, D).clone()
-        full.scatter_(1, keep.unsqueeze(-1).expand(-1, -1, D), self.embed(tokens))
+        visible = self.embed(tokens)  # bf16/fp16 under autocast: the [MASK] grid takes its dtype
+        full = self.mask_token.to(visible.dtype).expand(B, N, D).clone()
+        full.scatter_(1, keep.unsqueeze(-1).expand(-1, -1, D), visible)
         return full + self.pos_embed
 
     def mix(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

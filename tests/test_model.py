@@ -116,6 +116,18 @@ def test_every_variant_trains(encoder, decoder):
         assert model.encoder_f2.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("decoder", ["cross-self", "cross", "joint"])
+def test_every_decoder_trains_under_bf16_autocast(decoder):
+    # What train.mixed_precision=bf16 does on the CPU (and fp16/bf16 on a GPU): the [MASK] grid and
+    # the projected visible tokens must agree in dtype, and [MASK] still gets its gradient.
+    model = build_model(small_cfg(f"model.decoder={decoder}", "model.mask_ratio=[0, 0.75]"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, pred, _ = model(torch.randn(2, 2, 3, 32, 32))
+    assert torch.isfinite(loss) and pred.dtype == torch.bfloat16
+    loss.backward()
+    assert model.decoder.mask_token.grad.abs().sum() > 0
+
+
 def test_cross_self_decoder_attends_to_f1_in_every_block():
     model = build_model(small_cfg("model.decoder=cross-self"))
     assert len(model.decoder.blocks) == 2

@@ -208,7 +208,11 @@ def first_frame_labels(labels: np.ndarray, grid: tuple[int, int], protocol: Prot
 # ----------------------------------------------------------------------------- features
 
 
-BATCH_BUDGET = 256 * 2**20  # bytes of activations one forward pass may hold when the batch is not given
+# Bytes of activations one forward pass may hold when the batch size is not given. On the CPU one
+# 480p frame per pass was the fastest (ViT-S/16, 2 threads: 1 frame 662 ms/frame in bf16, 3 frames 739,
+# 8 frames 991; fp32 1127 / 1143 / 1297): the 1590 tokens of one frame already fill the cores, and a
+# bigger batch only leaves the caches. Small frames (JHMDB's 320x320) still go several at a time.
+BATCH_BUDGET = {"cpu": 32 * 2**20, "cuda": 2 * 2**30}
 
 
 class FeatureExtractor:
@@ -230,14 +234,16 @@ class FeatureExtractor:
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         return resized_shape(height, width, self.protocol, self.patch)
 
-    def batch_frames(self, height: int, width: int, budget: int = BATCH_BUDGET) -> int:
-        """Frames of (height, width) per forward pass that keep its activations within ``budget`` bytes:
+    def batch_frames(self, height: int, width: int, budget: Optional[int] = None) -> int:
+        """Frames of (height, width) per forward pass that keep its activations within ``budget`` bytes
+        (default: :data:`BATCH_BUDGET` of the device):
         about 14 token-width vectors per token live inside a block (input, norm, q, k, v, attention
         output, the MLP's 4x hidden and its activation), plus the resized input."""
         h, w = self.input_size(height, width)
         tokens = (h // self.patch) * (w // self.patch) + self.prefix
         width_ = int(getattr(self.encoder, "embed_dim", 768))
         per_frame = tokens * width_ * 14 * (4 if self.precision == "fp32" else 2) + 3 * h * w * 4
+        budget = budget or BATCH_BUDGET.get(self.device.type, BATCH_BUDGET["cpu"])
         return max(1, min(64, budget // per_frame))
 
     @torch.inference_mode()
@@ -414,20 +420,22 @@ def propagate(
     settings: Optional[dict] = None,
     precision: str = "fp32",
     workers: int = 1,
+    processes=None,
 ) -> Optional[dict]:
     """Propagate every selected sequence into ``out_dir``; writes ``out_dir/propagation.json`` (the
     protocol, the precision, ``settings`` such as the encoder's description, per-sequence timings) and
     returns it.
 
     ``workers`` > 1 propagates that many sequences at once in worker processes, each with its share of
-    the CPU threads. Under ``accelerate launch`` (or torchrun) each process takes its share of the
+    the CPU threads. ``processes`` (Accelerate's ``PartialState`` of ``accelerate launch``, see
+    :func:`siammae.parallel.launched_processes`) makes every launched process take its share of the
     sequences on its own device; the main process merges the timings, writes the one
     ``propagation.json`` and returns it, the others return None. The predictions are the same files as
     a single process writes."""
     from siammae import __version__
-    from siammae.parallel import SequenceJob, launched_processes, merge_parts, propagate_in_workers
+    from siammae.parallel import SequenceJob, merge_parts, propagate_in_workers
 
-    state = launched_processes()
+    state = processes
     device = state.device if state and torch.device(device).type == "cuda" else torch.device(device)
     out_dir = Path(out_dir)
     seqs = check_davis(davis_root, split, sequences, resolution)

@@ -42,7 +42,14 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--frames", type=int, default=16, help="frames timed in each part")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--davis", help="time whole commands on this DAVIS-format set instead (see above)")
+    ap.add_argument("--weights", help="with --davis: the encoder's weights file (default: random, seed 0)")
+    ap.add_argument("--precisions", default="fp32,bf16", help="with --davis: siammae runs, comma-separated")
+    ap.add_argument("--reference", help="with --davis: a command to time beside ours; {davis} and {out} are filled in")
+    ap.add_argument("--out", default="bench-propagate", help="with --davis: the runs' output folders")
     args = ap.parse_args(argv)
+    if args.davis:
+        return bench_commands(args)
     if args.task == "all":  # each task in its own process: its own peak memory
         import subprocess
 
@@ -56,9 +63,9 @@ def main(argv=None):
 
 
 def bench_task(task, protocol, args):
+    from siammae.affinity import LabelPropagator
     from siammae.checkpoint import load_encoder
     from siammae.jhmdb import decode_joints
-    from siammae.affinity import LabelPropagator
     from siammae.propagate import FeatureExtractor, soft_to_ids
 
     device = torch.device(args.device)
@@ -114,6 +121,66 @@ def bench_task(task, protocol, args):
           f"{tuple(out.shape)})")
     print(f"together           {both:8.2f} frames/s")
     print(f"peak memory        {peak}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- whole commands
+
+
+def run_measured(cmd, log):
+    """Run ``cmd`` (a list, or a string for the shell) -> (wall seconds, peak RSS in GiB of the process)."""
+    import os
+    import subprocess
+
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, shell=isinstance(cmd, str), stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{cmd if isinstance(cmd, str) else ' '.join(cmd)} failed ({proc.returncode}); see {log}")
+    return time.perf_counter() - t0, usage.ru_maxrss / 2**20
+
+
+def bench_commands(args):
+    import json
+    from pathlib import Path
+
+    from siammae.measures import evaluate
+    from siammae.propagate import check_davis
+
+    seqs = check_davis(args.davis)
+    frames = sum(len(s.frames) for s in seqs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = ["--checkpoint", args.model, *(["--weights", args.weights] if args.weights else ["--random-init"])]
+    runs = {f"siammae {p}": [sys.executable, "-m", "siammae", "propagate", "--davis", args.davis, *encoder,
+                             "--protocol", args.protocol or "siammae", "--precision", p, "--device", args.device,
+                             "--no-eval", "--no-diagnostics", "--quiet", "--out", str(out / f"siammae-{p}")]
+            for p in args.precisions.split(",")}
+    if args.reference:
+        runs["reference"] = args.reference.format(davis=args.davis, out=out / "reference")
+    # The RSS of imports + weights alone, for siammae's working memory.
+    _, base_rss = run_measured([sys.executable, "-c", "import sys; from siammae.cli.propagate import open_encoder; "
+                                "import siammae.propagate; open_encoder(sys.argv[1], sys.argv[2] or None, None, sys.argv[3] == '1')",
+                                args.model, args.weights or "", "0" if args.weights else "1"], out / "baseline.log")
+    print(f"set {args.davis}: {len(seqs)} sequences, {frames} frames; {args.model}, protocol "
+          f"{args.protocol or 'siammae'}, {torch.get_num_threads()} threads; imports + weights alone {base_rss:.2f} GiB")
+    print(f"{'run':16s} {'seconds':>8s} {'frames/s':>9s} {'J&F':>7s} {'peak RSS':>9s} {'working':>8s} {'speed-up':>9s}")
+    rows = {}
+    for name, cmd in runs.items():
+        seconds, rss = run_measured(cmd, out / f"{name.replace(' ', '-')}.log")
+        folder = out / ("reference" if name == "reference" else f"siammae-{name.split()[1]}")
+        jf = evaluate(args.davis, folder, "val", [s.name for s in seqs]).global_row()["J&F-Mean"]
+        rows[name] = dict(seconds=round(seconds, 1), fps=round(frames / seconds, 3), jf=round(float(jf), 4),
+                          peak_rss_gib=round(rss, 3), working_gib=None if name == "reference" else round(rss - base_rss, 3))
+    ref = rows.get("reference")
+    for name, r in rows.items():
+        work = "" if r["working_gib"] is None else f"{r['working_gib']:.2f}"
+        speed = f"{ref['seconds'] / r['seconds']:.2f}x" if ref else ""
+        print(f"{name:16s} {r['seconds']:8.1f} {r['fps']:9.3f} {r['jf']:7.4f} {r['peak_rss_gib']:8.2f}G {work:>8s} {speed:>9s}")
+    (out / "bench.json").write_text(json.dumps(dict(davis=args.davis, frames=frames, model=args.model,
+                                                    weights=args.weights, reference=args.reference, rows=rows), indent=2))
     return 0
 
 

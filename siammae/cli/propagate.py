@@ -62,7 +62,8 @@ def compute_options(f):
     options = [
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Frames per forward pass. Default: as many as fit a 256 MB activation budget."),
+                     help="Frames per forward pass. Default: as many as fit an activation budget (32 MB on the "
+                          "CPU: one 480p frame, the fastest there; 2 GB on a GPU)."),
         click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32",
                      show_default=True,
                      help="Number format of the encoder's forward pass (autocast); affinity and labels stay "
@@ -124,10 +125,13 @@ def dataset_options(f):
 @click.option("--overlay", type=click.IntRange(min=0), default=0, is_flag=False, flag_value=8,
               help="Write OUT/overlays/<seq>.png, N frames with their predicted masks (--overlay alone: 8).")
 @click.option("--no-eval", is_flag=True, help="Do not compute J&F afterwards.")
+@click.option("--no-diagnostics", is_flag=True,
+              help="Skip the feature diagnostics (4 more frames per sequence through the encoder).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix, random_init, out, split, sequences,
               resolution, protocol, topk, queue, radius, window, window_on_first, temperature, short_side, multiple,
-              first_labels, keep_small, minmax, device, batch_size, precision, workers, overlay, no_eval, quiet):
+              first_labels, keep_small, minmax, device, batch_size, precision, workers, overlay, no_eval, no_diagnostics,
+              quiet):
     """Propagate the first frame's labels through the videos of one dataset, then score them:
     DAVIS-2017 masks (J&F), JHMDB joints (PCK) or VIP human parts (mIoU).
 
@@ -151,16 +155,16 @@ def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
         (task, root), = roots.items()
         source = click.get_current_context().get_parameter_source
         davis_only = [f"--{n.replace('_', '-')}" for n in ("split", "sequences", "resolution", "overlay", "no_eval",
-                                                           "workers") if source(n).name != "DEFAULT"]
+                                                           "workers", "no_diagnostics") if source(n).name != "DEFAULT"]
         if davis_only:
             raise click.UsageError(f"{', '.join(davis_only)}: DAVIS options, not for --{task}")
         return propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs,
                               pick_device(device), dict(batch_size=batch_size, precision=precision), quiet, jhmdb_list)
     from siammae.davis import require_annotations
+    from siammae.parallel import launched_processes
+    from siammae.precision import resolve_precision
     from siammae.propagate import check_davis, choose_protocol
     from siammae.propagate import propagate as run
-
-    from siammae.precision import resolve_precision
 
     device = pick_device(device)
     resolve_precision(precision, device)  # a format the device lacks: an error before any work
@@ -171,7 +175,8 @@ def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
     chosen = choose_protocol(protocol, info.config.eval if info.config is not None else None, **knobs)
     record = run(encoder, davis, out, chosen, split=split, sequences=parse_sequences(sequences),
                  resolution=resolution, device=device, batch_size=batch_size, overlay=overlay,
-                 progress=not quiet, settings=dict(encoder=info.to_dict()), precision=precision, workers=workers)
+                 progress=not quiet, settings=dict(encoder=info.to_dict()), precision=precision, workers=workers,
+                 processes=launched_processes())
     if record is None:  # another process of `accelerate launch`: the main one merges and scores
         return
     t = record["timing"]
@@ -179,22 +184,24 @@ def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
     from siammae.files import write_atomic
     click.echo(f"propagated {len(record['sequences'])} sequences, {t['frames']} frames in {t['seconds']:.1f} s "
                f"({t['fps']:.2f} frames/s, {record['precision']}) with protocol {chosen.name} -> {out}")
-    diag = feature_diagnostics(encoder, seqs, chosen, device, davis, split, resolution, with_copy=not no_eval)
-    click.echo(describe(diag))
-    record["diagnostics"] = diag
-    write_atomic(Path(out) / "propagation.json", json.dumps(record, indent=2) + "\n")
+    if not no_diagnostics:
+        diag = feature_diagnostics(encoder, seqs, chosen, device, record["precision"], davis, split, resolution,
+                                   with_copy=not no_eval)
+        click.echo(describe(diag))
+        record["diagnostics"] = diag
+        write_atomic(Path(out) / "propagation.json", json.dumps(record, indent=2) + "\n")
     if not no_eval:
         run_evaluation(davis, out, split, record["sequences"], resolution)
 
 
-def feature_diagnostics(encoder, seqs, protocol, device, davis, split, resolution, with_copy: bool) -> dict:
+def feature_diagnostics(encoder, seqs, protocol, device, precision, davis, split, resolution, with_copy: bool) -> dict:
     """The encoder's token figures (and the copy-in-place J&F), added to OUT/propagation.json by the caller."""
     import tempfile
 
     from siammae.diagnostics import copy_first_frame_jf, encoder_diagnostics
     from siammae.propagate import FeatureExtractor
 
-    diag = encoder_diagnostics(FeatureExtractor(encoder, protocol, device), seqs)
+    diag = encoder_diagnostics(FeatureExtractor(encoder, protocol, device, precision), seqs)
     if with_copy:
         with tempfile.TemporaryDirectory(prefix="siammae-copy-") as tmp:
             diag["copy_jf"] = round(copy_first_frame_jf(davis, seqs, tmp, split, resolution), 4)
@@ -204,10 +211,9 @@ def feature_diagnostics(encoder, seqs, protocol, device, davis, split, resolutio
 def propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs, device,
                    compute, quiet, jhmdb_list):
     """``siammae propagate --jhmdb`` / ``--vip``: the task's preset, then the flags; scores printed."""
+    from siammae.precision import resolve_precision
     from siammae.propagate import choose_protocol
     from siammae.tasks import load_dataset, run_task
-
-    from siammae.precision import resolve_precision
 
     resolve_precision(compute["precision"], device)
     chosen = choose_protocol(protocol, task=task, **knobs)  # the settings and every file are checked

@@ -232,6 +232,9 @@ def create_vit(info: EncoderInfo, dynamic: bool = True, empty: bool = True) -> n
 def _from_config(cfg, source: str, weights: Optional[Path], sd: Optional[dict], dynamic: bool):
     from siammae.model import build_encoder, timm_spec
 
+    if cfg.model.method != "siammae":
+        raise CheckpointError(f"{source}: a {cfg.model.method} run's space-time encoder cannot be loaded for "
+                              "propagation or export yet (only siammae runs' frame encoders can)")
     name, _ = timm_spec(cfg.model)
     info = EncoderInfo(name, cfg.model.patch_size, cfg.model.img_size, source,
                        str(weights) if weights else None, checkpoint_step(Path(weights)) if weights else None, cfg)

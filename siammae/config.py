@@ -40,6 +40,9 @@ def _choices(default, *choices):
 
 @dataclass
 class ModelConfig:
+    # siammae: frame pairs (siammae.model). videomae / maest: masked autoencoders of whole clips
+    # (siammae.clipmae; model.encoder and model.decoder do not apply to them).
+    method: str = _choices("siammae", "siammae", "videomae", "maest")
     # Encoder: a timm ViT. Size names follow timm (vit_tiny/small/base/large).
     arch: str = _choices("vit_small", "vit_tiny", "vit_small", "vit_base", "vit_large")
     patch_size: int = 16
@@ -54,11 +57,15 @@ class ModelConfig:
     decoder_depth: int = 8
     decoder_dim: int = 512
     decoder_heads: int = 16
-    # One ratio per frame, earliest first: f1 unmasked, f2 95% masked (paper, Sec. 3.2).
+    # One ratio per frame, earliest first: f1 unmasked, f2 95% masked (paper, Sec. 3.2). The clip
+    # methods take one ratio for the whole clip (0.9 in both papers).
     mask_ratio: List[float] = field(default_factory=lambda: [0.0, 0.95])
+    # Clip methods: frames per cube (the Conv3d's temporal kernel and stride; 2 in both papers).
+    tubelet: int = 2
     # random: an independent random mask per frame; tube: one spatial mask shared by all masked frames
     # (VideoMAE). Both honour the per-frame ratios above.
-    masking: str = _choices("random", "random", "tube")
+    # spacetime: one draw over all tokens of a clip (MAE-ST); needs one ratio for the clip.
+    masking: str = _choices("random", "random", "tube", "spacetime")
     # MSE on per-patch normalised pixels (MAE); false: on raw (ImageNet-normalised) pixels.
     norm_pix_loss: bool = True
     # sdpa: torch.nn.functional.scaled_dot_product_attention; math: the plain softmax(QK^T)V path.
@@ -190,6 +197,7 @@ RULES = {
     "model.decoder_heads": _at_least(1),
     "model.mask_ratio": (lambda v: all(0 <= r < 1 for r in v), "each ratio must be in [0, 1)"),
     "model.drop_path": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "model.tubelet": _at_least(1),
     "data.num_frames": _at_least(2, " (context frames, then the target frame)"),
     "data.repeated_sampling": _at_least(1),
     "data.crop_scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, "must be [min, max] with 0 < min <= max <= 1"),
@@ -234,15 +242,25 @@ CROSS_RULES = [
      "model.img_size must be a multiple of model.patch_size"),
     (("model.decoder_dim", "model.decoder_heads"), lambda dim, heads: dim % heads == 0,
      "model.decoder_dim must be divisible by model.decoder_heads"),
-    (("model.mask_ratio", "data.num_frames"), lambda ratios, frames: len(ratios) == frames,
+    (("model.method", "model.mask_ratio", "data.num_frames"),
+     lambda method, ratios, frames: method != "siammae" or len(ratios) == frames,
      "model.mask_ratio needs one ratio per frame"),
-    (("model.mask_ratio", "model.img_size", "model.patch_size"),
-     lambda ratios, size, p: all(_visible((size // p) ** 2, r) >= 1 for r in ratios[:-1]),
+    (("model.method", "model.mask_ratio"), lambda method, ratios: method == "siammae" or len(ratios) == 1,
+     "model.mask_ratio of a clip method is one ratio for the whole clip, e.g. [0.9]"),
+    (("model.method", "data.num_frames", "model.tubelet"),
+     lambda method, frames, tubelet: method == "siammae" or frames % tubelet == 0,
+     "data.num_frames must be a multiple of model.tubelet (frames per cube)"),
+    (("model.masking", "model.mask_ratio"), lambda masking, ratios: masking != "spacetime" or len(set(ratios)) == 1,
+     "model.masking=spacetime draws over the whole clip: it needs the same ratio for every frame"),
+    (("model.method", "model.mask_ratio", "model.img_size", "model.patch_size"),
+     lambda method, ratios, size, p: method != "siammae" or all(_visible((size // p) ** 2, r) >= 1 for r in ratios[:-1]),
      "every context frame (all but the last) must keep at least one of its (img_size / patch_size)^2 "
      "patches visible"),
     (("model.mask_ratio", "model.img_size", "model.patch_size"),
      lambda ratios, size, p: _visible((size // p) ** 2, ratios[-1]) < (size // p) ** 2,
-     "the last frame must mask at least one patch (the loss is over its masked patches)"),
+     "the last frame must mask at least one patch (the loss is over the masked ones; a clip method: the clip)"),
+    (("model.method", "eval.davis"), lambda method, davis: method == "siammae" or not davis,
+     "eval.davis (J&F during training) needs a frame encoder: siammae runs only so far"),
     (("train.global_batch_size", "train.grad_accum"), lambda batch, accum: batch % accum == 0,
      "train.global_batch_size must be divisible by train.grad_accum"),
     (("train.samples", "train.epochs"), lambda samples, epochs: samples > 0 or epochs > 0,

@@ -96,6 +96,31 @@ def resolve_shards(specs: Sequence[str] | str) -> List[str]:
     return urls
 
 
+def check_clip_length(urls: Sequence[str], num_frames: int) -> None:
+    """Shards whose samples hold fewer frames than ``data.num_frames`` are one line before any work
+    (every sample would fail to decode). Looks at the first sample of the first local shard; remote and
+    unreadable shards are left to the loader, which skips and counts what it cannot read."""
+    import tarfile
+
+    local = next((u for u in urls if not _is_remote(u)), None)
+    if local is None:
+        return
+    members = []  # (key, suffix) of the first sample
+    try:
+        with tarfile.open(local) as tar:
+            for member in tar:
+                key, _, suffix = member.name.partition(".")
+                if members and key != members[0][0]:
+                    break
+                members.append((key, suffix))
+    except (tarfile.TarError, OSError):
+        return
+    frames = sum(1 for _, suffix in members if suffix.startswith("f") and suffix.endswith(".jpg"))
+    if 0 < frames < num_frames:
+        raise DataError(f"data.num_frames={num_frames}, but the samples of '{local}' hold {frames} frames: "
+                        f"make shards of clips with siammae shard --frames {num_frames}")
+
+
 def shards_for(urls: Sequence[str], rank: int, world: int, worker: int, workers: int) -> List[str]:
     """The shards one (rank, worker) draws from: disjoint between ranks when there are at least as many
     shards as ranks, and between the workers of a rank when there are enough for them too. With fewer

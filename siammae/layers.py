@@ -38,6 +38,15 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
     return torch.from_numpy(emb).float()
 
 
+def sincos_pos_embed_1d(dim: int, length: int) -> torch.Tensor:
+    """Fixed 1-D sinusoid table over ``length`` positions (the Transformer's, as VideoMAE uses it over
+    the flattened space-time cubes): (length, dim), channel 2i = sin(pos / 10000^(2i/dim)), channel
+    2i + 1 the cos of the same angle."""
+    angles = np.arange(length, dtype=np.float64)[:, None] / 10000 ** (2 * (np.arange(dim) // 2) / dim)[None]
+    angles[:, 0::2], angles[:, 1::2] = np.sin(angles[:, 0::2]), np.cos(angles[:, 1::2])
+    return torch.from_numpy(angles).float()
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention with queries from ``x`` and keys/values from ``context``.
 

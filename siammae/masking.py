@@ -8,8 +8,9 @@ for every clip, ``N - int(N * (1 - ratio_t))`` (MAE's rounding), so visible toke
 - ``random``: an independent uniformly random mask per clip and per frame (SiamMAE: f1 0%, f2 95%).
 - ``tube``: one random spatial order per clip shared by all frames, so frames with the same ratio hide
   the same patches (VideoMAE's tube masking).
-A space-time-agnostic strategy (MAE-ST) would draw over all T*N tokens at once; it fits the same
-(B, T, N) representation and would feed the joint encoder, which flattens frames anyway.
+- ``spacetime``: one random draw over all T*N tokens of a clip at once (MAE-ST's space-time-agnostic
+  masking): exactly ``T*N - int(T*N * (1 - ratio))`` masked per clip, a frame's share left to chance.
+  It needs one ratio for the whole clip (every per-frame ratio equal).
 """
 
 from __future__ import annotations
@@ -44,7 +45,15 @@ def tube_masking(B: int, T: int, N: int, ratios: Sequence[float], device=None, g
     return _mask_from_order(torch.argsort(noise, dim=-1), ratios)
 
 
-MASKINGS = {"random": random_masking, "tube": tube_masking}
+def spacetime_masking(B: int, T: int, N: int, ratios: Sequence[float], device=None, generator=None) -> torch.Tensor:
+    """One random order over all T * N tokens of a clip -> bool (B, T, N); the clip's ratio is exact."""
+    if len(set(ratios)) != 1:
+        raise ValueError(f"space-time-agnostic masking takes one ratio for the whole clip, got {list(ratios)}")
+    noise = torch.rand(B, 1, T * N, device=device, generator=generator)
+    return _mask_from_order(torch.argsort(noise, dim=-1), ratios[:1]).view(B, T, N)
+
+
+MASKINGS = {"random": random_masking, "tube": tube_masking, "spacetime": spacetime_masking}
 
 
 def visible_indices(mask_t: torch.Tensor) -> torch.Tensor:

@@ -183,8 +183,8 @@ class Output:
     feed the reconstruction pictures. Unpacks as ``loss, pred, mask = model(frames)``."""
 
     loss: torch.Tensor  # () scalar
-    pred: torch.Tensor  # (B, N, p*p*3) predicted patches of the target frame
-    mask: torch.Tensor  # (B, N) 1 = masked (predicted) patch of the target frame
+    pred: torch.Tensor  # (B, N, p*p*3) predicted patches of the target frame (a clip model: (B, L, P), every cube)
+    mask: torch.Tensor  # (B, N) 1 = masked (predicted) patch of the target frame (a clip model: (B, L))
     logs: dict = field(default_factory=dict)
 
     def __iter__(self):
@@ -247,14 +247,15 @@ class SiamMAE(nn.Module):
         return Output(self.loss(frames, pred, target_mask), pred, target_mask.float())
 
     @torch.no_grad()
-    def reconstruct(self, frames: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, frames: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> tuple:
         """The last frame with its masked patches replaced by the prediction, mapped back to the
-        normalised pixel space (undoing the per-patch normalisation): -> (B, 3, H, W)."""
+        normalised pixel space (undoing the per-patch normalisation), and its patch mask (what the
+        pictures show): -> (B, 3, H, W), (B, N)."""
         _, mean, std = self.target_patches(frames[:, -1])
         patches = patchify(frames[:, -1], self.patch_size)
         predicted = pred.float() * std + mean
         out = torch.where(mask.bool().unsqueeze(-1), predicted, patches)
-        return unpatchify(out, self.patch_size, *self.grid)
+        return unpatchify(out, self.patch_size, *self.grid), mask
 
 
 class SiamMAEUnshared(SiamMAE):
@@ -304,8 +305,13 @@ def _init_model(model: nn.Module) -> nn.Module:
 ENCODERS = {"siamese": SiamMAE, "siamese-unshared": SiamMAEUnshared, "joint": JointEncoderMAE}
 
 
-def build_model(model_cfg) -> SiamMAE:
-    """The model named by ``model_cfg.encoder`` x ``model_cfg.decoder`` (see ``siammae.config``)."""
+def build_model(model_cfg, num_frames: int = 2) -> nn.Module:
+    """The model named by ``model_cfg.method`` (a clip method: :mod:`siammae.clipmae`, for clips of
+    ``num_frames`` frames), for SiamMAE by ``model_cfg.encoder`` x ``model_cfg.decoder``."""
+    if model_cfg.method != "siammae":
+        from siammae.clipmae import build_clip_model
+
+        return build_clip_model(model_cfg, num_frames)
     encoders = [build_encoder(model_cfg)]
     if model_cfg.encoder == "siamese-unshared":
         encoders.append(build_encoder(model_cfg))  # the later frames' own ViT

@@ -30,22 +30,32 @@ def masked_frame(frame: torch.Tensor, mask: torch.Tensor, patch_size: int, fill:
 
 
 def recon_grid(frames: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor, patch_size: int) -> np.ndarray:
-    """One row per sample: f1 | masked f2 | prediction | f2.
+    """Reconstructions of a few samples -> HWC uint8 image. frames uint8 (B, T, 3, H, W), and either
 
-    frames uint8 (B, T, 3, H, W), recon uint8 (B, 3, H, W) (the last frame with masked patches
-    predicted), mask (B, N) of the last frame -> HWC uint8 image.
+    - a pair model's: recon uint8 (B, 3, H, W) (the last frame with its masked patches predicted) and
+      mask (B, N) of the last frame: one row per sample, f1 | masked f2 | prediction | f2;
+    - a clip model's: recon uint8 (B, T, 3, H, W) and mask (B, T, N): three rows per sample, the
+      frames, what the encoder saw, the prediction.
     """
     frames, recon, mask = frames.cpu(), recon.cpu(), mask.cpu()
     B, _, _, H, W = frames.shape
     scale = max(1, math.ceil(MIN_TILE / max(H, W)))
     rows = []
     for b in range(B):
-        tiles = [frames[b, 0], masked_frame(frames[b, -1], mask[b], patch_size), recon[b], frames[b, -1]]
+        if recon.ndim == 4:
+            rows.append([frames[b, 0], masked_frame(frames[b, -1], mask[b], patch_size), recon[b], frames[b, -1]])
+        else:
+            rows += [list(frames[b]), [masked_frame(f, m, patch_size) for f, m in zip(frames[b], mask[b])],
+                     list(recon[b])]
+    hgap = None
+    out = []
+    for tiles in rows:
         tiles = [t.permute(1, 2, 0).numpy().repeat(scale, 0).repeat(scale, 1) for t in tiles]
         gap = np.full((H * scale, GAP, 3), 255, np.uint8)
-        rows.append(np.concatenate(sum([[t, gap] for t in tiles], [])[:-1], axis=1))
-    hgap = np.full((GAP, rows[0].shape[1], 3), 255, np.uint8)
-    return np.concatenate(sum([[r, hgap] for r in rows], [])[:-1], axis=0)
+        row = np.concatenate(sum([[t, gap] for t in tiles], [])[:-1], axis=1)
+        hgap = np.full((GAP, row.shape[1], 3), 255, np.uint8)
+        out += [row, hgap]
+    return np.concatenate(out[:-1], axis=0)
 
 
 def save_recon(path, frames: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor, patch_size: int) -> Path:

@@ -11,7 +11,8 @@ import math
 import torch
 
 # Parameters without weight decay besides biases and norms (MAE): positions and learned tokens.
-NO_WEIGHT_DECAY = {"pos_embed", "decoder_pos_embed", "cls_token", "mask_token", "reg_token", "dist_token"}
+NO_WEIGHT_DECAY = {"pos_embed", "decoder_pos_embed", "cls_token", "mask_token", "reg_token", "dist_token",
+                   "pos_space", "pos_time"}
 
 
 def run_lengths(cfg) -> tuple[int, int]:

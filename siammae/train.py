@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from siammae.config import load_config
-from siammae.data import describe, make_loader, resolve_shards
+from siammae.data import check_clip_length, describe, make_loader, resolve_shards
 from siammae.errors import SiammaeError
 from siammae.runfolder import (
     append_metrics,
@@ -166,7 +166,8 @@ def write_recon(accelerator, model, frames_uint8, out_dir: Path, step: int, cfg)
     with torch.random.fork_rng(devices=devices), torch.no_grad(), accelerator.autocast():
         frames = normalize(frames_uint8)
         _, pred, mask = net(frames)
-        recon = to_uint8(net.reconstruct(frames, pred, mask).float())
+        recon, mask = net.reconstruct(frames, pred, mask)  # what the picture shows, and its patch mask
+        recon = to_uint8(recon.float())
     net.train(was_training)
     return save_recon(out_dir / "recon" / f"step_{step:07d}.png", frames_uint8, recon, mask, cfg.model.patch_size)
 
@@ -262,6 +263,7 @@ def train(cfg, on_step=None) -> dict:
     from siammae.monitor import make_monitor, run_monitor
 
     urls = resolve_shards(cfg.data.shards)  # everything that can be wrong fails here, before any work
+    check_clip_length(urls, cfg.data.num_frames)
     monitor = make_monitor(cfg)
     out = Path(cfg.train.output_dir)
     ckpt_root = out / "checkpoints"
@@ -343,7 +345,7 @@ def prepare_model(cfg, accelerator, resume):
 
     # The same seed on every rank for the initial weights, then a rank-specific one for the masks.
     set_seed(cfg.train.seed)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data.num_frames)
     set_seed(cfg.train.seed, device_specific=True)
     model, optimizer = accelerator.prepare(model, make_optimizer(model, cfg))  # not the loader: see siammae.data
     progress = Progress()

@@ -96,6 +96,8 @@ def test_every_packaged_recipe_loads(recipe):
 
 # One value of the right type that each key refuses, as it would be typed on the command line.
 BAD = {
+    "model.method": "dino",
+    "model.tubelet": "0",
     "model.arch": "vit_huge",
     "model.patch_size": "0",
     "model.img_size": "0",

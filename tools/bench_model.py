@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Forward + backward time per frame pair of SiamMAE, SDPA vs plain-math attention, side by side.
+"""Forward + backward time per sample (a frame pair, or a clip for VideoMAE / MAE-ST), SDPA vs
+plain-math attention, side by side.
 
-    python tools/bench_model.py                     # ViT-S/16 at 224, batch 8, current device
+    python tools/bench_model.py                     # SiamMAE ViT-S/16 at 224, batch 8, current device
     python tools/bench_model.py --batch 64 --dtype bf16 model.arch=vit_base
+    python tools/bench_model.py --recipe videomae --batch 2     # a 16-frame clip per sample
 
 Both paths run in the same process on the same weights and inputs, interleaved, so the ratio is
 meaningful on a shared, noisy machine. Also prints the encoder and decoder parameter counts.
@@ -33,17 +35,18 @@ def time_step(model, frames, dtype, device) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="base", help="recipe whose model is timed (base, videomae, maest, ...)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per path (after 1 warm-up)")
     parser.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     parser.add_argument("overrides", nargs="*", help="group.key=value config overrides")
     args = parser.parse_args()
 
-    cfg = load_config(None, args.overrides)
+    cfg = load_config(args.recipe, args.overrides)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     torch.manual_seed(0)
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg.model, cfg.data.num_frames).to(device)
     n_enc = sum(p.numel() for p in model.encoder.parameters())
     n_dec = sum(p.numel() for p in model.decoder.parameters())
     size = cfg.model.img_size
@@ -62,13 +65,16 @@ def main():
     per_pair = {k: sorted(v)[len(v) // 2] / args.batch * 1000 for k, v in times.items()}
     print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} "
           f"({torch.get_num_threads()} threads), dtype {args.dtype}, batch {args.batch}")
-    print(f"model: {cfg.model.arch}/{cfg.model.patch_size} at {size}, encoder {cfg.model.encoder}, "
-          f"decoder {cfg.model.decoder} {cfg.model.decoder_depth}x{cfg.model.decoder_dim}")
+    kind = (f"siammae, encoder {cfg.model.encoder}, decoder {cfg.model.decoder}" if cfg.model.method == "siammae"
+            else f"{cfg.model.method}, clips of {cfg.data.num_frames} frames, tubelet {cfg.model.tubelet}")
+    print(f"model: {cfg.model.arch}/{cfg.model.patch_size} at {size}, {kind}, decoder "
+          f"{cfg.model.decoder_depth}x{cfg.model.decoder_dim}")
     print(f"parameters: encoder {n_enc / 1e6:.2f} M, decoder {n_dec / 1e6:.2f} M")
-    print(f"forward+backward per pair (median of {args.steps}): SDPA {per_pair['sdpa']:.2f} ms | "
+    print(f"forward+backward per sample (median of {args.steps}): SDPA {per_pair['sdpa']:.2f} ms | "
           f"plain math {per_pair['math']:.2f} ms | math/SDPA {per_pair['math'] / per_pair['sdpa']:.2f}x")
-    print(json.dumps({"encoder_params": n_enc, "decoder_params": n_dec, "ms_per_pair_sdpa": per_pair["sdpa"],
-                      "ms_per_pair_math": per_pair["math"], "device": device.type, "dtype": args.dtype}))
+    print(json.dumps({"method": cfg.model.method, "encoder_params": n_enc, "decoder_params": n_dec,
+                      "ms_per_sample_sdpa": per_pair["sdpa"], "ms_per_sample_math": per_pair["math"],
+                      "device": device.type, "dtype": args.dtype}))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Training throughput of one device: pairs/s for SiamMAE ViT-S/16 at 224 (the base recipe's model),
+"""Training throughput of one device: samples/s (frame pairs for SiamMAE, clips for VideoMAE / MAE-ST:
+``--recipe videomae``) for ViT-S/16 at 224 (the base recipe's model by default),
 forward + backward + AdamW step with the trainer's precision rule, on batches already on the device
 (the input pipeline is measured by tools/bench_loader.py). On a GPU, also the model-FLOPs utilisation:
 FLOPs of one step counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention) divided by
@@ -65,7 +66,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, cfg.data.num_frames)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=1e-4, betas=tuple(cfg.optim.betas))
     model, optimizer = accelerator.prepare(model, optimizer)
     size, T = cfg.model.img_size, cfg.data.num_frames
@@ -106,17 +107,19 @@ def main() -> None:
     achieved = flops_per_step * steps / elapsed / 1e12
     peak = args.peak_tflops or peak_tflops(device)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    report = dict(device=name, recipe=args.recipe, arch=cfg.model.arch, patch=cfg.model.patch_size, img=size,
-                  decoder=f"{cfg.model.decoder} {cfg.model.decoder_depth}x{cfg.model.decoder_dim}",
+    report = dict(device=name, recipe=args.recipe, method=cfg.model.method, frames=T, arch=cfg.model.arch, patch=cfg.model.patch_size, img=size,
+                  decoder=f"{cfg.model.decoder if cfg.model.method == 'siammae' else cfg.model.method} "
+                          f"{cfg.model.decoder_depth}x{cfg.model.decoder_dim}",
                   precision=accelerator.mixed_precision, batch=batch, steps=steps,
-                  pairs_per_s=round(pairs_per_s, 2), step_s=round(elapsed / steps, 4),
-                  gflops_per_pair=round(flops_per_step / batch / 1e9, 2), achieved_tflops=round(achieved, 3),
+                  samples_per_s=round(pairs_per_s, 2), step_s=round(elapsed / steps, 4),
+                  gflops_per_sample=round(flops_per_step / batch / 1e9, 2), achieved_tflops=round(achieved, 3),
                   mfu=round(achieved / peak, 4) if peak else None,
                   max_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None)
     if note:
         print(f"note: {note}")
-    print(f"{name}: {pairs_per_s:.1f} pairs/s ({report['step_s']} s per step of {batch}), "
-          f"{report['gflops_per_pair']} GFLOP per pair (fwd+bwd), {achieved:.2f} TFLOP/s"
+    unit = "pairs" if cfg.model.method == "siammae" else f"clips of {T}"
+    print(f"{name}: {pairs_per_s:.1f} {unit}/s ({report['step_s']} s per step of {batch}), "
+          f"{report['gflops_per_sample']} GFLOP per sample (fwd+bwd), {achieved:.2f} TFLOP/s"
           + (f", MFU {report['mfu']:.1%}" if report["mfu"] else ""))
     print(json.dumps(report))
 

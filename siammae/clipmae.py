@@ -1,0 +1,209 @@
+"""Masked autoencoders of whole clips: VideoMAE (Tong et al., NeurIPS 2022) and MAE-ST (Feichtenhofer
+et al., NeurIPS 2022), on the same shards and trainer as SiamMAE.
+
+A sample is a clip of T frames (B, T, 3, H, W), ImageNet-normalised. Both methods cut it into cubes of
+``tubelet`` frames x p x p pixels (a Conv3d with stride = kernel): T' = T / tubelet time slots of
+N = (H/p) * (W/p) positions, L = T' * N tokens in (time, row, column) order. A share of the cubes is
+masked; the encoder, a plain ViT with joint space-time attention, sees only the visible cubes (no mask
+tokens in it); the decoder gets every position ([MASK] where hidden) and predicts each cube's pixels;
+the loss is the MSE over the masked cubes, on per-cube normalised pixels by default.
+
+What each method changes, in one place (:data:`METHODS`):
+
+=================  =================================================  ==========================================
+                   VideoMAE                                            MAE-ST
+=================  =================================================  ==========================================
+masking            ``tube``: one spatial mask for every time slot      ``spacetime``: one draw over all L tokens
+mask ratio         0.9                                                 0.9
+positions          fixed 1-D sinusoid over the L cubes (its code),     learned, separable: space (N) + time (T'),
+                   encoder and decoder                                 encoder and decoder
+decoder (ViT-S)    4 blocks x 192 wide, 3 heads (its ViT-S config)     4 blocks x 512 wide, 16 heads
+=================  =================================================  ==========================================
+
+The encoder has no [CLS] token (neither paper uses one in pre-training).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+from timm.models.vision_transformer import Block
+
+from siammae.layers import sdpa_backend, sincos_pos_embed_1d
+from siammae.masking import MASKINGS, visible_indices
+from siammae.model import Output, gather_tokens
+
+# method -> its position embeddings; masking, ratio and decoder size are recipe keys (recipes/videomae.yaml,
+# recipes/maest.yaml set the papers' values).
+METHODS = {"videomae": "sincos", "maest": "separable"}
+
+
+class Positions(nn.Module):
+    """Position embeddings of the L = T' * N cube tokens -> (1, L, dim): ``sincos`` (fixed, over the
+    flattened index) or ``separable`` (learned space (1, N, dim) + time (1, T', dim))."""
+
+    def __init__(self, kind: str, dim: int, time_slots: int, num_patches: int):
+        super().__init__()
+        self.kind, self.shape = kind, (time_slots, num_patches)
+        if kind == "sincos":
+            table = sincos_pos_embed_1d(dim, time_slots * num_patches).unsqueeze(0)
+            self.pos_table = nn.Parameter(table, requires_grad=False)
+        else:
+            self.pos_space = nn.Parameter(torch.randn(1, num_patches, dim) * 0.02)
+            self.pos_time = nn.Parameter(torch.randn(1, time_slots, dim) * 0.02)
+
+    def forward(self) -> torch.Tensor:
+        if self.kind == "sincos":
+            return self.pos_table
+        T, N = self.shape
+        return (self.pos_time[:, :, None] + self.pos_space[:, None]).reshape(1, T * N, -1)
+
+
+def vit_blocks(dim: int, depth: int, heads: int, drop_path: float = 0.0) -> nn.ModuleList:
+    return nn.ModuleList([Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, drop_path=drop_path * i / max(1, depth - 1),
+                                norm_layer=partial(nn.LayerNorm, eps=1e-6)) for i in range(depth)])
+
+
+class CubeEncoder(nn.Module):
+    """Conv3d cube embedding, positions, ViT blocks with joint space-time attention, final norm.
+
+    clip (B, T, 3, H, W), keep (B, n) indices into the L cubes -> tokens (B, n, dim)."""
+
+    def __init__(self, dim, depth, heads, img_size, patch, tubelet, frames, positions, drop_path=0.0):
+        super().__init__()
+        self.patch, self.tubelet = patch, tubelet
+        self.grid = (img_size // patch, img_size // patch)
+        self.time_slots = frames // tubelet
+        self.embed_dim = dim
+        self.cube_embed = nn.Conv3d(3, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
+        self.pos = Positions(positions, dim, self.time_slots, self.grid[0] * self.grid[1])
+        self.blocks = vit_blocks(dim, depth, heads, drop_path)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def embed(self, clip: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> every cube's token with its position (B, L, dim)."""
+        x = self.cube_embed(clip.transpose(1, 2))  # (B, dim, T', h, w)
+        return x.flatten(2).transpose(1, 2) + self.pos()
+
+    def forward(self, clip: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(clip)
+        if keep is not None:
+            x = gather_tokens(x, keep)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+
+class CubeDecoder(nn.Module):
+    """Visible tokens into a full grid of [MASK] tokens, positions, ViT blocks, norm, pixels of every
+    cube: (B, n, enc_dim) -> (B, L, tubelet * p * p * 3)."""
+
+    def __init__(self, enc_dim, dim, depth, heads, time_slots, num_patches, positions, cube_dim):
+        super().__init__()
+        self.embed = nn.Linear(enc_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = Positions(positions, dim, time_slots, num_patches)
+        self.blocks = vit_blocks(dim, depth, heads)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pred = nn.Linear(dim, cube_dim)
+
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        visible = self.embed(tokens)
+        pos = self.pos()
+        B, L, D = tokens.shape[0], pos.shape[1], visible.shape[-1]
+        x = self.mask_token.to(visible.dtype).expand(B, L, D).clone()
+        x.scatter_(1, keep.unsqueeze(-1).expand(-1, -1, D), visible)
+        x = x + pos
+        for blk in self.blocks:
+            x = blk(x)
+        return self.pred(self.norm(x))
+
+
+class ClipMAE(nn.Module):
+    """VideoMAE or MAE-ST (:data:`METHODS`): one clip in, its masked cubes predicted."""
+
+    def __init__(self, encoder: CubeEncoder, decoder: CubeDecoder, mask_ratio: float, masking: str,
+                 norm_pix_loss: bool = True, sdpa: str = "auto"):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.mask_ratio, self.masking = mask_ratio, MASKINGS[masking]
+        self.norm_pix_loss, self.sdpa = norm_pix_loss, sdpa
+        self.patch_size, self.grid = encoder.patch, encoder.grid
+
+    def cubes(self, clip: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> pixels of each cube (B, L, tubelet * p * p * 3), in token order."""
+        return rearrange(clip, "b (t u) c (h p) (w q) -> b (t h w) (u p q c)", u=self.encoder.tubelet,
+                         p=self.patch_size, q=self.patch_size)
+
+    def target(self, clip: torch.Tensor) -> tuple:
+        """The loss target (B, L, P) and each cube's mean and std (B, L, 1) (0 and 1 on raw pixels)."""
+        cubes = self.cubes(clip)
+        if not self.norm_pix_loss:
+            return cubes, torch.zeros_like(cubes[..., :1]), torch.ones_like(cubes[..., :1])
+        mean = cubes.mean(dim=-1, keepdim=True)
+        std = (cubes.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        return (cubes - mean) / std, mean, std
+
+    def draw_mask(self, B: int, device) -> torch.Tensor:
+        """(B, L) bool, True = masked, from the method's masking over (T', N)."""
+        T, N = self.encoder.time_slots, self.grid[0] * self.grid[1]
+        return self.masking(B, T, N, [self.mask_ratio] * T, device=device).view(B, T * N)
+
+    def forward(self, clip: torch.Tensor, mask: torch.Tensor | None = None) -> Output:
+        """clip (B, T, 3, H, W) normalised; mask (B, L) bool, drawn fresh when None.
+        -> :class:`siammae.model.Output`: loss, pred (B, L, P) for every cube, mask (B, L) (1 = masked)."""
+        mask = self.draw_mask(clip.shape[0], clip.device) if mask is None else mask
+        keep = visible_indices(mask)
+        with sdpa_backend(self.sdpa, clip.device):
+            pred = self.decoder(self.encoder(clip, keep), keep)
+        target, _, _ = self.target(clip)
+        per_cube = ((pred.float() - target) ** 2).mean(dim=-1)
+        loss = (per_cube * mask).sum() / mask.sum()
+        return Output(loss, pred, mask.float())
+
+    @torch.no_grad()
+    def reconstruct(self, clip: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> tuple:
+        """The clip with its masked cubes' pixels predicted (normalisation undone), and each frame's patch
+        mask (a cube's mask on each of its frames), what the pictures show: -> (B, T, 3, H, W), (B, T, N)."""
+        _, mean, std = self.target(clip)
+        cubes = torch.where(mask.bool().unsqueeze(-1), pred.float() * std + mean, self.cubes(clip))
+        h, w, u = *self.grid, self.encoder.tubelet
+        frames = rearrange(cubes, "b (t h w) (u p q c) -> b (t u) c (h p) (w q)", h=h, w=w, u=u,
+                           p=self.patch_size, q=self.patch_size)
+        return frames, mask.view(mask.shape[0], -1, 1, h * w).expand(-1, -1, u, -1).flatten(1, 2)
+
+
+def _init_weights(m: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linear layers (and the cube embedding as one), unit norms."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv3d):
+        nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+
+
+# timm's ViT sizes (width, depth, heads) by the recipe's ``model.arch`` name.
+SIZES = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
+
+
+def build_clip_model(model_cfg, num_frames: int) -> ClipMAE:
+    """The clip model named by ``model_cfg.method`` for clips of ``num_frames`` frames."""
+    positions = METHODS[model_cfg.method]
+    dim, depth, heads = SIZES[model_cfg.arch]
+    encoder = CubeEncoder(dim, depth, heads, model_cfg.img_size, model_cfg.patch_size, model_cfg.tubelet, num_frames,
+                          positions, model_cfg.drop_path)
+    cube_dim = model_cfg.tubelet * model_cfg.patch_size**2 * 3
+    decoder = CubeDecoder(dim, model_cfg.decoder_dim, model_cfg.decoder_depth, model_cfg.decoder_heads,
+                          encoder.time_slots, encoder.grid[0] * encoder.grid[1], positions, cube_dim)
+    model = ClipMAE(encoder, decoder, model_cfg.mask_ratio[0], model_cfg.masking, model_cfg.norm_pix_loss,
+                    model_cfg.sdpa_backend)
+    model.apply(_init_weights)
+    nn.init.normal_(decoder.mask_token, std=0.02)
+    return model

@@ -35,6 +35,9 @@ from siammae.files import write_atomic
 
 COMPLETE = "complete"  # the trainer's marker file inside a finished checkpoint folder
 EXPORT_FORMAT = "siammae-encoder"
+# A clip encoder (VideoMAE, MAE-ST): its CubeEncoder state dict, the run's resolved config as JSON in
+# the metadata ("config"); siammae.clipmae.frame_encoder rebuilds it.
+CLIP_EXPORT_FORMAT = "siammae-clip-encoder"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.bin", "model.pt", "model.pth")
 CONTAINER_KEYS = ("state_dict", "model", "teacher", "module", "encoder")
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile / DDP wrappers
@@ -49,13 +52,14 @@ class CheckpointError(SiammaeError):
 class EncoderInfo:
     """What was loaded, recorded in ``propagation.json`` and in exported metadata."""
 
-    timm_model: str
+    timm_model: str  # a timm model name, or METHOD:ARCH for a clip encoder (frame_input says how it is fed)
     patch_size: int
     img_size: int
     source: str
     weights: Optional[str] = None  # the file the weights came from; None for random init
     step: Optional[int] = None  # training step of a run checkpoint
     config: Optional[object] = field(default=None, repr=False)  # a run's Config, when known
+    frame_input: Optional[str] = None  # a clip encoder ("METHOD:ARCH" above): how a frame is fed to it
 
     def timm_kwargs(self) -> dict:
         return {"num_classes": 0, "patch_size": self.patch_size, "img_size": self.img_size}
@@ -232,9 +236,14 @@ def create_vit(info: EncoderInfo, dynamic: bool = True, empty: bool = True) -> n
 def _from_config(cfg, source: str, weights: Optional[Path], sd: Optional[dict], dynamic: bool):
     from siammae.model import build_encoder, timm_spec
 
-    if cfg.model.method != "siammae":
-        raise CheckpointError(f"{source}: a {cfg.model.method} run's space-time encoder cannot be loaded for "
-                              "propagation or export yet (only siammae runs' frame encoders can)")
+    if cfg.model.method != "siammae":  # a clip encoder, used on single frames
+        from siammae.clipmae import frame_encoder
+
+        model = frame_encoder(cfg, sd)
+        info = EncoderInfo(f"{cfg.model.method}:{cfg.model.arch}", cfg.model.patch_size, cfg.model.img_size, source,
+                           str(weights) if weights else None, checkpoint_step(Path(weights)) if weights else None, cfg,
+                           frame_input=model.frame_input)
+        return model, info
     name, _ = timm_spec(cfg.model)
     info = EncoderInfo(name, cfg.model.patch_size, cfg.model.img_size, source,
                        str(weights) if weights else None, checkpoint_step(Path(weights)) if weights else None, cfg)
@@ -309,6 +318,13 @@ def load_encoder(
         if random_init:
             raise CheckpointError("--random-init goes with a timm model name or a run folder, not a weights file")
         sd, meta = read_weights(file)
+        if meta.get("format") == CLIP_EXPORT_FORMAT:
+            from siammae.config import config_from_mapping
+
+            cfg = config_from_mapping(json.loads(meta["config"]), f"{file} (metadata)")
+            model, info = _from_config(cfg, source, None, sd, dynamic)
+            info.weights = str(file)
+            return model.eval(), info
         if meta.get("format") == EXPORT_FORMAT:
             info = EncoderInfo(meta["timm_model"], int(meta["patch_size"]), int(meta["img_size"]), source, str(file))
             model = create_vit(info, dynamic)
@@ -359,6 +375,11 @@ def export_encoder(model: nn.Module, info: EncoderInfo, out: str | os.PathLike) 
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if info.frame_input:  # a clip encoder: see CLIP_EXPORT_FORMAT
+        sd = {k: v.detach().to("cpu").contiguous() for k, v in model.encoder.state_dict().items()}
+        meta = {"format": CLIP_EXPORT_FORMAT, "config": json.dumps(info.config.to_dict()), "source": info.source}
+        save_file(sd, str(out), metadata=meta)
+        return out
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     kwargs = {k: v for k, v in info.timm_kwargs().items() if k != "num_classes"}
     meta = {

@@ -26,9 +26,11 @@ The encoder has no [CLS] token (neither paper uses one in pre-training).
 from __future__ import annotations
 
 from functools import partial
+from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from einops import rearrange
 from timm.models.vision_transformer import Block
 
@@ -193,17 +195,68 @@ def _init_weights(m: nn.Module) -> None:
 SIZES = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
 
 
+def build_cube_encoder(model_cfg, num_frames: int) -> CubeEncoder:
+    dim, depth, heads = SIZES[model_cfg.arch]
+    return CubeEncoder(dim, depth, heads, model_cfg.img_size, model_cfg.patch_size, model_cfg.tubelet, num_frames,
+                       METHODS[model_cfg.method], model_cfg.drop_path)
+
+
 def build_clip_model(model_cfg, num_frames: int) -> ClipMAE:
     """The clip model named by ``model_cfg.method`` for clips of ``num_frames`` frames."""
-    positions = METHODS[model_cfg.method]
-    dim, depth, heads = SIZES[model_cfg.arch]
-    encoder = CubeEncoder(dim, depth, heads, model_cfg.img_size, model_cfg.patch_size, model_cfg.tubelet, num_frames,
-                          positions, model_cfg.drop_path)
+    encoder = build_cube_encoder(model_cfg, num_frames)
     cube_dim = model_cfg.tubelet * model_cfg.patch_size**2 * 3
-    decoder = CubeDecoder(dim, model_cfg.decoder_dim, model_cfg.decoder_depth, model_cfg.decoder_heads,
-                          encoder.time_slots, encoder.grid[0] * encoder.grid[1], positions, cube_dim)
+    decoder = CubeDecoder(encoder.embed_dim, model_cfg.decoder_dim, model_cfg.decoder_depth, model_cfg.decoder_heads,
+                          encoder.time_slots, encoder.grid[0] * encoder.grid[1], METHODS[model_cfg.method], cube_dim)
     model = ClipMAE(encoder, decoder, model_cfg.mask_ratio[0], model_cfg.masking, model_cfg.norm_pix_loss,
                     model_cfg.sdpa_backend)
     model.apply(_init_weights)
     nn.init.normal_(decoder.mask_token, std=0.02)
     return model
+
+
+# ----------------------------------------------------------------------------- frames for propagation
+
+
+class FrameEncoder(nn.Module):
+    """A clip encoder used on single frames, the way the SiamMAE paper compares clip methods with
+    frame methods: each frame is a clip of ``tubelet`` copies of itself (one time slot), with the first
+    time slot's positions resampled (bicubic) to the frame's patch grid. It offers what label
+    propagation uses of a timm ViT: ``patch_embed.patch_size``, ``num_prefix_tokens`` (0),
+    ``embed_dim`` and ``forward_features``: (B, 3, H, W) -> (B, h * w, D)."""
+
+    num_prefix_tokens = 0
+
+    def __init__(self, encoder: CubeEncoder):
+        super().__init__()
+        self.encoder = encoder
+        self.embed_dim = encoder.embed_dim
+        self.patch_embed = SimpleNamespace(patch_size=(encoder.patch, encoder.patch))
+
+    @property
+    def frame_input(self) -> str:
+        return f"each frame as a clip of {self.encoder.tubelet} copies of itself; the first time slot's positions"
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        enc = self.encoder
+        tokens = enc.cube_embed(x.unsqueeze(2).expand(-1, -1, enc.tubelet, -1, -1)).flatten(2).transpose(1, 2)
+        grid = (x.shape[-2] // enc.patch, x.shape[-1] // enc.patch)
+        pos = enc.pos()[:, : enc.grid[0] * enc.grid[1]]  # time slot 0
+        if grid != enc.grid:
+            pos = pos.reshape(1, *enc.grid, -1).permute(0, 3, 1, 2)
+            pos = F.interpolate(pos, size=grid, mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+        x = tokens + pos
+        for blk in enc.blocks:
+            x = blk(x)
+        return enc.norm(x)
+
+
+def frame_encoder(cfg, state_dict: dict | None) -> FrameEncoder:
+    """The encoder of a clip run (its resolved config ``cfg``) for single frames, with ``state_dict``
+    (the encoder's keys, ``encoder.`` stripped) loaded strictly; None keeps the run's initialisation."""
+    from siammae.checkpoint import load_strict
+
+    if state_dict is None:
+        return FrameEncoder(build_clip_model(cfg.model, cfg.data.num_frames).encoder).eval()
+    encoder = build_cube_encoder(cfg.model, cfg.data.num_frames)
+    load_strict(encoder, state_dict, f"the {cfg.model.method} encoder")
+    return FrameEncoder(encoder).eval()

@@ -259,8 +259,6 @@ CROSS_RULES = [
     (("model.mask_ratio", "model.img_size", "model.patch_size"),
      lambda ratios, size, p: _visible((size // p) ** 2, ratios[-1]) < (size // p) ** 2,
      "the last frame must mask at least one patch (the loss is over the masked ones; a clip method: the clip)"),
-    (("model.method", "eval.davis"), lambda method, davis: method == "siammae" or not davis,
-     "eval.davis (J&F during training) needs a frame encoder: siammae runs only so far"),
     (("train.global_batch_size", "train.grad_accum"), lambda batch, accum: batch % accum == 0,
      "train.global_batch_size must be divisible by train.grad_accum"),
     (("train.samples", "train.epochs"), lambda samples, epochs: samples > 0 or epochs > 0,
@@ -458,7 +456,13 @@ def dump_config(cfg: Config, path: str | Path) -> None:
 
 def read_config(path: str | Path) -> Config:
     """Read a resolved config (``config.yaml`` in a run folder) strictly."""
+    return config_from_mapping(_read_yaml(Path(path)), str(path))
+
+
+def config_from_mapping(mapping: dict, source: str) -> Config:
+    """A resolved config given as a mapping (``Config.to_dict()``, e.g. kept in an exported file's
+    metadata), checked as strictly as a recipe; ``source`` names it in errors."""
     cfg, sources = Config(), {}
-    _apply_mapping(cfg, _read_yaml(Path(path)), str(path), sources)
+    _apply_mapping(cfg, mapping, source, sources)
     validate(cfg, sources)
     return cfg

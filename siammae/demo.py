@@ -54,6 +54,13 @@ class DemoSize:
     warmup_steps: int = 20
     overlays: int = 3  # frames in each sequence's overlay strip
     seed: int = 0
+    # siammae (frame pairs, the tiny recipe), or a clip method (videomae, maest: its _tiny recipe, clips
+    # of 4 frames whose first-to-last gap is 3 x ``gap``, the same spacing between neighbours).
+    method: str = "siammae"
+
+    @property
+    def recipe(self) -> str:
+        return "tiny" if self.method == "siammae" else f"{self.method}_tiny"
 
 
 # The demo on real videos (``siammae demo --videos DIR``): DAVIS-like frames, propagated at short side
@@ -102,6 +109,7 @@ def run_demo(out, size: DemoSize = DemoSize(), log: Callable[[str], None] = prin
     timings["total"] = time.time() - started
 
     report = {
+        "method": size.method,
         "data": "synthetic" if videos_dir is None else dict(videos=str(videos_dir), hard=hard),
         "results": results,
         "seconds": {k: round(v, 1) for k, v in timings.items()},
@@ -142,7 +150,7 @@ def _shard_stage(videos: Path, shards: Path, size: DemoSize, synthetic: bool, lo
     from siammae.shard.samples import EncodeSpec
     from siammae.shard.sampling import SampleSpec
 
-    _stage(log, 2, "shard the videos into WebDataset shards of frame pairs")
+    _stage(log, 2, "shard the videos into WebDataset shards of frame pairs (clips for a clip method)")
     # Synthetic frames keep their size (short side = the videos'), so crops of the 64-px recipe see
     # whole objects; real ones are stored 256 px on the short side, as for Kinetics.
     # Synthetic gaps of 1-4 frames, not the paper's 4-48: the synthetic objects move up to 4 px and turn
@@ -150,11 +158,15 @@ def _shard_stage(videos: Path, shards: Path, size: DemoSize, synthetic: bool, lo
     # copied in place predicted f2 worse than f2's mean colour (MSE 1.02 vs 0.68), so there was no
     # correspondence to learn in minutes and the trained encoder only tied the random one (J&F 47.5
     # vs 46.6); at 1-4 frames (0.20 vs 0.71) it scored 52.5 after 300 steps, 54.4 after 600.
+    from siammae.config import load_config
+
+    frames = load_config(size.recipe).data.num_frames
     encode = EncodeSpec(short_side=min(size.video_size)) if synthetic else EncodeSpec()
-    config = ShardConfig(sample=SampleSpec(per_video=size.pairs_per_video, gap=size.gap), encode=encode,
+    gap = tuple(g * (frames - 1) for g in size.gap)
+    config = ShardConfig(sample=SampleSpec(frames=frames, per_video=size.pairs_per_video, gap=gap), encode=encode,
                          seed=size.seed)
     stats = shard(videos, shards, config, workers=2, progress=progress, log=log)
-    log(f"    {stats['samples']} pairs in {stats['shards']} shards")
+    log(f"    {stats['samples']} samples of {frames} frames in {stats['shards']} shards")
 
 
 def _davis_stage(videos: Path, davis: Path, size: DemoSize, synthetic: bool, hard: bool, log) -> Path:
@@ -179,9 +191,9 @@ def _train_stage(out: Path, davis: Path, size: DemoSize, log):
     from siammae.config import load_config
     from siammae.train import train
 
-    _stage(log, 4, f"train the tiny recipe for {size.steps} steps of {size.batch} pairs (CPU), "
+    _stage(log, 4, f"train the {size.recipe} recipe for {size.steps} steps of {size.batch} samples (CPU), "
                    f"J&F on {size.eval_sequences} sequences every {size.eval_every} steps")
-    cfg = load_config("tiny", [
+    cfg = load_config(size.recipe, [
         f"data.shards={out / 'shards'}",
         f"train.output_dir={out / 'run'}",
         f"train.samples={size.steps * size.batch}",

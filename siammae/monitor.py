@@ -44,7 +44,9 @@ class DavisMonitor:
         self.every = e.every or cfg.train.save_every
         self.protocol = choose_protocol(run_eval=e, short_side=e.size or None)
         self.work = Path(out_dir) / "eval"
-        self.info = EncoderInfo(timm_spec(cfg.model)[0], cfg.model.patch_size, cfg.model.img_size, "training")
+        # A clip method's encoder is evaluated per frame (siammae.clipmae.FrameEncoder); no timm ViT then.
+        self.info = (EncoderInfo(timm_spec(cfg.model)[0], cfg.model.patch_size, cfg.model.img_size, "training")
+                     if cfg.model.method == "siammae" else None)
 
     def due(self, step: int, total: int) -> bool:
         return step == 0 or step % self.every == 0 or step == total
@@ -59,6 +61,12 @@ class DavisMonitor:
         random initialisation here would draw from, and so change, the training's random stream."""
         from siammae.checkpoint import create_vit, load_strict
 
+        if self.info is None:  # a clip encoder: a copy of it, fed frames as clips of copies
+            import copy
+
+            from siammae.clipmae import FrameEncoder
+
+            return FrameEncoder(copy.deepcopy(encoder))
         vit = create_vit(self.info, dynamic=True)
         load_strict(vit, {k: v.detach().clone() for k, v in encoder.state_dict().items()}, "the training encoder")
         return vit

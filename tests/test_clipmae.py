@@ -119,7 +119,6 @@ def test_a_few_steps_reduce_the_loss(method):
 @pytest.mark.parametrize("overrides, message", [
     (["model.mask_ratio=[0.0, 0.9]"], "one ratio for the whole clip"),
     (["data.num_frames=5"], "multiple of model.tubelet"),
-    (["eval.davis=somewhere"], "siammae runs only"),
 ])
 def test_clip_recipes_refuse_what_does_not_fit(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -163,11 +162,11 @@ def test_clip_shards_hold_four_frames_in_time_order(clip_shards):
     assert len(frames) == 4 and frames == sorted(frames) and 6 <= frames[-1] - frames[0] <= 12
 
 
-def train_tiny(method, shards, out, record, exit_at=0):
+def train_tiny(method, shards, out, record, exit_at=0, samples=96, *extra):
     return run([str(REPO / "tests" / "train_fixtures.py"), str(record), str(exit_at), f"{method}_tiny",
                 f"data.shards={shards}", f"train.output_dir={out}", "model.img_size=32", "data.shuffle_buffer=16",
-                "train.global_batch_size=8", "train.samples=96", "train.save_every=6", "train.log_every=1",
-                "train.recon_every=12", "optim.warmup_samples=16", "train.tensorboard=false"])
+                "train.global_batch_size=8", f"train.samples={samples}", "train.save_every=6", "train.log_every=1",
+                "train.recon_every=12", "optim.warmup_samples=16", "train.tensorboard=false", *extra])
 
 
 @pytest.mark.parametrize("method", ["videomae", "maest"])
@@ -196,3 +195,51 @@ def test_a_clip_recipe_on_pair_shards_is_one_line_before_training(tmp_path):
     assert proc.returncode == 2
     assert "data.num_frames=4, but the samples of" in proc.stderr and "hold 2 frames" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("method", ["videomae", "maest"])
+def test_a_clip_encoder_exports_loads_and_propagates_frames(method, clip_shards, tmp_path):
+    from click.testing import CliRunner
+    from test_propagate import moving_object_video, write_sequence
+
+    from siammae.checkpoint import load_encoder
+    from siammae.cli.export import export
+    from siammae.cli.propagate import propagate
+
+    frames, labels = moving_object_video(__import__("numpy").random.default_rng(0), T=4, H=48, W=64, S=16)
+    write_sequence(tmp_path / "davis", "a", frames, labels)
+    run_dir = tmp_path / "run"
+    # J&F is tracked during training too (the monitor feeds the clip encoder frames the same way).
+    proc = train_tiny(method, clip_shards, run_dir, tmp_path / "rec", 0, 16, f"eval.davis={tmp_path / 'davis'}",
+                      "eval.size=48")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals if "eval_jf" in r] == [0, 2] and not any("eval_error" in r for r in evals)
+    frame_encoder, info = load_encoder(run_dir)
+    assert info.timm_model == f"{method}:vit_tiny" and "2 copies" in info.frame_input
+    # At the training size a frame's tokens are the trained encoder's on a clip of two copies of it.
+    model = build_model(load_config(run_dir / "config.yaml").model, 4)
+    model.load_state_dict(load_file(run_dir / "checkpoints" / "checkpoint_2" / "model.safetensors"))
+    frame = torch.randn(1, 3, 32, 32)
+    clip = frame[:, None].expand(-1, 2, -1, -1, -1)  # one time slot, with the positions of slot 0
+    with torch.no_grad():
+        enc = model.encoder
+        x = enc.cube_embed(clip.transpose(1, 2)).flatten(2).transpose(1, 2) + enc.pos()[:, :16]
+        for blk in enc.blocks:
+            x = blk(x)
+        want = enc.norm(x)
+        assert torch.allclose(frame_encoder.forward_features(frame), want, atol=1e-5)
+        # Exported and loaded back: the same features, at another size too (positions resampled).
+        out = tmp_path / "enc.safetensors"
+        r = CliRunner().invoke(export, ["--checkpoint", str(run_dir), "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        again, _ = load_encoder(out)
+        big = torch.randn(1, 3, 48, 64)
+        assert again.forward_features(big).shape == (1, 48, frame_encoder.embed_dim)
+        assert torch.allclose(again.forward_features(big), frame_encoder.forward_features(big), atol=1e-6)
+
+    r = CliRunner().invoke(propagate, ["--davis", str(tmp_path / "davis"), "--checkpoint", str(out), "--size", "0",
+                                       "--out", str(tmp_path / "prop"), "--quiet", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    record = json.loads((tmp_path / "prop" / "propagation.json").read_text())
+    assert record["encoder"]["frame_input"] == info.frame_input and "J&F-Mean" in r.output

@@ -128,3 +128,17 @@ def test_cli_runs_the_demo_on_a_folder_of_real_videos(tmp_path):
     assert [r["step"] for r in evals if "eval_jf" in r] == [0, 2]
     r = CliRunner().invoke(demo, ["--out", str(tmp_path / "e"), "--hard"])
     assert r.exit_code == 2 and "--hard needs --videos" in r.output
+
+
+def test_cli_runs_the_shortened_demo_of_a_clip_method(tmp_path):
+    from siammae.cli.demo import demo
+
+    args = ["--out", str(tmp_path / "d"), "--steps", "2", "--batch", "4", "--num-videos", "3", "--video-frames", "20",
+            "--video-size", "64x80", "--sequences", "1", "--sequence-frames", "4", "--sequence-size", "48x64",
+            "--quiet", "--method", "maest"]
+    result = CliRunner().invoke(demo, args)
+    assert result.exit_code == 0, result.output
+    assert "J&F-Mean" in result.output and "maest_tiny" in result.output
+    report = json.loads((tmp_path / "d" / "demo.json").read_text())
+    assert report["method"] == "maest" and set(report["results"]) == {"trained", "random"}
+    assert result.output.strip().splitlines()[-1].startswith("maest: trained vs random as measured above")

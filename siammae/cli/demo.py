@@ -35,10 +35,13 @@ from siammae.cli.synth import SizeType
 @click.option("--sequence-size", default="96x160", show_default=True, type=SizeType(),
               help="Validation frame size (propagated at this size).")
 @click.option("--seed", default=0, show_default=True, help="Seed of every generator and of training.")
+@click.option("--method", type=click.Choice(["siammae", "videomae", "maest"]), default="siammae", show_default=True,
+              help="What to pre-train: SiamMAE on frame pairs (the tiny recipe), or VideoMAE / MAE-ST on clips "
+                   "of 4 frames (videomae_tiny, maest_tiny); the same data, evaluation and comparison.")
 @click.option("--quiet", is_flag=True, help="No progress bars for the data and propagation stages "
               "(the trainer keeps its bar).")
 def demo(out, steps, batch, videos_dir, hard, num_videos, video_frames, pairs_per_video, gap, video_size, sequences, sequence_frames,
-         sequence_size, seed, quiet):
+         sequence_size, seed, method, quiet):
     """Make synthetic videos (or take yours: --videos DIR), shard them, make a DAVIS-2017-format set,
     pre-train the tiny recipe on the CPU while tracking J&F, and compare J&F of the trained encoder
     against a random one.
@@ -56,13 +59,16 @@ def demo(out, steps, batch, videos_dir, hard, num_videos, video_frames, pairs_pe
         raise click.UsageError("--hard needs --videos DIR")
     given = dict(steps=steps, batch=batch, videos=num_videos, video_frames=video_frames,
                  pairs_per_video=pairs_per_video, gap=gap, video_size=video_size, sequences=sequences,
-                 sequence_frames=sequence_frames, sequence_size=sequence_size, seed=seed)
+                 sequence_frames=sequence_frames, sequence_size=sequence_size, seed=seed, method=method)
     source = click.get_current_context().get_parameter_source
     names = dict(videos="num_videos")
     base = DemoSize() if videos_dir is None else REAL
     size = dataclasses.replace(base, **{k: v for k, v in given.items()
                                         if source(names.get(k, k)).name != "DEFAULT"})
     report = run_demo(out, size, progress=not quiet, videos_dir=videos_dir, hard=hard)
+    if method != "siammae":  # the check is of the pipeline with SiamMAE; other methods are only measured
+        click.echo(f"\n{method}: trained vs random as measured above (no pass/fail check for this method)")
+        return
     message = verdict(report["results"])
     if message:
         # Every output is written by now, so a failing check still leaves everything to look at.

@@ -19,7 +19,10 @@ def export(checkpoint, weights, weights_prefix, out):
         vit = timm.create_model(meta["timm_model"], num_classes=0, **json.loads(meta["timm_kwargs"]))
         vit.load_state_dict(safetensors.torch.load_file(OUT), strict=True)
     (for patch 16 at 224: simply timm.create_model(name, num_classes=0)). It is also a valid
-    --checkpoint for `siammae propagate`.
+    --checkpoint for `siammae propagate`. A VideoMAE / MAE-ST run's space-time encoder, which timm has no
+    architecture for, is written as its own state dict with the run's resolved config as JSON in the
+    metadata ("format": "siammae-clip-encoder"); `siammae propagate` loads it and feeds each frame as a
+    clip of tubelet copies.
     """
     from siammae.checkpoint import export_encoder, load_encoder
 
@@ -28,5 +31,9 @@ def export(checkpoint, weights, weights_prefix, out):
     encoder, info = load_encoder(checkpoint, weights=weights, prefix=weights_prefix)
     path = export_encoder(encoder, info, out)
     n = sum(p.numel() for p in encoder.parameters())
+    if info.frame_input:
+        click.echo(f"wrote {path}: the {info.timm_model} clip encoder (siammae layout: its weights, the run's "
+                   f"config in the metadata), {n / 1e6:.1f}M parameters, from {info.source}")
+        return
     kwargs = {k: v for k, v in info.timm_kwargs().items() if k != "num_classes"}
     click.echo(f"wrote {path}: {info.timm_model} {kwargs}, {n / 1e6:.1f}M parameters, from {info.source}")

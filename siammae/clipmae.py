@@ -8,7 +8,8 @@ masked; the encoder, a plain ViT with joint space-time attention, sees only the 
 tokens in it); the decoder gets every position ([MASK] where hidden) and predicts each cube's pixels;
 the loss is the MSE over the masked cubes, on per-cube normalised pixels by default.
 
-What each method changes, in one place (:data:`METHODS`):
+What each method changes, in one place (positions are :data:`METHODS`; masking, ratio and decoder
+are recipe keys, set so in ``recipes/videomae.yaml`` and ``recipes/maest.yaml``):
 
 =================  =================================================  ==========================================
                    VideoMAE                                            MAE-ST
@@ -20,7 +21,8 @@ positions          fixed 1-D sinusoid over the L cubes (its code),     learned, 
 decoder (ViT-S)    4 blocks x 192 wide, 3 heads (its ViT-S config)     4 blocks x 512 wide, 16 heads
 =================  =================================================  ==========================================
 
-The encoder has no [CLS] token (neither paper uses one in pre-training).
+The encoder has no [CLS] token (neither paper uses one in pre-training). :class:`FrameEncoder` uses a
+trained encoder on single frames, for label propagation.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from timm.models.vision_transformer import Block
 
 from siammae.layers import sdpa_backend, sincos_pos_embed_1d
 from siammae.masking import MASKINGS, visible_indices
-from siammae.model import Output, gather_tokens
+from siammae.model import Output, gather_tokens, init_weights
 
 # method -> its position embeddings; masking, ratio and decoder size are recipe keys (recipes/videomae.yaml,
 # recipes/maest.yaml set the papers' values).
@@ -180,19 +180,6 @@ class ClipMAE(nn.Module):
         return frames, mask.view(mask.shape[0], -1, 1, h * w).expand(-1, -1, u, -1).flatten(1, 2)
 
 
-def _init_weights(m: nn.Module) -> None:
-    """MAE's initialisation: xavier-uniform linear layers (and the cube embedding as one), unit norms."""
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv3d):
-        nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
-
-
 # timm's ViT sizes (width, depth, heads) by the recipe's ``model.arch`` name.
 SIZES = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12), "vit_large": (1024, 24, 16)}
 
@@ -211,7 +198,9 @@ def build_clip_model(model_cfg, num_frames: int) -> ClipMAE:
                           encoder.time_slots, encoder.grid[0] * encoder.grid[1], METHODS[model_cfg.method], cube_dim)
     model = ClipMAE(encoder, decoder, model_cfg.mask_ratio[0], model_cfg.masking, model_cfg.norm_pix_loss,
                     model_cfg.sdpa_backend)
-    model.apply(_init_weights)
+    model.apply(init_weights)  # MAE's, and the cube embedding initialised as a linear layer
+    w = encoder.cube_embed.weight
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
     nn.init.normal_(decoder.mask_token, std=0.02)
     return model
 

@@ -280,8 +280,8 @@ class JointEncoderMAE(SiamMAE):
         return list(out.split([k.shape[1] for k in keeps], dim=1))
 
 
-def _init_weights(m: nn.Module) -> None:
-    """MAE's initialisation: xavier-uniform linear layers, unit LayerNorms."""
+def init_weights(m: nn.Module) -> None:
+    """MAE's initialisation (``model.apply``): xavier-uniform linear layers, unit LayerNorms."""
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)
         if m.bias is not None:
@@ -292,7 +292,7 @@ def _init_weights(m: nn.Module) -> None:
 
 
 def _init_model(model: nn.Module) -> nn.Module:
-    model.apply(_init_weights)
+    model.apply(init_weights)
     for vit in {model.encoder, getattr(model, "encoder_f2", model.encoder)}:
         w = vit.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a linear layer, not a conv

@@ -116,6 +116,16 @@ def test_a_few_steps_reduce_the_loss(method):
     assert sum(losses[-3:]) < sum(losses[:3]), losses
 
 
+@pytest.mark.parametrize("method", ["videomae", "maest"])
+def test_clip_models_train_under_bf16_autocast(method):
+    model = clip_model(method)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 4, 3, 32, 32))
+    assert torch.isfinite(out.loss) and out.pred.dtype == torch.bfloat16
+    out.loss.backward()
+    assert model.decoder.mask_token.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["model.mask_ratio=[0.0, 0.9]"], "one ratio for the whole clip"),
     (["data.num_frames=5"], "multiple of model.tubelet"),

@@ -250,8 +250,9 @@ CROSS_RULES = [
     (("model.method", "data.num_frames", "model.tubelet"),
      lambda method, frames, tubelet: method == "siammae" or frames % tubelet == 0,
      "data.num_frames must be a multiple of model.tubelet (frames per cube)"),
-    (("model.masking", "model.mask_ratio"), lambda masking, ratios: masking != "spacetime" or len(set(ratios)) == 1,
-     "model.masking=spacetime draws over the whole clip: it needs the same ratio for every frame"),
+    (("model.masking", "model.method"), lambda masking, method: masking != "spacetime" or method != "siammae",
+     "model.masking=spacetime draws over the whole clip (a frame's share varies): for videomae / maest, not "
+     "siammae, whose frames are encoded one by one"),
     (("model.method", "model.mask_ratio", "model.img_size", "model.patch_size"),
      lambda method, ratios, size, p: method != "siammae" or all(_visible((size // p) ** 2, r) >= 1 for r in ratios[:-1]),
      "every context frame (all but the last) must keep at least one of its (img_size / patch_size)^2 "

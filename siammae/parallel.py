@@ -10,7 +10,6 @@ the ones a single process writes; only the timings differ.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,17 +80,14 @@ def launched_processes():
     return PartialState()
 
 
-def merge_parts(state, out_dir: Path, timings: dict, names: List[str]) -> Optional[dict]:
-    """Every process writes its timings as ``out_dir/.timing-<rank>.json``; after all are done the
-    main process reads them back in the order of ``names`` (and removes the parts), the others get None."""
-    part = Path(out_dir) / f".timing-{state.process_index}.json"
-    part.write_text(json.dumps(timings))
-    state.wait_for_everyone()
+def merge_parts(state, timings: dict, names: List[str]) -> Optional[dict]:
+    """Every launched process's timings gathered (``accelerate.utils.gather_object``); the main process
+    gets them in the order of ``names``, the others None."""
+    from accelerate.utils import gather_object
+
+    merged = {}
+    for part in gather_object([timings]):
+        merged.update(part)
     if not state.is_main_process:
         return None
-    merged = {}
-    for rank in range(state.num_processes):
-        path = Path(out_dir) / f".timing-{rank}.json"
-        merged.update(json.loads(path.read_text()))
-        path.unlink()
     return {name: merged[name] for name in names}

@@ -47,14 +47,12 @@ def recon_grid(frames: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor, pa
         else:
             rows += [list(frames[b]), [masked_frame(f, m, patch_size) for f, m in zip(frames[b], mask[b])],
                      list(recon[b])]
-    hgap = None
+    gap = np.full((H * scale, GAP, 3), 255, np.uint8)
     out = []
     for tiles in rows:
         tiles = [t.permute(1, 2, 0).numpy().repeat(scale, 0).repeat(scale, 1) for t in tiles]
-        gap = np.full((H * scale, GAP, 3), 255, np.uint8)
         row = np.concatenate(sum([[t, gap] for t in tiles], [])[:-1], axis=1)
-        hgap = np.full((GAP, row.shape[1], 3), 255, np.uint8)
-        out += [row, hgap]
+        out += [row, np.full((GAP, row.shape[1], 3), 255, np.uint8)]
     return np.concatenate(out[:-1], axis=0)
 
 

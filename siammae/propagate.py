@@ -450,15 +450,20 @@ def propagate(
         features="last block after final norm, prefix tokens dropped, L2-normalised",
         **(settings or {}),
     )
+    start = time.perf_counter()
     if state is not None:  # this process's share; the main process gathers the others' timings
         mine = seqs[state.process_index :: state.num_processes]
         timings = propagate_in_workers(job, mine, workers, progress and state.is_main_process)
-        timings = merge_parts(state, out_dir, timings, [s.name for s in seqs])
+        timings = merge_parts(state, timings, [s.name for s in seqs])
         if timings is None:
             return None
     else:
         timings = propagate_in_workers(job, seqs, workers, progress)
-    record["timing"] = dict(total_timing(timings), per_sequence=timings)
+    # Wall time: with several workers or processes the sequences' own times overlap.
+    total = total_timing(timings)
+    wall = time.perf_counter() - start
+    total.update(seconds=round(wall, 3), fps=round(total["frames"] / max(wall, 1e-9), 3))
+    record["timing"] = dict(total, per_sequence=timings)
     write_atomic(out_dir / "propagation.json", json.dumps(record, indent=2) + "\n")
     return record
 

@@ -38,7 +38,7 @@ from timm.models.vision_transformer import Block
 
 from siammae.layers import sdpa_backend, sincos_pos_embed_1d
 from siammae.masking import MASKINGS, visible_indices
-from siammae.model import Output, gather_tokens, init_weights
+from siammae.model import Output, gather_tokens, init_weights, normalized_target
 
 # method -> its position embeddings; masking, ratio and decoder size are recipe keys (recipes/videomae.yaml,
 # recipes/maest.yaml set the papers' values).
@@ -144,12 +144,7 @@ class ClipMAE(nn.Module):
 
     def target(self, clip: torch.Tensor) -> tuple:
         """The loss target (B, L, P) and each cube's mean and std (B, L, 1) (0 and 1 on raw pixels)."""
-        cubes = self.cubes(clip)
-        if not self.norm_pix_loss:
-            return cubes, torch.zeros_like(cubes[..., :1]), torch.ones_like(cubes[..., :1])
-        mean = cubes.mean(dim=-1, keepdim=True)
-        std = (cubes.var(dim=-1, keepdim=True) + 1e-6).sqrt()
-        return (cubes - mean) / std, mean, std
+        return normalized_target(self.cubes(clip), self.norm_pix_loss)
 
     def draw_mask(self, B: int, device) -> torch.Tensor:
         """(B, L) bool, True = masked, from the method's masking over (T', N)."""

@@ -59,6 +59,17 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def normalized_target(pixels: torch.Tensor, normalize: bool) -> tuple:
+    """MAE's loss target: pixels (B, L, P) of each patch (or cube) -> (target, mean, std), the target
+    normalised per patch when ``normalize`` (std with 1e-6 added to the variance), else the pixels with
+    mean 0 and std 1 (B, L, 1)."""
+    if not normalize:
+        return pixels, torch.zeros_like(pixels[..., :1]), torch.ones_like(pixels[..., :1])
+    mean = pixels.mean(dim=-1, keepdim=True)
+    std = (pixels.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+    return (pixels - mean) / std, mean, std
+
+
 # ----------------------------------------------------------------------------- encoder
 
 
@@ -215,12 +226,7 @@ class SiamMAE(nn.Module):
     def target_patches(self, img: torch.Tensor) -> tuple:
         """The loss target: (B, 3, H, W) -> patches (B, N, p*p*3), and their mean and std (B, N, 1)
         when the loss is on per-patch normalised pixels (else 0 and 1)."""
-        patches = patchify(img, self.patch_size)
-        if not self.norm_pix_loss:
-            return patches, torch.zeros_like(patches[..., :1]), torch.ones_like(patches[..., :1])
-        mean = patches.mean(dim=-1, keepdim=True)
-        std = (patches.var(dim=-1, keepdim=True) + 1e-6).sqrt()
-        return (patches - mean) / std, mean, std
+        return normalized_target(patchify(img, self.patch_size), self.norm_pix_loss)
 
     def loss(self, frames: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """MSE over the masked patches of the last frame only. pred (B, N, p*p*3), mask (B, N)."""

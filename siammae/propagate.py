@@ -304,9 +304,10 @@ def propagate_video(
     propagator, frame_size = None, None
     start = time.perf_counter()
     bar = tqdm(total=T, desc=name, unit="frame", dynamic_ncols=True, disable=not progress, leave=False)
-    batch_size = batch_size or extractor.batch_frames(*read_frame(frame_paths[0]).shape[:2])
+    first = read_frame(frame_paths[0])  # decoded once: it also sizes the batches
+    batch_size = batch_size or extractor.batch_frames(*first.shape[:2])
     for b0 in range(0, T, batch_size):
-        frames = [read_frame(p) for p in frame_paths[b0 : b0 + batch_size]]
+        frames = [first if t == 0 else read_frame(p) for t, p in enumerate(frame_paths[b0 : b0 + batch_size], b0)]
         frame_size = frame_size or frames[0].shape[:2]
         if any(f.shape[:2] != frame_size for f in frames):
             raise VideoError(f"video '{name}': frames differ in size from frame 0 ({frame_size[1]}x{frame_size[0]})")

@@ -8,12 +8,14 @@ labels.
 
 The affinity is computed only where it can matter: the target grid is cut into tiles, and a tile's
 tokens are compared with the context tokens inside the rectangle its windows can reach (the tile
-grown by the radius), the exact window (disk or square) masking the rest of the rectangle. This
-gives the same top-k, weights and labels as the dense (N x C*N) similarity masked afterwards (the
-tests compare both in fp32: bit for bit on DAVIS-sized grids; on tiny grids BLAS may round a tile
-of a few rows differently, by 1 ulp), with memory bounded by a tile rather than by the frame: a
-tile's similarity is (tile x C x rectangle), never (N x C x N). With a window much smaller than the
-grid it also skips most of the multiplications (DINO's radius 12 on a 30 x 52 grid: about half).
+grown by the radius), the exact window (disk or square) masking the rest of the rectangle. The
+context frames are visited one at a time with a running top-k, so what is held at once is one tile
+against one frame's rectangle (tile x rectangle), never (N x C*N), nor a stacked copy of the queue.
+This gives the same top-k, weights and labels as the dense similarity masked afterwards (the tests
+compare both in fp32: bit for bit on DAVIS-sized grids; on tiny grids BLAS may round a tile of a
+few rows differently, by 1 ulp; an exact tie between candidates with different labels may be broken
+the other way). With a window much smaller than the grid it also skips most of the multiplications
+(DINO's radius 12 on a 30 x 52 grid: about half).
 """
 
 from __future__ import annotations
@@ -101,32 +103,40 @@ class LabelPropagator:
         """Target tokens (N, D) -> soft labels (L, N), fp32; the result joins the queue."""
         feats = feats.float()
         h, w = self.grid
-        ctx = self.context()
-        keys = torch.stack([f for f, _ in ctx]).view(len(ctx), h, w, -1)  # (C, h, w, D)
-        labels = torch.stack([lab.T for _, lab in ctx]).view(len(ctx), h, w, -1)  # (C, h, w, L)
         # Frames [split:] are restricted to the window; frame 0 is whole unless the window applies to it.
         split = 0 if self.p.window_on_first or self.p.radius <= 0 else 1
+        context = [(f.view(h, w, -1), lab.T.view(h, w, -1), c >= split) for c, (f, lab) in enumerate(self.context())]
         queries = feats.view(h, w, -1)
-        out = torch.empty(h, w, labels.shape[-1], device=feats.device)
+        out = torch.empty(h, w, context[0][1].shape[-1], device=feats.device)
         for tile in self.tiles:
-            q = queries[tile.rows, tile.cols].reshape(-1, keys.shape[-1])  # (T, D)
-            sims, labs = [], []
-            if split:
-                sims.append(q @ keys[0].view(h * w, -1).T)  # (T, N)
-                labs.append(labels[0].view(h * w, -1))
-            if len(ctx) > split:
-                rect = keys[split:, tile.rect_rows, tile.rect_cols].reshape(-1, keys.shape[-1])  # (C' * R, D)
-                sim = (q @ rect.T).view(q.shape[0], len(ctx) - split, -1)  # (T, C', R)
-                if tile.mask is not None:
-                    sim.masked_fill_(~tile.mask[:, None], float("-inf"))
-                sims.append(sim.view(q.shape[0], -1))
-                labs.append(labels[split:, tile.rect_rows, tile.rect_cols].reshape(-1, labels.shape[-1]))
-            sim, lab = torch.cat(sims, 1), torch.cat(labs)
-            vals, idx = sim.topk(min(self.p.topk, sim.shape[1]), dim=1)
+            q = queries[tile.rows, tile.cols].reshape(-1, feats.shape[-1])  # (T, D)
+            best = None
+            for keys, labels, windowed in context:
+                region = (tile.rect_rows, tile.rect_cols) if windowed else (slice(None), slice(None))
+                sim = q @ keys[region].reshape(-1, keys.shape[-1]).T  # (T, R)
+                if windowed and tile.mask is not None:
+                    sim.masked_fill_(~tile.mask, float("-inf"))
+                best = self._keep_topk(best, sim, labels[region].reshape(-1, labels.shape[-1]))
+            vals, labs = best
             weights = torch.nan_to_num(torch.softmax(vals / self.p.temperature, dim=1))  # all -inf -> 0
             rows, cols = tile.rows.stop - tile.rows.start, tile.cols.stop - tile.cols.start
-            out[tile.rows, tile.cols] = torch.einsum("nk,nkl->nl", weights, lab[idx]).view(rows, cols, -1)
+            out[tile.rows, tile.cols] = torch.einsum("nk,nkl->nl", weights, labs).view(rows, cols, -1)
         pred = out.view(h * w, -1).T.contiguous()
         if self.queue.maxlen:
             self.queue.append((feats.clone(), pred))
         return pred
+
+    def _keep_topk(self, best, sim: torch.Tensor, labels: torch.Tensor):
+        """The running top-k over the context frames seen so far: best = (values (T, k), their labels
+        (T, k, L)) or None; sim (T, R) and labels (R, L) of one more frame's candidates. The top-k of
+        the union is the top-k of the kept k and the new candidates, so one frame's similarity is all
+        that is ever held (not the (T x C*R) of all frames), and the values come out sorted as a single
+        top-k over everything would sort them."""
+        kept = 0 if best is None else best[0].shape[1]
+        candidates = sim if best is None else torch.cat([best[0], sim], 1)
+        vals, idx = candidates.topk(min(self.p.topk, candidates.shape[1]), dim=1)
+        new = labels[(idx - kept).clamp(min=0)]  # (T, k, L)
+        if best is None:
+            return vals, new
+        old = best[1].gather(1, idx.clamp(max=kept - 1)[..., None].expand(-1, -1, labels.shape[-1]))
+        return vals, torch.where((idx < kept)[..., None], old, new)

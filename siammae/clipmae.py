@@ -38,7 +38,7 @@ from timm.models.vision_transformer import Block
 
 from siammae.layers import sdpa_backend, sincos_pos_embed_1d
 from siammae.masking import MASKINGS, visible_indices
-from siammae.model import Output, gather_tokens, init_weights, normalized_target
+from siammae.model import Output, PretrainingModel, gather_tokens, init_weights, normalized_target
 
 # method -> its position embeddings; masking, ratio and decoder size are recipe keys (recipes/videomae.yaml,
 # recipes/maest.yaml set the papers' values).
@@ -126,7 +126,7 @@ class CubeDecoder(nn.Module):
         return self.pred(self.norm(x))
 
 
-class ClipMAE(nn.Module):
+class ClipMAE(PretrainingModel):
     """VideoMAE or MAE-ST (:data:`METHODS`): one clip in, its masked cubes predicted."""
 
     def __init__(self, encoder: CubeEncoder, decoder: CubeDecoder, mask_ratio: float, masking: str,

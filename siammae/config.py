@@ -27,6 +27,8 @@ import yaml
 from siammae.errors import SiammaeError
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+# Masked autoencoders of whole clips (siammae.clipmae); siammae and cmae take frame pairs, frame by frame.
+CLIP_METHODS = ("videomae", "maest")
 
 
 class ConfigError(SiammaeError):
@@ -40,9 +42,10 @@ def _choices(default, *choices):
 
 @dataclass
 class ModelConfig:
-    # siammae: frame pairs (siammae.model). videomae / maest: masked autoencoders of whole clips
-    # (siammae.clipmae; model.encoder and model.decoder do not apply to them).
-    method: str = _choices("siammae", "siammae", "videomae", "maest")
+    # siammae: frame pairs (siammae.model). cmae: contrastive MAE on frame pairs (siammae.cmae).
+    # videomae / maest: masked autoencoders of whole clips (siammae.clipmae).
+    # model.encoder and model.decoder apply to siammae only.
+    method: str = _choices("siammae", "siammae", "cmae", "videomae", "maest")
     # Encoder: a timm ViT. Size names follow timm (vit_tiny/small/base/large).
     arch: str = _choices("vit_small", "vit_tiny", "vit_small", "vit_base", "vit_large")
     patch_size: int = 16
@@ -73,6 +76,16 @@ class ModelConfig:
     # SDPA kernel on CUDA. auto lets PyTorch pick FlashAttention under fp16/bf16.
     sdpa_backend: str = _choices("auto", "auto", "flash", "efficient", "math")
     drop_path: float = 0.0
+    # cmae: the feature decoder's blocks (width and heads as the pixel decoder's; public config: 2).
+    feature_decoder_depth: int = 2
+    # cmae: the target encoder's EMA momentum, on BYOL's cosine from `momentum` (step 0) to
+    # `momentum_end` (last step); CMAE keeps it fixed at 0.996.
+    momentum: float = 0.996
+    momentum_end: float = 0.996
+    # cmae: L = L_rec + nce_weight x InfoNCE at nce_temperature. The public code weights InfoNCE by
+    # 2 x temperature (with weight 1): 0.14 at 0.07.
+    nce_temperature: float = 0.07
+    nce_weight: float = 0.14
 
 
 @dataclass
@@ -87,6 +100,9 @@ class DataConfig:
     crop_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
     crop_ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333333])
     hflip: float = 0.5
+    # CMAE's pixel shift: the first frame's crop box moves by up to this many pixels of the shards'
+    # frames in x and y (uniform integers, kept inside the frame); 0 = one box for all frames.
+    view_shift: int = 0
     # Samples buffered per worker before decoding (compressed bytes, so this is cheap). A shard holds
     # each video's pairs one after another, so the buffer must span many videos: a batch drawn from a
     # buffer of a few videos' pairs trains on near-duplicates (seen in the tiny recipe).
@@ -132,7 +148,9 @@ class TrainConfig:
     resume: str = "auto"
     # Stop when this many consecutive steps have a non-finite loss.
     max_nonfinite: int = 20
-    tensorboard: bool = True
+    # Where metrics go besides metrics.jsonl (Accelerate's trackers): tensorboard (OUTPUT/tensorboard),
+    # wandb (Weights & Biases, project "siammae"; WANDB_MODE=offline works without network), all, none.
+    log_with: str = _choices("tensorboard", "tensorboard", "wandb", "all", "none")
 
 
 @dataclass
@@ -198,11 +216,17 @@ RULES = {
     "model.mask_ratio": (lambda v: all(0 <= r < 1 for r in v), "each ratio must be in [0, 1)"),
     "model.drop_path": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "model.tubelet": _at_least(1),
+    "model.feature_decoder_depth": _at_least(1),
+    "model.momentum": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "model.momentum_end": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    "model.nce_temperature": _above(0),
+    "model.nce_weight": _at_least(0),
     "data.num_frames": _at_least(2, " (context frames, then the target frame)"),
     "data.repeated_sampling": _at_least(1),
     "data.crop_scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, "must be [min, max] with 0 < min <= max <= 1"),
     "data.crop_ratio": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "must be [min, max] with 0 < min <= max"),
     "data.hflip": (lambda v: 0 <= v <= 1, "must be a probability in [0, 1]"),
+    "data.view_shift": _at_least(0, " (pixels; 0 = no shift)"),
     "data.shuffle_buffer": _at_least(1),
     "data.num_workers": _at_least(0),
     "optim.base_lr": _at_least(0),
@@ -243,18 +267,22 @@ CROSS_RULES = [
     (("model.decoder_dim", "model.decoder_heads"), lambda dim, heads: dim % heads == 0,
      "model.decoder_dim must be divisible by model.decoder_heads"),
     (("model.method", "model.mask_ratio", "data.num_frames"),
-     lambda method, ratios, frames: method != "siammae" or len(ratios) == frames,
+     lambda method, ratios, frames: method in CLIP_METHODS or len(ratios) == frames,
      "model.mask_ratio needs one ratio per frame"),
-    (("model.method", "model.mask_ratio"), lambda method, ratios: method == "siammae" or len(ratios) == 1,
+    (("model.method", "model.mask_ratio"), lambda method, ratios: method not in CLIP_METHODS or len(ratios) == 1,
      "model.mask_ratio of a clip method is one ratio for the whole clip, e.g. [0.9]"),
     (("model.method", "data.num_frames", "model.tubelet"),
-     lambda method, frames, tubelet: method == "siammae" or frames % tubelet == 0,
+     lambda method, frames, tubelet: method not in CLIP_METHODS or frames % tubelet == 0,
      "data.num_frames must be a multiple of model.tubelet (frames per cube)"),
-    (("model.masking", "model.method"), lambda masking, method: masking != "spacetime" or method != "siammae",
+    (("model.masking", "model.method"), lambda masking, method: masking != "spacetime" or method in CLIP_METHODS,
      "model.masking=spacetime draws over the whole clip (a frame's share varies): for videomae / maest, not "
-     "siammae, whose frames are encoded one by one"),
+     "siammae / cmae, whose frames are encoded one by one"),
+    (("model.method", "data.num_frames"), lambda method, frames: method != "cmae" or frames == 2,
+     "cmae takes frame pairs: data.num_frames must be 2"),
+    (("model.method", "model.mask_ratio"), lambda method, ratios: method != "cmae" or ratios[0] == 0,
+     "cmae's target branch sees the first frame whole: its mask ratio must be 0, e.g. [0.0, 0.65]"),
     (("model.method", "model.mask_ratio", "model.img_size", "model.patch_size"),
-     lambda method, ratios, size, p: method != "siammae" or all(_visible((size // p) ** 2, r) >= 1 for r in ratios[:-1]),
+     lambda method, ratios, size, p: method in CLIP_METHODS or all(_visible((size // p) ** 2, r) >= 1 for r in ratios[:-1]),
      "every context frame (all but the last) must keep at least one of its (img_size / patch_size)^2 "
      "patches visible"),
     (("model.mask_ratio", "model.img_size", "model.patch_size"),

@@ -32,7 +32,7 @@ import random
 import signal
 import sys
 from pathlib import Path
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -233,21 +233,32 @@ def to_chw(x: torch.Tensor) -> torch.Tensor:
 
 class View(NamedTuple):
     """One augmented view of a decoded sample, not yet cut out: the T decoded frames (H, W, 3) uint8 and
-    the crop box (top, left, h, w) and flip that apply to all of them. The batch stage cuts it straight
-    into its batch, which saves copying every view once more (~8% of the pipeline's time)."""
+    the crop box (top, left, h, w) and flip that apply to all of them (``first_box``, when given, is the
+    first frame's own box: CMAE's pixel shift). The batch stage cuts it straight into its batch, which
+    saves copying every view once more (~8% of the pipeline's time)."""
 
     frames: List[np.ndarray]
     box: tuple
     flip: bool
     key: str
+    first_box: Optional[tuple] = None
+
+
+def shifted_box(rng: random.Random, box, shift: int, height: int, width: int) -> tuple:
+    """``box`` moved by uniform integers in [-shift, shift] in y and x, then kept inside the frame."""
+    top, left, h, w = box
+    top = min(max(0, top + rng.randint(-shift, shift)), height - h)
+    left = min(max(0, left + rng.randint(-shift, shift)), width - w)
+    return top, left, h, w
 
 
 def make_sample(sample: dict, rng: random.Random, *, num_frames: int, repeats: int, scale=(0.5, 1.0),
-                ratio=(3 / 4, 4 / 3), hflip: float = 0.5) -> List[View]:
+                ratio=(3 / 4, 4 / 3), hflip: float = 0.5, view_shift: int = 0) -> List[View]:
     """One shard sample -> ``repeats`` views of its first ``num_frames`` frames.
 
     Every view draws one crop box and one flip for all T frames, so the frames stay aligned (the
-    correspondence the model learns is in the motion, not in the augmentation).
+    correspondence the model learns is in the motion, not in the augmentation); with ``view_shift``
+    the first frame's box alone moves by up to that many pixels (CMAE's pixel shift).
     Raises on a missing or undecodable frame; the caller counts and skips the sample.
     """
     frames = [simplejpeg.decode_jpeg(sample[f"f{t}.jpg"], colorspace="RGB") for t in range(num_frames)]
@@ -255,8 +266,12 @@ def make_sample(sample: dict, rng: random.Random, *, num_frames: int, repeats: i
     if any(f.shape[:2] != (height, width) for f in frames):
         raise ValueError(f"frames of different sizes in sample {sample.get('__key__')}")
     key = f"{sample.get('__url__')}#{sample.get('__key__')}"
-    return [View(frames, random_resized_crop(rng, height, width, scale, ratio), rng.random() < hflip, key)
-            for _ in range(repeats)]
+    views = []
+    for _ in range(repeats):
+        box, flip = random_resized_crop(rng, height, width, scale, ratio), rng.random() < hflip
+        first = shifted_box(rng, box, view_shift, height, width) if view_shift else None
+        views.append(View(frames, box, flip, key, first))
+    return views
 
 
 # ----------------------------------------------------------------------------- pipeline stages
@@ -305,7 +320,8 @@ def augment(data_cfg, seed, rank: int):
             try:
                 views = make_sample(sample, rng, num_frames=data_cfg.num_frames,
                                     repeats=data_cfg.repeated_sampling, scale=data_cfg.crop_scale,
-                                    ratio=data_cfg.crop_ratio, hflip=data_cfg.hflip)
+                                    ratio=data_cfg.crop_ratio, hflip=data_cfg.hflip,
+                                    view_shift=data_cfg.view_shift)
             except Exception as exn:  # corrupt JPEG, missing frame (truncated shard), ...
                 exn.args = (f"{exn} (sample '{sample.get('__key__')}' of {sample.get('__url__')})",)
                 skip_and_count(exn)
@@ -333,7 +349,12 @@ def batches(batch_size: int, size: int):
         for view in src:
             if out is None:  # a new array per batch: the consumer may still hold the previous one
                 out = np.empty((batch_size, len(view.frames), size, size, 3), dtype=np.uint8)
-            crop_resize(view.frames, view.box, size, view.flip, out=out[len(keys)])
+            slot = out[len(keys)]
+            if view.first_box is None:
+                crop_resize(view.frames, view.box, size, view.flip, out=slot)
+            else:
+                crop_resize(view.frames[:1], view.first_box, size, view.flip, out=slot[:1])
+                crop_resize(view.frames[1:], view.box, size, view.flip, out=slot[1:])
             keys.append(view.key)
             if len(keys) == batch_size:
                 skipped, _skipped["since_batch"] = _skipped["since_batch"], 0

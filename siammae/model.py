@@ -109,11 +109,12 @@ def encode_frame(vit: nn.Module, img: torch.Tensor, keep: torch.Tensor) -> torch
     return vit_blocks(vit, tokens)[:, 1:]
 
 
-def vit_blocks(vit: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Prepend [CLS] and run the ViT's blocks and final norm: (B, L, D) -> (B, 1 + L, D)."""
+def vit_blocks(vit: nn.Module, tokens: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+    """Prepend [CLS] and run the ViT's blocks and (unless told not to) its final norm:
+    (B, L, D) -> (B, 1 + L, D)."""
     cls = (vit.cls_token + vit.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
-    x = vit.norm_pre(torch.cat([cls, tokens], dim=1))
-    return vit.norm(vit.blocks(x))
+    x = vit.blocks(vit.norm_pre(torch.cat([cls, tokens], dim=1)))
+    return vit.norm(x) if final_norm else x
 
 
 # ----------------------------------------------------------------------------- decoder
@@ -202,7 +203,17 @@ class Output:
         return iter((self.loss, self.pred, self.mask))
 
 
-class SiamMAE(nn.Module):
+class PretrainingModel(nn.Module):
+    """What the trainer knows of a model: ``forward(frames) -> Output``, ``reconstruct`` for the
+    pictures, and :meth:`after_step`."""
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called on every process after each optimizer step that changed the weights (``step`` steps
+        of ``total_steps`` done): a method's own update outside the optimizer (CMAE's momentum
+        encoder). Nothing by default."""
+
+
+class SiamMAE(PretrainingModel):
     """Siamese encoder (shared weights): each frame is encoded on its own."""
 
     def __init__(self, encoder, decoder, mask_ratio, masking="random", norm_pix_loss=True, sdpa="auto"):
@@ -312,8 +323,13 @@ ENCODERS = {"siamese": SiamMAE, "siamese-unshared": SiamMAEUnshared, "joint": Jo
 
 
 def build_model(model_cfg, num_frames: int = 2) -> nn.Module:
-    """The model named by ``model_cfg.method`` (a clip method: :mod:`siammae.clipmae`, for clips of
-    ``num_frames`` frames), for SiamMAE by ``model_cfg.encoder`` x ``model_cfg.decoder``."""
+    """The model named by ``model_cfg.method`` (CMAE: :mod:`siammae.cmae`; a clip method:
+    :mod:`siammae.clipmae`, for clips of ``num_frames`` frames), for SiamMAE by ``model_cfg.encoder`` x
+    ``model_cfg.decoder``."""
+    if model_cfg.method == "cmae":
+        from siammae.cmae import build_cmae
+
+        return build_cmae(model_cfg)
     if model_cfg.method != "siammae":
         from siammae.clipmae import build_clip_model
 

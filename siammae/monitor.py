@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from siammae.config import ConfigError
+from siammae.config import CLIP_METHODS, ConfigError
 from siammae.davis import DavisError
 from siammae.pictures import plot_loss_curve
 from siammae.runfolder import append_metrics
@@ -46,7 +46,7 @@ class DavisMonitor:
         self.work = Path(out_dir) / "eval"
         # A clip method's encoder is evaluated per frame (siammae.clipmae.FrameEncoder); no timm ViT then.
         self.info = (EncoderInfo(timm_spec(cfg.model)[0], cfg.model.patch_size, cfg.model.img_size, "training")
-                     if cfg.model.method == "siammae" else None)
+                     if cfg.model.method not in CLIP_METHODS else None)
 
     def due(self, step: int, total: int) -> bool:
         return step == 0 or step % self.every == 0 or step == total
@@ -111,9 +111,8 @@ def make_monitor(cfg) -> DavisMonitor | None:
         raise ConfigError(f"eval.davis={cfg.eval.davis}: {e}") from None
 
 
-def run_monitor(monitor: DavisMonitor, accelerator, model, step: int, out: Path, tensorboard: bool,
-                write=print) -> None:
-    """Evaluate on rank 0 and log the record (metrics.jsonl, TensorBoard, ``write``) and redraw
+def run_monitor(monitor: DavisMonitor, accelerator, model, step: int, out: Path, write=print) -> None:
+    """Evaluate on rank 0 and log the record (metrics.jsonl, the run's trackers, ``write``) and redraw
     ``loss_curve.png``; the other ranks wait at a barrier, so none runs ahead into the next all-reduce."""
     if accelerator.is_main_process:
         record = monitor.evaluate(accelerator.unwrap_model(model).encoder, step, accelerator.device)
@@ -121,8 +120,7 @@ def run_monitor(monitor: DavisMonitor, accelerator, model, step: int, out: Path,
         if "eval_error" in record:
             write(f"warning: evaluation at step {step} failed (training goes on): {record['eval_error']}")
         else:
-            if tensorboard:
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)  # no trackers: nothing
             write(describe_record(record))
         try:
             plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png")

@@ -9,8 +9,9 @@ Running the same command again continues from the newest complete checkpoint in 
 :func:`main` parses the command line and turns user errors into one line and exit status 2;
 :func:`train` does the work and reads top to bottom: data -> model and optimizer -> resume -> the
 loop (one optimizer step per pass: ``grad_accum`` micro-batches, skip if the loss was not finite
-anywhere, clip, step) -> logs, pictures, evaluations, checkpoints -> summary. The model computes its
-own loss (and any scalars it wants logged), so the loop does not know which method it trains. The
+anywhere, clip, step, the model's ``after_step``) -> logs, pictures, evaluations, checkpoints ->
+summary. The model computes its own loss (and any scalars it wants logged) and does its own updates
+outside the optimizer in ``after_step``, so the loop does not know which method it trains. The
 learning rate is a pure function of the optimizer step (:mod:`siammae.schedule`); the run folder's
 files are :mod:`siammae.runfolder`'s.
 
@@ -118,6 +119,7 @@ def make_accelerator(cfg):
     """The Accelerator for this run and the per-process micro-batch; checks that the global batch
     splits evenly over processes x accumulation before anything is written."""
     from accelerate import Accelerator, PartialState
+    from accelerate.utils import GradientAccumulationPlugin
 
     # Without a GPU, Accelerate sets up several processes (gloo) only when told to use the CPU.
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -127,17 +129,56 @@ def make_accelerator(cfg):
     if cfg.train.global_batch_size % (world * accum):
         raise SiammaeError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by "
                            f"{world} processes x train.grad_accum={accum}")
-    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, gradient_accumulation_steps=accum,
-                              log_with="tensorboard" if cfg.train.tensorboard else None,
-                              project_dir=str(cfg.train.output_dir))
-    if note:
-        accelerator.print(f"note: {note}")
+    # An explicit plugin: Accelerate would otherwise take accelerate launch's accumulation over ours.
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision,
+                              gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum),
+                              log_with=make_trackers(cfg) or None, project_dir=str(cfg.train.output_dir))
+    for line in [note, *launcher_notes(cfg, precision)]:
+        if line:
+            accelerator.print(f"note: {line}")
     if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # Leave a core to each data worker: oversubscribed OpenMP threads spin-wait and a CPU step
         # gets several times slower (measured: 15 s instead of 1 s per tiny step on 2 cores).
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, cores // world - cfg.data.num_workers))
     return accelerator, cfg.train.global_batch_size // (world * accum)
+
+
+def launcher_notes(cfg, precision: str) -> list:
+    """What ``accelerate launch`` (or its config file) asked for that the recipe overrides: the recipe
+    wins (one config path); said once at start."""
+    notes = []
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched and launched != precision:
+        notes.append(f"accelerate launch gave mixed precision '{launched}'; the recipe's '{precision}' is used "
+                     f"(train.mixed_precision=... to change it)")
+    launched = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
+    if launched and int(launched) != cfg.train.grad_accum:
+        notes.append(f"accelerate launch gave gradient accumulation {launched}; the recipe's "
+                     f"train.grad_accum={cfg.train.grad_accum} is used")
+    return notes
+
+
+def make_trackers(cfg) -> list:
+    """Accelerate trackers for ``train.log_with``: TensorBoard in OUTPUT/tensorboard; W&B in project
+    "siammae", the run named after OUTPUT, its id fixed by OUTPUT's path so that a resumed run
+    continues the same W&B run. A missing wandb package is an error before any work."""
+    import hashlib
+    import importlib.util
+
+    from accelerate.tracking import TensorBoardTracker, WandBTracker
+
+    chosen = {"tensorboard": ["tensorboard"], "wandb": ["wandb"], "all": ["tensorboard", "wandb"], "none": []}
+    names, out = chosen[cfg.train.log_with], Path(cfg.train.output_dir)
+    trackers = []
+    if "tensorboard" in names:
+        trackers.append(TensorBoardTracker("tensorboard", str(out)))
+    if "wandb" in names:
+        if importlib.util.find_spec("wandb") is None:
+            raise SiammaeError(f"train.log_with={cfg.train.log_with} needs the wandb package: pip install wandb")
+        run_id = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:16]
+        trackers.append(WandBTracker("siammae", dir=str(out), name=out.name, id=run_id, resume="allow"))
+    return trackers
 
 
 def segment_loader(urls, cfg, step: int, total: int, micro_batch: int, accelerator):
@@ -276,15 +317,14 @@ def train(cfg, on_step=None) -> dict:
     model, optimizer, progress = prepare_model(cfg, accelerator, resume)
     if main_proc:
         keep_metrics_until(out / "metrics.jsonl", progress.step)
-    if cfg.train.tensorboard:
-        accelerator.init_trackers("tensorboard", config=flat_hparams(cfg))
+    accelerator.init_trackers("siammae", config=flat_hparams(cfg))  # the resolved config as hyper-parameters
     total_steps, warmup_steps = run_lengths(cfg)
     peak_lr = peak_learning_rate(cfg)
     say(describe_run(cfg, urls, model, accelerator, micro_batch, total_steps, warmup_steps, peak_lr))
     if monitor is not None:
         say(f"evaluation: {monitor.describe()}")
         if progress.step == 0:
-            run_monitor(monitor, accelerator, model, 0, out, cfg.train.tensorboard)
+            run_monitor(monitor, accelerator, model, 0, out)
 
     bar = tqdm(total=total_steps, initial=progress.step, disable=not main_proc, dynamic_ncols=True,
                unit="step", smoothing=0.05)
@@ -301,6 +341,8 @@ def train(cfg, on_step=None) -> dict:
             result = optimizer_step(model, optimizer, data_iter, accelerator, cfg, window, stop_signal)
             progress.advance(result["finite"], accelerator.optimizer_step_was_skipped, result["skipped"],
                              cfg.train.global_batch_size)
+            if result["finite"] and not accelerator.optimizer_step_was_skipped:
+                accelerator.unwrap_model(model).after_step(progress.step, total_steps)  # e.g. CMAE's EMA
             step, signalled = progress.step, result["signalled"]
             if on_step is not None:
                 on_step(step, model, result["keys"], accelerator)
@@ -312,15 +354,14 @@ def train(cfg, on_step=None) -> dict:
                     append_metrics(out, record)
                     bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
                                     pairs_s=f"{record['pairs_per_s']:.1f}", skipped=progress.skipped, refresh=False)
-                if cfg.train.tensorboard:
-                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)  # the trackers
                 window = MetricsWindow()
             if diverged:
                 raise Diverged(nonfinite_message(step, progress.nonfinite_in_a_row, accelerator.mixed_precision))
             if main_proc and cfg.train.recon_every > 0 and (step % cfg.train.recon_every == 0 or step == total_steps):
                 write_recon(accelerator, model, result["frames"], out, step, cfg)
             if monitor is not None and monitor.due(step, total_steps):
-                run_monitor(monitor, accelerator, model, step, out, cfg.train.tensorboard, bar.write)
+                run_monitor(monitor, accelerator, model, step, out, bar.write)
             if step % cfg.train.save_every == 0 or step == total_steps or signalled:
                 progress.train_seconds = seconds_before + time.perf_counter() - session_start
                 last_ckpt = save_checkpoint(accelerator, ckpt_root, step, cfg.train.keep_last)

@@ -178,7 +178,7 @@ def train_tiny(method, shards, out, record, exit_at=0, samples=96, *extra):
     return run([str(REPO / "tests" / "train_fixtures.py"), str(record), str(exit_at), f"{method}_tiny",
                 f"data.shards={shards}", f"train.output_dir={out}", "model.img_size=32", "data.shuffle_buffer=16",
                 "train.global_batch_size=8", f"train.samples={samples}", "train.save_every=6", "train.log_every=1",
-                "train.recon_every=12", "optim.warmup_samples=16", "train.tensorboard=false", *extra])
+                "train.recon_every=12", "optim.warmup_samples=16", "train.log_with=none", *extra])
 
 
 @pytest.mark.parametrize("method", ["videomae", "maest"])

@@ -140,6 +140,13 @@ BAD = {
     "train.recon_every": "-1",
     "train.recon_samples": "0",
     "train.max_nonfinite": "0",
+    "train.log_with": "neptune",
+    "model.feature_decoder_depth": "0",
+    "model.momentum": "1.5",
+    "model.momentum_end": "-0.1",
+    "model.nce_temperature": "0",
+    "model.nce_weight": "-1",
+    "data.view_shift": "-1",
     "eval.protocol": "stc",
     "eval.topk": "0",
     "eval.queue": "-1",
@@ -153,7 +160,6 @@ BAD = {
 # Keys for which every value of the right type is acceptable here, and why.
 ANY_VALUE = {
     "model.norm_pix_loss": "a bool: both values are valid",
-    "train.tensorboard": "a bool: both values are valid",
     "data.shards": "paths: resolved (and refused if missing or empty) by data.resolve_shards at start",
     "train.resume": "auto, never or a checkpoint folder, checked by the trainer at start",
     "eval.davis": "a DAVIS folder (empty = off), checked by the monitor at start",

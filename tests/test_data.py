@@ -193,3 +193,23 @@ def test_shards_without_the_frames_asked_for_fail_clearly(shards):
                               seed=0, num_workers=0)
     with pytest.raises(data.DataError, match="in a row could not be used"):
         _collect(loader)
+
+
+def test_view_shift_moves_the_first_frame_crop_only_and_stays_inside():
+    yy, xx = np.mgrid[0:96, 0:128]
+    f0 = np.stack([xx * 2, yy * 2, (xx + yy)], -1).clip(0, 255).astype(np.uint8)
+    views = data.make_sample(_sample([f0, f0]), random.Random(2), num_frames=2, repeats=64, view_shift=10)
+    moves = set()
+    for v in views:
+        (top, left, h, w), (t1, l1, h1, w1) = v.box, v.first_box
+        assert (h1, w1) == (h, w) and 0 <= t1 <= 96 - h and 0 <= l1 <= 128 - w
+        assert abs(t1 - top) <= 10 and abs(l1 - left) <= 10
+        moves.add((t1 - top, l1 - left))
+    assert len(moves) > 10, "the shift is drawn per view"
+    # The batch stage cuts frame 0 at its own box and the others at the shared one.
+    batch = next(data.batches(len(views), 32)(iter(views)))["frames"].permute(0, 1, 3, 4, 2).numpy()
+    for v, cut in zip(views, batch):
+        assert np.array_equal(cut[0], data.crop_resize(v.frames[:1], v.first_box, 32, v.flip)[0])
+        assert np.array_equal(cut[1], data.crop_resize(v.frames[1:], v.box, 32, v.flip)[0])
+    unshifted = data.make_sample(_sample([f0, f0]), random.Random(2), num_frames=2, repeats=4)
+    assert all(v.first_box is None for v in unshifted)

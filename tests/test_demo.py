@@ -130,15 +130,16 @@ def test_cli_runs_the_demo_on_a_folder_of_real_videos(tmp_path):
     assert r.exit_code == 2 and "--hard needs --videos" in r.output
 
 
-def test_cli_runs_the_shortened_demo_of_a_clip_method(tmp_path):
+@pytest.mark.parametrize("method", ["maest", "cmae"])  # a clip method; the contrastive method on pairs
+def test_cli_runs_the_shortened_demo_of_another_method(tmp_path, method):
     from siammae.cli.demo import demo
 
     args = ["--out", str(tmp_path / "d"), "--steps", "2", "--batch", "4", "--num-videos", "3", "--video-frames", "20",
             "--video-size", "64x80", "--sequences", "1", "--sequence-frames", "4", "--sequence-size", "48x64",
-            "--quiet", "--method", "maest"]
+            "--quiet", "--method", method]
     result = CliRunner().invoke(demo, args)
     assert result.exit_code == 0, result.output
-    assert "J&F-Mean" in result.output and "maest_tiny" in result.output
+    assert "J&F-Mean" in result.output and f"{method}_tiny" in result.output
     report = json.loads((tmp_path / "d" / "demo.json").read_text())
-    assert report["method"] == "maest" and set(report["results"]) == {"trained", "random"}
-    assert result.output.strip().splitlines()[-1].startswith("maest: trained vs random as measured above")
+    assert report["method"] == method and set(report["results"]) == {"trained", "random"}
+    assert result.output.strip().splitlines()[-1].startswith(f"{method}: trained vs random as measured above")

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_fixtures import corrupt_first_jpeg, read_records, truncate, write_shards
 
 from siammae import runfolder, schedule, train
 from siammae.checkpoint import COMPLETE, checkpoint_dirs
 from siammae.config import ConfigError, load_config
-from train_fixtures import corrupt_first_jpeg, read_records, truncate, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "train_fixtures.py"
@@ -271,7 +271,7 @@ def test_gradient_accumulation_matches_one_big_batch(straight, shards, tmp_path)
 def test_two_processes_same_steps_different_shards_identical_weights(shards, tmp_path):
     record = tmp_path / "record"
     overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={tmp_path / 'run'}", *SMALL,
-                 "train.samples=32", "data.num_workers=0", "train.tensorboard=false"]
+                 "train.samples=32", "data.num_workers=0", "train.log_with=none"]
     run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
          str(FIXTURES), str(record), "0", *overrides])
     r0, r1 = read_records(record, 0), read_records(record, 1)
@@ -296,7 +296,7 @@ def test_bad_key_or_missing_shards_fail_before_any_work(shards, tmp_path):
 
 def test_persistent_non_finite_loss_stops_with_a_clear_message(shards, tmp_path):
     proc = trainer(tmp_path / "run", shards, "optim.base_lr=1e36", "optim.clip_grad=0", "train.max_nonfinite=3",
-                   "data.num_workers=0", "train.tensorboard=false", check=False)
+                   "data.num_workers=0", "train.log_with=none", check=False)
     assert proc.returncode != 0
     assert "not finite for 3 steps in a row" in proc.stderr and "stopping at step" in proc.stderr
     recs = metrics(tmp_path / "run")
@@ -358,7 +358,7 @@ def test_a_missing_eval_folder_fails_before_any_work(shards, tmp_path):
 def test_two_processes_evaluate_on_rank_0_only_and_neither_hangs(shards, small_davis, tmp_path):
     out = tmp_path / "run"
     overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={out}", *SMALL, "train.samples=32",
-                 "data.num_workers=0", "train.tensorboard=false", f"eval.davis={small_davis}", "eval.every=2",
+                 "data.num_workers=0", "train.log_with=none", f"eval.davis={small_davis}", "eval.every=2",
                  "eval.size=48", "eval.sequences=1"]
     run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534", "-m", "siammae.train",
          *overrides], timeout=240)
@@ -393,3 +393,44 @@ def test_the_loop_logs_the_model_scalars_without_knowing_the_method():
     record = window.record(1, train.Progress(), 0.1, 4)
     assert record["contrast"] == pytest.approx(2.0) and record["loss"] > 0
     assert model.w.item() < 1.0, "the step was taken"
+
+
+def test_the_recipe_wins_over_accelerate_launch_and_says_so(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    cfg = load_config("tiny", ["train.grad_accum=2", "train.log_with=none"])
+    notes = train.launcher_notes(cfg, "no")
+    assert len(notes) == 2 and "'bf16'" in notes[0] and "'no' is used" in notes[0]
+    assert "accumulation 4" in notes[1] and "train.grad_accum=2 is used" in notes[1]
+    accelerator, micro = train.make_accelerator(cfg)
+    assert accelerator.gradient_accumulation_steps == 2 and micro == 8  # not the launcher's 4
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
+    assert train.launcher_notes(cfg, "no") == []
+
+
+def test_wandb_logs_offline_with_the_config_as_hyperparameters(shards, tmp_path):
+    pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb to run this test)")
+    out = tmp_path / "run"
+    overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={out}", *SMALL, "train.samples=32",
+                 "data.num_workers=0", "train.log_with=all"]
+    e = dict(env(), WANDB_MODE="offline", WANDB_SILENT="true")
+    proc = subprocess.run([sys.executable, "-m", "siammae.train", *overrides], cwd=REPO, env=e, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), list((out / "wandb").iterdir())
+    config = (runs[0] / "files" / "config.yaml").read_text()
+    assert "model.arch" in config and "vit_tiny" in config
+    assert list((out / "tensorboard").rglob("events.out.tfevents*")), "all = TensorBoard too"
+
+
+def test_wandb_without_the_package_fails_before_any_work(shards, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    proc = trainer(tmp_path / "run", shards, "train.log_with=wandb", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: train.log_with=wandb needs the wandb package: pip install wandb"
+    assert not (tmp_path / "run").exists()

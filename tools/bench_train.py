@@ -25,7 +25,7 @@ sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from siammae.config import load_config  # noqa: E402
+from siammae.config import CLIP_METHODS, load_config  # noqa: E402
 from siammae.model import build_model  # noqa: E402
 from siammae.pixels import normalize  # noqa: E402
 from siammae.schedule import param_groups  # noqa: E402
@@ -78,6 +78,7 @@ def main() -> None:
         accelerator.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        accelerator.unwrap_model(model).after_step(1, steps)  # a method's own update (CMAE's EMA), as the trainer
         return loss
 
     def sync():
@@ -108,7 +109,7 @@ def main() -> None:
     peak = args.peak_tflops or peak_tflops(device)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
     report = dict(device=name, recipe=args.recipe, method=cfg.model.method, frames=T, arch=cfg.model.arch, patch=cfg.model.patch_size, img=size,
-                  decoder=f"{cfg.model.decoder if cfg.model.method == 'siammae' else cfg.model.method} "
+                  decoder=f"{cfg.model.method if cfg.model.method in CLIP_METHODS else cfg.model.decoder} "
                           f"{cfg.model.decoder_depth}x{cfg.model.decoder_dim}",
                   precision=accelerator.mixed_precision, batch=batch, steps=steps,
                   samples_per_s=round(pairs_per_s, 2), step_s=round(elapsed / steps, 4),
@@ -117,7 +118,7 @@ def main() -> None:
                   max_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None)
     if note:
         print(f"note: {note}")
-    unit = "pairs" if cfg.model.method == "siammae" else f"clips of {T}"
+    unit = f"clips of {T}" if cfg.model.method in CLIP_METHODS else "pairs"
     print(f"{name}: {pairs_per_s:.1f} {unit}/s ({report['step_s']} s per step of {batch}), "
           f"{report['gflops_per_sample']} GFLOP per sample (fwd+bwd), {achieved:.2f} TFLOP/s"
           + (f", MFU {report['mfu']:.1%}" if report["mfu"] else ""))

@@ -35,9 +35,11 @@ from siammae.cli.synth import SizeType
 @click.option("--sequence-size", default="96x160", show_default=True, type=SizeType(),
               help="Validation frame size (propagated at this size).")
 @click.option("--seed", default=0, show_default=True, help="Seed of every generator and of training.")
-@click.option("--method", type=click.Choice(["siammae", "videomae", "maest"]), default="siammae", show_default=True,
-              help="What to pre-train: SiamMAE on frame pairs (the tiny recipe), or VideoMAE / MAE-ST on clips "
-                   "of 4 frames (videomae_tiny, maest_tiny); the same data, evaluation and comparison.")
+@click.option("--method", type=click.Choice(["siammae", "cmae", "videomae", "maest"]), default="siammae",
+              show_default=True,
+              help="What to pre-train: SiamMAE on frame pairs (the tiny recipe), CMAE on frame pairs (cmae_tiny), "
+                   "or VideoMAE / MAE-ST on clips of 4 frames (videomae_tiny, maest_tiny); the same data, "
+                   "evaluation and comparison.")
 @click.option("--quiet", is_flag=True, help="No progress bars for the data and propagation stages "
               "(the trainer keeps its bar).")
 def demo(out, steps, batch, videos_dir, hard, num_videos, video_frames, pairs_per_video, gap, video_size, sequences, sequence_frames,

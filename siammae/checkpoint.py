@@ -9,10 +9,17 @@ Sources (:func:`load_encoder`):
 - an exported ``encoder.safetensors`` (:func:`export_encoder`): its metadata names the timm model;
 - a timm ViT name plus ``weights`` (DINO, MAE, ... weights a user has locally): patch and image size
   are read off the weights' shapes;
+- published weights by name, through timm's own pretrained mechanism and the Hugging Face cache: a
+  timm name with a pretrained tag (``vit_small_patch16_224.dino``), ``hf-hub:owner/repo`` or
+  ``local-dir:PATH`` (a folder with timm's ``config.json`` + ``model.safetensors``, as
+  :func:`export_timm_hub` writes it); offline, weights missing from the cache are one error naming
+  the repository to download and the cache it must land in;
 - a timm ViT name (or a run folder) with ``random_init=True``: random weights, only when asked.
 
 A training checkpoint holds the whole SiamMAE; its frame encoder is ``encoder.*`` (the one that sees
-the full, unmasked first frame; a ``siamese-unshared`` model's ``encoder_f2.*`` is not used).
+the full, unmasked first frame; a ``siamese-unshared`` model's ``encoder_f2.*`` is not used). A CMAE
+checkpoint's ``encoder.*`` is its online encoder; ``prefix="target_encoder."`` (``--weights-prefix``)
+picks the momentum encoder instead.
 Weights are read from safetensors or with ``torch.load(weights_only=True)``: never by unpickling
 arbitrary objects. Loading is strict: missing, unexpected or mis-shaped keys are a
 :class:`CheckpointError` that lists them (DINO's script only prints them, so a wrong file silently
@@ -234,9 +241,10 @@ def create_vit(info: EncoderInfo, dynamic: bool = True, empty: bool = True) -> n
 
 
 def _from_config(cfg, source: str, weights: Optional[Path], sd: Optional[dict], dynamic: bool):
+    from siammae.config import CLIP_METHODS
     from siammae.model import build_encoder, timm_spec
 
-    if cfg.model.method != "siammae":  # a clip encoder, used on single frames
+    if cfg.model.method in CLIP_METHODS:  # a clip encoder, used on single frames
         from siammae.clipmae import frame_encoder
 
         model = frame_encoder(cfg, sd)
@@ -340,11 +348,16 @@ def load_encoder(
         model, info = _from_config(cfg, source, file, encoder_state_dict(sd, prefix), dynamic)
         return model.eval(), info
 
+    if source.startswith(("hf-hub:", "local-dir:")) or (weights is None and not random_init and "." in source):
+        if weights is not None or random_init:
+            raise CheckpointError(f"'{source}' names published weights: --weights / --random-init do not apply")
+        return load_named(source, dynamic)
     if not _is_timm_name(source):
         raise CheckpointError(f"'{source}' is neither an existing path nor a timm model name")
     if weights is None and not random_init:
         raise CheckpointError(
-            f"'{source}' is a timm model name: pass --weights FILE, or --random-init for random weights"
+            f"'{source}' is a timm model name: pass --weights FILE, --random-init for random weights, or name "
+            f"published weights with a pretrained tag (e.g. {source}.dino; `timm.list_pretrained('{source}*')`)"
         )
     if weights is not None and random_init:
         raise CheckpointError("--weights and --random-init exclude each other")
@@ -362,7 +375,61 @@ def load_encoder(
     return model.eval(), info
 
 
+def _hub_repo(name: str) -> Optional[str]:
+    """The Hugging Face repository timm fetches ``name``'s weights from (None: not from the Hub)."""
+    if name.startswith("hf-hub:"):
+        return name[len("hf-hub:"):]
+    if name.startswith("local-dir:"):
+        return None
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+
+
+def load_named(name: str, dynamic: bool = True) -> tuple[nn.Module, EncoderInfo]:
+    """Published weights by name through ``timm.create_model(name, pretrained=True)``: a timm name with
+    a pretrained tag, ``hf-hub:owner/repo`` or ``local-dir:PATH``. -> (ViT in eval mode, info)."""
+    import timm
+
+    if name.startswith("local-dir:") and not (Path(name[len("local-dir:"):]) / "config.json").is_file():
+        raise CheckpointError(f"{name}: no config.json in that folder (siammae export --format timm-hub writes one)")
+    if not (name.startswith(("hf-hub:", "local-dir:")) or _is_timm_name(name)):
+        raise CheckpointError(f"'{name}' is neither an existing path nor a timm model name with a pretrained tag")
+    kwargs = {"num_classes": 0, **({"dynamic_img_size": True} if dynamic else {})}
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as e:
+        from huggingface_hub import constants
+
+        repo = _hub_repo(name)
+        where = (f"its weights come from the Hugging Face repository {repo}: on a machine with network run "
+                 f"`hf download {repo}` and copy the cache to {constants.HF_HUB_CACHE} (or set HF_HOME)"
+                 if repo else "")
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot load '{name}' ({reason})" + (f"; {where}" if where else "")) from None
+    architecture = model.pretrained_cfg.get("architecture") or name.split(".")[0]
+    info = EncoderInfo(architecture, model.patch_embed.patch_size[0], model.patch_embed.img_size[0], name, name)
+    return model.eval(), info
+
+
 # ----------------------------------------------------------------------------- export
+
+
+def export_timm_hub(model: nn.Module, info: EncoderInfo, out: str | os.PathLike) -> Path:
+    """Write the encoder as a folder in the layout timm reads back (``config.json`` +
+    ``model.safetensors``, timm's own ``save_for_hf``): ``timm.create_model("local-dir:OUT")``, and the
+    same folder uploaded to the Hub as is, ``hf-hub:owner/repo``."""
+    from timm.models import save_for_hf
+
+    if info.frame_input:
+        raise CheckpointError(f"{info.timm_model} is a clip encoder, which timm has no architecture for: "
+                              "export it with --format siammae")
+    vit = create_vit(info, dynamic=False, empty=False)
+    load_strict(vit, {k: v.detach().to("cpu") for k, v in model.state_dict().items()}, "the encoder")
+    out = Path(out)
+    save_for_hf(vit, str(out), safe_serialization=True)
+    return out
 
 
 def export_encoder(model: nn.Module, info: EncoderInfo, out: str | os.PathLike) -> Path:

@@ -8,8 +8,12 @@ from siammae.cli.propagate import encoder_options
 
 @click.command(cls=Command)
 @encoder_options
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .safetensors file.")
-def export(checkpoint, weights, weights_prefix, out):
+@click.option("--out", required=True, type=click.Path(),
+              help="Output .safetensors file (--format siammae) or folder (--format timm-hub).")
+@click.option("--format", "fmt", type=click.Choice(["siammae", "timm-hub"]), default="siammae", show_default=True,
+              help="siammae: one .safetensors file with metadata; timm-hub: a folder with config.json + "
+                   "model.safetensors, as timm saves for the Hugging Face Hub.")
+def export(checkpoint, weights, weights_prefix, out, fmt):
     """Write the encoder in timm's layout, with the timm model name and patch/image size as metadata.
 
     \b
@@ -23,9 +27,21 @@ def export(checkpoint, weights, weights_prefix, out):
     architecture for, is written as its own state dict with the run's resolved config as JSON in the
     metadata ("format": "siammae-clip-encoder"); `siammae propagate` loads it and feeds each frame as a
     clip of tubelet copies.
-    """
-    from siammae.checkpoint import export_encoder, load_encoder
 
+    \b
+    --format timm-hub writes a folder that timm loads by name, and that can be uploaded to the
+    Hugging Face Hub as is:
+        timm.create_model("local-dir:OUT", pretrained=True, num_classes=0)
+        siammae propagate --checkpoint local-dir:OUT ...   (or hf-hub:owner/repo once uploaded)
+    """
+    from siammae.checkpoint import export_encoder, export_timm_hub, load_encoder
+
+    if fmt == "timm-hub":
+        encoder, info = load_encoder(checkpoint, weights=weights, prefix=weights_prefix)
+        path = export_timm_hub(encoder, info, out)
+        click.echo(f"wrote {path}/ (config.json + model.safetensors): {info.timm_model}, from {info.source}; "
+                   f"load it with --checkpoint local-dir:{path}")
+        return
     if not out.endswith(".safetensors"):
         raise click.BadParameter("the output file must end in .safetensors", param_hint="--out")
     encoder, info = load_encoder(checkpoint, weights=weights, prefix=weights_prefix)

@@ -22,13 +22,16 @@ def encoder_options(f=None, *, required=True):
     options = [
         click.option("--checkpoint", required=required,
                      help="A training run folder (newest complete checkpoint), a checkpoint folder or file, "
-                          "an exported encoder.safetensors, or a timm ViT name (with --weights or --random-init)."),
+                          "an exported encoder.safetensors, a timm ViT name (with --weights or --random-init), "
+                          "or published weights by name: a timm pretrained tag (vit_small_patch16_224.dino), "
+                          "hf-hub:owner/repo or local-dir:PATH (from the Hugging Face cache when offline)."),
         click.option("--weights", type=click.Path(exists=True, dir_okay=False),
                      help="Weights file (.safetensors, or .pth/.pt/.bin read with weights_only=True) for a "
                           "timm model name given as --checkpoint, e.g. DINO or MAE weights."),
         click.option("--weights-prefix", default=None,
                      help="Keep only keys with this prefix (stripped). Default: 'encoder.' of a SiamMAE "
-                          "checkpoint or 'backbone.' of a DINO one when present, else all keys."),
+                          "or CMAE checkpoint (CMAE's online encoder; 'target_encoder.' for its momentum "
+                          "encoder) or 'backbone.' of a DINO one when present, else all keys."),
     ]
     for option in reversed(options):
         f = option(f)

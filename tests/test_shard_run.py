@@ -287,3 +287,48 @@ def test_one_part_cannot_be_written_by_two_runs_at_once(videos, tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(ShardError, match="another siammae shard is writing part0000"):
             shard(videos, tmp_path / "out", SMALL, workers=1, progress=False, log=lambda _: None)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi", ".mkv"])
+def test_pyav_reads_the_same_frames_as_decord(tmp_path, suffix):
+    """Same frame count, rate, indices; pixels within a few levels (both convert with FFmpeg's
+    libraries). The difference is printed: pytest -s shows it."""
+    path = os.fspath(make_video(tmp_path / f"v{suffix}", num_frames=70, fps=25))
+    wanted = [0, 1, 23, 24, 25, 47, 69]
+    reads = {}
+    for decoder in ("decord", "pyav"):
+        with open_video(path, 64, decoder=decoder) as reader:
+            reads[decoder] = (reader.num_frames, reader.fps, dict(reader.read(wanted, 64)))
+            assert reader.source_size == (128, 96)
+    (n_d, fps_d, frames_d), (n_p, fps_p, frames_p) = reads["decord"], reads["pyav"]
+    assert n_d == n_p == 70 and fps_p == pytest.approx(fps_d, rel=1e-3)
+    assert {i: read_index(f) for i, f in frames_p.items()} == {i: i for i in wanted}
+    diff = max(int(abs(frames_p[i].astype(int) - frames_d[i].astype(int)).max()) for i in wanted)
+    mean = sum(float(abs(frames_p[i].astype(int) - frames_d[i].astype(int)).mean()) for i in wanted) / len(wanted)
+    print(f"{suffix}: pyav vs decord max abs diff {diff}, mean {mean:.3f} (0-255)")
+    assert diff <= 8 and mean < 1.0
+
+
+def test_pyav_shards_equal_decord_shards_in_keys_and_frames(videos, reference, tmp_path):
+    config = ShardConfig(sample=SMALL.sample, encode=SMALL.encode, max_samples=SMALL.max_samples, decoder="pyav")
+    stats = shard(videos, tmp_path / "p", config, workers=2, progress=False, log=lambda _: None)
+    assert stats["parts"]["part0000"]["decoder"] == "pyav"
+    got, want = read_samples(tmp_path / "p"), read_samples(reference)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert json.loads(got[key]["json"]) == json.loads(want[key]["json"])
+        for member in ("f0.jpg", "f1.jpg"):
+            a = simplejpeg.decode_jpeg(got[key][member]).astype(int)
+            b = simplejpeg.decode_jpeg(want[key][member]).astype(int)
+            assert abs(a - b).mean() < 2.0
+
+
+def test_workers_are_replaced_after_max_videos_with_identical_output(videos, reference, tmp_path):
+    config = ShardConfig(sample=SMALL.sample, encode=SMALL.encode, max_samples=SMALL.max_samples,
+                         max_videos_per_worker=2)
+    stats = shard(videos, tmp_path / "r", config, workers=1, progress=False, log=lambda _: None)
+    part = stats["parts"]["part0000"]
+    assert part["workers_started"] == 3, "6 videos, 2 per worker: replaced twice"
+    assert part["videos_done"] == 6 and 0 < part["peak_worker_rss_mib"] < 4096
+    assert stats["peak_worker_rss_mib"] == part["peak_worker_rss_mib"]
+    assert read_samples(tmp_path / "r") == read_samples(reference)

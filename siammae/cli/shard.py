@@ -98,13 +98,18 @@ class BytesType(click.ParamType):
 @click.option("--shard-samples", type=click.IntRange(1), default=2000, show_default=True, help="Most samples per shard.")
 @click.option("--shard-size", type=BytesType(), default="1GB", show_default=True, help="Most bytes per shard.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Worker processes [default: all cores].")
+@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
+              help="Video decoder: decord (x86-64, fastest), pyav (any platform); auto: decord if installed, else pyav.")
+@click.option("--max-videos-per-worker", type=click.IntRange(1), default=200, show_default=True,
+              help="Replace each worker process after this many videos (decoders leak; long runs stay small).")
 @click.option("--part", type=click.IntRange(0), default=0, show_default=True, help="This machine's part (e.g. $SLURM_ARRAY_TASK_ID).")
 @click.option("--num-parts", type=click.IntRange(1), default=1, show_default=True, help="Machines sharing the collection.")
 @click.option("--strict", is_flag=True, help="Stop at the first video that fails (default: record it in failed.jsonl, go on).")
 @click.option("--retry-failed", is_flag=True, help="Try the videos of failed.jsonl again (by default a rerun skips them).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def shard(src, out, layout, list_file, split, fold, frames, per_video, gap, ref_fps, short_side, quality,
-          subsampling, seed, shard_samples, shard_size, workers, part, num_parts, strict, retry_failed, progress):  # fmt: skip
+          subsampling, seed, shard_samples, shard_size, workers, decoder, max_videos_per_worker, part, num_parts, strict,
+          retry_failed, progress):  # fmt: skip
     """Decode videos once into WebDataset shards of JPEG frame pairs (or clips).
 
     Each video gives --per-video samples; each sample's gap is drawn from --gap (frames at
@@ -126,6 +131,8 @@ def shard(src, out, layout, list_file, split, fold, frames, per_video, gap, ref_
         seed=seed,
         max_samples=shard_samples,
         max_bytes=shard_size,
+        decoder=decoder,
+        max_videos_per_worker=max_videos_per_worker,
     )
     stats = run_shard(
         src, out, config, layout=layout, split=split, fold=fold, list_file=list_file, workers=workers,
@@ -136,6 +143,7 @@ def shard(src, out, layout, list_file, split, fold, frames, per_video, gap, ref_
     click.echo(
         f"{run['videos_done']} videos sharded, {run['videos_failed']} failed, {run['videos_skipped']} skipped "
         f"in {run['seconds']:.1f} s; {os.fspath(out)} holds {total['samples']} samples of {total['videos']} videos "
-        f"in {total['shards']} shards ({total['bytes'] / 1e6:.1f} MB)"
+        f"in {total['shards']} shards ({total['bytes'] / 1e6:.1f} MB); decoder {run['decoder']}, "
+        f"worker peak RSS {run['peak_worker_rss_mib']:.0f} MiB"
         + (f"; failures in {os.path.join(out, 'failed.jsonl')}" if total["failed"] else "")
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import resource
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class Exited(NamedTuple):
 
     worker: str
     cpu_seconds: float
+    peak_rss_kib: int  # the most resident memory the process ever had
 
 
 def _worker(name: str, part: PartFolder, config, tasks, results) -> None:
@@ -87,7 +89,7 @@ def _worker(name: str, part: PartFolder, config, tasks, results) -> None:
             if video is None:
                 break
             try:
-                samples = make_samples(video, config.sample, config.encode, config.seed, tmp_dir)
+                samples = make_samples(video, config.sample, config.encode, config.seed, tmp_dir, config.decoder)
             except VideoFailed as error:
                 results.send(Failed(name, video.src, error.reason, str(error)))
                 continue
@@ -104,7 +106,7 @@ def _worker(name: str, part: PartFolder, config, tasks, results) -> None:
     except OSError as error:  # disk full, OUT gone, ...
         writer.abort()
         results.send(Fatal(name, f"writing shards in {part.folder.root}: {error}"))
-    results.send(Exited(name, time.process_time()))
+    results.send(Exited(name, time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
 
 
 # --- the main process's side ----------------------------------------------------------------------
@@ -122,6 +124,7 @@ class Counts:
     shards: int = 0  # finished shards and their size
     bytes: int = 0
     cpu: float = 0.0  # seconds, workers that exited normally
+    peak_rss_kib: int = 0  # the largest peak resident memory of those workers
 
 
 @dataclass
@@ -131,6 +134,7 @@ class _Worker:
     tasks: object  # Connection: main -> worker
     results: object  # Connection: worker -> main
     assigned: deque = field(default_factory=deque)  # Videos sent, not yet reported, in order
+    sent: int = 0  # Videos sent in all
     unflushed: List[tuple] = field(default_factory=list)  # (Video, samples) done, shard not closed yet
     ready: bool = False  # it started and said so
     stopped: bool = False  # sent None
@@ -149,7 +153,7 @@ class WorkerPool:
         self.stopping = False
         self._crashes_in_a_row = 0
         self._pool: Dict[str, _Worker] = {}
-        self._serial = 0
+        self._serial = 0  # workers started, replacements included
         self._pending: deque = deque()
         self._context = self._failed_file = self._bar = None
 
@@ -159,7 +163,7 @@ class WorkerPool:
 
         workers = max(1, min(self.workers or os.cpu_count() or 1, len(todo)))
         self._context = mp.get_context("forkserver")
-        self._context.set_forkserver_preload(["siammae.shard.pool", "numpy", "decord", "simplejpeg", "PIL.Image"])
+        self._context.set_forkserver_preload(["siammae.shard.pool", "numpy", "decord", "av", "simplejpeg", "PIL.Image"])
         self._pending = deque(todo)
         self._failed_file = open(self.part.failed, "a", encoding="utf-8")
         self._bar = tqdm(total=len(todo), unit="video", disable=not self.progress, dynamic_ncols=True, smoothing=0.05)
@@ -251,6 +255,7 @@ class WorkerPool:
             self._stop(message.message)
         elif isinstance(message, Exited):
             counts.cpu += message.cpu_seconds
+            counts.peak_rss_kib = max(counts.peak_rss_kib, message.peak_rss_kib)
             worker.exited = True
         self._bar.set_postfix(samples=counts.samples, failed=counts.failed, refresh=False)
 
@@ -277,20 +282,32 @@ class WorkerPool:
         if not self.stopping:
             self._start_worker()
 
+    @property
+    def started(self) -> int:
+        """Worker processes started so far (replacements included)."""
+        return self._serial
+
     def _tend(self, worker: _Worker) -> None:
-        """Keep IN_FLIGHT videos in flight; send None once there is nothing left for it."""
+        """Keep IN_FLIGHT videos in flight; send None once there is nothing left for it, or once it has
+        had ``max_videos_per_worker`` videos (then a fresh process takes its place: whatever a decoder
+        leaks goes with the old one)."""
         if worker.exited or worker.stopped:
             return
-        while not self.stopping and self._pending and len(worker.assigned) < IN_FLIGHT:
+        retiring = worker.sent >= self.config.max_videos_per_worker
+        while not self.stopping and not retiring and self._pending and len(worker.assigned) < IN_FLIGHT:
             video = self._pending.popleft()
             worker.assigned.append(video)
+            worker.sent += 1
+            retiring = worker.sent >= self.config.max_videos_per_worker
             try:
                 worker.tasks.send(video)
             except OSError:  # it died; its pipe reads EOF next and _bury() requeues this video
                 return
-        if not worker.assigned and (self.stopping or not self._pending):
+        if not worker.assigned and (self.stopping or retiring or not self._pending):
             worker.stopped = True
             try:
                 worker.tasks.send(None)
             except OSError:
                 pass
+            if retiring and not self.stopping and self._pending:
+                self._start_worker()

@@ -7,8 +7,8 @@ the bookkeeping files; the worker processes (:mod:`siammae.shard.pool`) write sh
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import time
@@ -17,6 +17,7 @@ from typing import Callable, List, Optional
 
 from siammae.errors import SiammaeError
 from siammae.files import read_jsonl, write_atomic
+from siammae.shard.decode import choose_decoder
 from siammae.shard.folder import PartFolder, ShardFolder
 from siammae.shard.pool import WorkerPool
 from siammae.shard.samples import EncodeSpec
@@ -40,6 +41,10 @@ class ShardConfig:
     seed: int = 0
     max_samples: int = 2000
     max_bytes: int = 1 << 30
+    # Not part of the identity (a run may resume with the other decoder): siammae.shard.decode.
+    decoder: str = "auto"
+    # A worker process is replaced after this many videos, so decoder leaks cannot grow a long run.
+    max_videos_per_worker: int = 200
 
     def identity(self) -> dict:
         sample = asdict(self.sample)
@@ -149,6 +154,7 @@ def merge_records(out: str | os.PathLike) -> dict:
     keys = ["videos_listed", "videos_missing", "videos_done", "videos_failed", "videos_skipped", "samples", "shards", "bytes"]
     stats = {key: sum(p.get(key, 0) for p in parts.values()) for key in keys}
     stats["seconds"] = round(max([p.get("seconds", 0) for p in parts.values()] or [0]), 2)
+    stats["peak_worker_rss_mib"] = max([p.get("peak_worker_rss_mib", 0) for p in parts.values()] or [0])
     stats["output"] = {
         "videos": len(totals["done"]),
         "failed": len(failed),
@@ -189,8 +195,10 @@ def shard(
     """
     if not 0 <= part < num_parts:
         raise ShardError(f"--part {part} is outside 0..{num_parts - 1}")
-    if importlib.util.find_spec("decord") is None:
-        raise ShardError("decord is not installed: pip install decord (wheels exist for x86-64 only)")
+    try:
+        config = dataclasses.replace(config, decoder=choose_decoder(config.decoder))
+    except SiammaeError as error:
+        raise ShardError(str(error)) from None
     started = time.time()
     listing = find_videos(src, layout, split, fold, list_file)
     if not listing.videos:
@@ -252,6 +260,10 @@ def _shard_part(run: PartRun, listing: Listing) -> dict:
         # CPU time of the workers that exited normally, and of this process (listing, bookkeeping)
         "cpu_seconds_workers": round(counts.cpu, 2),
         "cpu_seconds_main": round(time.process_time() - cpu_started, 2),
+        "decoder": run.config.decoder,
+        # the largest resident memory any worker reached (workers that exited normally)
+        "peak_worker_rss_mib": round(counts.peak_rss_kib / 1024, 1),
+        "workers_started": pool.started,
     }
     write_atomic(run.part_folder.stats, _dump_stats(stats))
     merged = merge_records(run.folder.root)

@@ -118,12 +118,14 @@ def make_samples(
     encode_spec: EncodeSpec,
     seed: int = 0,
     tmp_dir: Optional[str] = None,
+    decoder: str = "decord",
 ) -> List[Sample]:
-    """All samples of ``video``; raises :class:`VideoFailed`. decord first, then an ffmpeg transcode."""
+    """All samples of ``video``; raises :class:`VideoFailed`. ``decoder`` (see
+    :mod:`siammae.shard.decode`) on the file first, then on an ffmpeg transcode of it."""
     errors = []
     for transcode in (False, True):
         try:
-            with open_video(video.path, encode_spec.short_side, transcode, tmp_dir) as reader:
+            with open_video(video.path, encode_spec.short_side, transcode, tmp_dir, decoder) as reader:
                 return _encode_video(video, reader, sample_spec, encode_spec, seed)
         except TooShort as error:
             raise VideoFailed("too_short", str(error)) from None

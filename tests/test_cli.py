@@ -19,7 +19,7 @@ def run_probe(*args):
 def test_help_lists_every_command_without_importing_torch():
     r = run_probe("--help")
     assert r.returncode == 0, r.stderr + r.stdout
-    for command in ["shard", "inspect", "propagate", "evaluate", "benchmark", "export", "synth", "demo"]:
+    for command in ["shard", "inspect", "propagate", "evaluate", "benchmark", "export", "synth", "demo", "train"]:
         assert command in r.stdout
 
 
@@ -65,3 +65,18 @@ def test_every_error_class_of_the_library_is_a_user_error():
                 found.append(obj)
                 assert issubclass(obj, SiammaeError), f"{module.name}.{name} does not derive from SiammaeError"
     assert len(found) >= 10
+
+
+def test_siammae_train_is_the_module_entry_point():
+    """``siammae train`` = ``python -m siammae.train``: the same help, the same one-line error (exit 2)."""
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    both = [[sys.executable, "-m", "siammae", "train"], [sys.executable, "-m", "siammae.train"]]
+    helps = [subprocess.run([*c, "--help"], capture_output=True, text=True, env=env, timeout=120) for c in both]
+    assert helps[0].returncode == helps[1].returncode == 0 and helps[0].stdout == helps[1].stdout
+    bad = [subprocess.run([*c, "tiny", "train.bogus=1"], capture_output=True, text=True, env=env, timeout=120)
+           for c in both]
+    assert bad[0].returncode == bad[1].returncode == 2
+    assert bad[0].stderr == bad[1].stderr and bad[0].stderr.startswith("error: unknown key 'train.bogus'")

@@ -25,6 +25,7 @@ COMMANDS = {
     "benchmark": "siammae.cli.benchmark:benchmark",
     "export": "siammae.cli.export:export",
     "synth": "siammae.cli.synth:synth",
+    "train": "siammae.cli.train:train",
     "demo": "siammae.cli.demo:demo",
 }
 
@@ -67,6 +68,7 @@ def main():
     Workflow:
       siammae shard --src VIDEOS --out SHARDS      videos -> WebDataset shards of frame pairs
       accelerate launch -m siammae.train RECIPE    pre-train SiamMAE on the shards
+                                                   (one process: siammae train RECIPE)
       siammae propagate --davis DAVIS --checkpoint RUN --out OUT
                                                    DAVIS-2017 label propagation + J&F
       siammae benchmark --checkpoint RUN --davis D --jhmdb J --vip V --out OUT

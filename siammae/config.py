@@ -73,7 +73,8 @@ class ModelConfig:
     norm_pix_loss: bool = True
     # sdpa: torch.nn.functional.scaled_dot_product_attention; math: the plain softmax(QK^T)V path.
     attention: str = _choices("sdpa", "sdpa", "math")
-    # SDPA kernel on CUDA. auto lets PyTorch pick FlashAttention under fp16/bf16.
+    # SDPA kernel on any device. auto lets PyTorch pick (FlashAttention under fp16/bf16 on CUDA); a kernel
+    # the device has not for the run's precision (efficient on a CPU, flash in fp32 on CUDA) stops at start.
     sdpa_backend: str = _choices("auto", "auto", "flash", "efficient", "math")
     drop_path: float = 0.0
     # cmae: the feature decoder's blocks (width and heads as the pixel decoder's; public config: 2).

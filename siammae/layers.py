@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block
 
+from siammae.errors import SiammaeError
+
 
 def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
     """Fixed 2-D sin-cos position embedding (MAE): (grid_h * grid_w, dim), rows in raster order.
@@ -132,10 +134,34 @@ _SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"
 
 
 def sdpa_backend(name: str, device: torch.device):
-    """Context manager restricting SDPA to one kernel on CUDA; ``auto`` (and any CPU run) leaves
-    the choice to PyTorch, which picks FlashAttention for fp16/bf16 inputs when it can."""
-    if name == "auto" or device.type != "cuda":
+    """Context manager restricting SDPA to one kernel; ``auto`` leaves the choice to PyTorch, which
+    picks FlashAttention for fp16/bf16 inputs on CUDA when it can. (``device``: where it runs; the
+    choice is checked for it once, by :func:`check_sdpa_backend`.)"""
+    if name == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([getattr(SDPBackend, _SDPA_BACKENDS[name])])
+
+
+class AttentionKernelError(SiammaeError):
+    """The SDPA kernel asked for cannot run here."""
+
+
+def check_sdpa_backend(name: str, device: torch.device, dtype: torch.dtype, head_dim: int = 64) -> None:
+    """Raise :class:`AttentionKernelError` before any work when the kernel ``name`` cannot run on
+    ``device`` for ``dtype`` inputs (one tiny attention call under it; e.g. FlashAttention needs
+    fp16/bf16 and a recent GPU, and the CPU has no memory-efficient kernel). ``auto`` always runs."""
+    if name == "auto":
+        return
+    q = torch.randn(1, 2, 8, head_dim, device=device, dtype=dtype)
+    try:
+        with sdpa_backend(name, device):
+            torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    except RuntimeError as e:
+        where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise AttentionKernelError(
+            f"model.sdpa_backend={name}: PyTorch has no such attention kernel for {str(dtype).replace('torch.', '')} "
+            f"inputs on {where} ({reason}); use auto (PyTorch picks the fastest that runs) or another backend"
+        ) from None

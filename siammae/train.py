@@ -37,6 +37,7 @@ import torch
 from siammae.config import load_config
 from siammae.data import check_clip_length, describe, make_loader, resolve_shards
 from siammae.errors import SiammaeError
+from siammae.layers import check_sdpa_backend
 from siammae.runfolder import (
     append_metrics,
     keep_metrics_until,
@@ -51,6 +52,9 @@ from siammae.schedule import (
     run_lengths,
     set_learning_rate,
 )
+
+# The dtype the encoder's attention sees under each of Accelerate's mixed-precision modes.
+AUTOCAST_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class Diverged(SiammaeError):
@@ -310,6 +314,7 @@ def train(cfg, on_step=None) -> dict:
     ckpt_root = out / "checkpoints"
     resume = resume_from(cfg, ckpt_root)
     accelerator, micro_batch = make_accelerator(cfg)
+    check_sdpa_backend(cfg.model.sdpa_backend, accelerator.device, AUTOCAST_DTYPES[accelerator.mixed_precision])
     main_proc, say = accelerator.is_main_process, accelerator.print
     if main_proc:
         prepare_run_folder(cfg, out, resume, say)

@@ -7,12 +7,14 @@ For 1 and 2 worker processes (or --workers ...) it times, on the same videos:
   shard   a complete `siammae shard` run with the default options (8 pairs per video, short side
           256, JPEG q90 4:2:0), start-up, listing and bookkeeping included.
 and prints both with the ratio shard/decode (the aim: within 2x on one core) and the
-speed-up from 1 to N workers. Medians of --repeat runs, interleaved. Wall time shows the speed-up
+speed-up from 1 to N workers. With --decoders decord,pyav the shard run is timed with each decoder
+(siammae.shard.decode), beside the same decord baseline. Medians of --repeat runs, interleaved. Wall time shows the speed-up
 but suffers from other load on the machine; CPU time (summed over the processes) does not, and
 equal CPU per video at 1 and N workers with a small main-process share means the work divides.
 
   python tools/bench_shard.py                     # 16 synthetic 10 s 320x240 x264 videos
   python tools/bench_shard.py --videos DIR        # your own videos (any folder layout)
+  python tools/bench_shard.py --decoders decord,pyav --workers 1
 """
 
 import argparse
@@ -76,12 +78,12 @@ def decode_all(paths, workers: int):
     return elapsed, sum(c for _, c in results)
 
 
-def shard_all(src: Path, workers: int):
+def shard_all(src: Path, workers: int, decoder: str = "auto"):
     """(wall seconds, CPU seconds of workers + main) of a complete run into a fresh folder."""
     out = Path(tempfile.mkdtemp(prefix="bench-shard-out-"))
     try:
         started = time.perf_counter()
-        stats = shard(src, out, ShardConfig(), workers=workers, progress=False, log=lambda _: None)
+        stats = shard(src, out, ShardConfig(decoder=decoder), workers=workers, progress=False, log=lambda _: None)
         elapsed = time.perf_counter() - started
         shard_all.samples = stats["output"]["samples"]
         shard_all.bytes = stats["output"]["bytes"]
@@ -101,6 +103,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "siammae-bench-shard-videos")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--decoders", default="auto", help="comma-separated: auto, decord, pyav")
     args = parser.parse_args()
 
     src = args.videos
@@ -114,23 +117,26 @@ def main() -> None:
 
     # Interleaved (decode, shard, for each worker count, per repeat) so that load from other
     # processes on the machine hits both sides alike; the load average is printed with the figures.
-    times = {(w, kind): [] for w in args.workers for kind in ("decode", "shard")}
+    decoders = args.decoders.split(",")
+    times = {(w, kind): [] for w in args.workers for kind in ("decode", *decoders)}
     for _ in range(args.repeat):
         for workers in args.workers:
             times[workers, "decode"].append(decode_all(paths, workers))
-            times[workers, "shard"].append(shard_all(src, workers))
+            for decoder in decoders:
+                times[workers, decoder].append(shard_all(src, workers, decoder))
     rows = {}
     for workers in args.workers:
         decode, decode_cpu = (statistics.median(x) for x in zip(*times[workers, "decode"]))
-        sharded, shard_cpu = (statistics.median(x) for x in zip(*times[workers, "shard"]))
-        rows[workers] = (decode, sharded)
-        print(
-            f"workers {workers}: wall: decode {decode:6.2f} s ({decode_all.frames / decode:5.0f} frames/s), "
-            f"shard {sharded:6.2f} s ({len(paths) / sharded:4.1f} videos/s, {shard_all.samples / sharded:5.1f} samples/s), "
-            f"shard/decode {sharded / decode:4.2f}x | CPU: decode {decode_cpu:6.2f} s, shard {shard_cpu:6.2f} s, "
-            f"shard/decode {shard_cpu / decode_cpu:4.2f}x",
-            flush=True,
-        )
+        for decoder in decoders:
+            sharded, shard_cpu = (statistics.median(x) for x in zip(*times[workers, decoder]))
+            rows[workers] = rows.get(workers, (decode, sharded))
+            print(
+                f"workers {workers}, shard --decoder {decoder}: wall: decode {decode:6.2f} s "
+                f"({decode_all.frames / decode:5.0f} frames/s), shard {sharded:6.2f} s ({len(paths) / sharded:4.1f} "
+                f"videos/s, {shard_all.samples / sharded:5.1f} samples/s), shard/decode {sharded / decode:4.2f}x | "
+                f"CPU: decode {decode_cpu:6.2f} s, shard {shard_cpu:6.2f} s, shard/decode {shard_cpu / decode_cpu:4.2f}x",
+                flush=True,
+            )
     print(f"{decode_all.frames} frames decoded per pass; shard output {shard_all.samples} samples, {shard_all.bytes / 1e6:.1f} MB")
     print(f"load average after: {os.getloadavg()[0]:.1f} (above the core count, other processes shared the cores)")
     base = min(args.workers)

@@ -425,7 +425,7 @@ def export_timm_hub(model: nn.Module, info: EncoderInfo, out: str | os.PathLike)
     if info.frame_input:
         raise CheckpointError(f"{info.timm_model} is a clip encoder, which timm has no architecture for: "
                               "export it with --format siammae")
-    vit = create_vit(info, dynamic=False, empty=False)
+    vit = create_vit(info, dynamic=False)
     load_strict(vit, {k: v.detach().to("cpu") for k, v in model.state_dict().items()}, "the encoder")
     out = Path(out)
     save_for_hf(vit, str(out), safe_serialization=True)

@@ -156,7 +156,7 @@ class ClipMAE(PretrainingModel):
         -> :class:`siammae.model.Output`: loss, pred (B, L, P) for every cube, mask (B, L) (1 = masked)."""
         mask = self.draw_mask(clip.shape[0], clip.device) if mask is None else mask
         keep = visible_indices(mask)
-        with sdpa_backend(self.sdpa, clip.device):
+        with sdpa_backend(self.sdpa):
             pred = self.decoder(self.encoder(clip, keep), keep)
         target, _, _ = self.target(clip)
         per_cube = ((pred.float() - target) ** 2).mean(dim=-1)

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from siammae.layers import sdpa_backend, self_attention_block, set_fused_attention
 from siammae.masking import visible_indices
-from siammae.model import Decoder, Output, SiamMAE, _init_model, build_encoder, encode_frame, vit_blocks
+from siammae.model import Decoder, Output, SiamMAE, _init_model, build_encoder, encode_frame
 
 HEAD_HIDDEN, HEAD_DIM = 1536, 256  # the public configuration's projection / prediction heads
 
@@ -49,10 +49,9 @@ def momentum_at(step: int, total: int, base: float, end: float) -> float:
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """theta_t <- momentum * theta_t + (1 - momentum) * theta_s for every parameter (buffers, such as
-    BatchNorm's running statistics, stay the target's own)."""
-    for t, s in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(s.detach(), alpha=1 - momentum)
+    """theta_t <- momentum * theta_t + (1 - momentum) * theta_s for every parameter, as one fused
+    lerp over all of them (buffers, such as BatchNorm's running statistics, stay the target's own)."""
+    torch._foreach_lerp_(list(target.parameters()), [s.detach() for s in online.parameters()], 1 - momentum)
 
 
 def gather_keys(k: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -117,15 +116,14 @@ class CMAE(SiamMAE):
             p.requires_grad_(False)
         self.momentum_range = (momentum, momentum_end)
         self.nce_temperature, self.nce_weight = nce_temperature, nce_weight
-        # The momentum of the next EMA update: a buffer, so a resumed run continues with it exactly.
+        # The momentum of the next EMA update, for the logs (the update computes it from the step): a
+        # buffer, so a resumed run's logs continue exactly too.
         self.register_buffer("momentum", torch.tensor(momentum, dtype=torch.float64))
 
     def target_features(self, img: torch.Tensor) -> torch.Tensor:
         """The whole frame through the target encoder: (B, 3, H, W) -> mean patch token (B, D), taken
         before the final norm."""
-        vit = self.target_encoder
-        tokens = vit.patch_embed(img) + vit.pos_embed[:, 1:]
-        return vit_blocks(vit, tokens, final_norm=False)[:, 1:].mean(dim=1)
+        return encode_frame(self.target_encoder, img, final_norm=False).mean(dim=1)
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> Output:
         """frames (B, 2, 3, H, W) normalised; mask (B, 2, N) bool (only the last frame's is used),
@@ -136,7 +134,7 @@ class CMAE(SiamMAE):
             mask = self.masking(B, T, self.grid[0] * self.grid[1], self.mask_ratio, device=frames.device)
         target_mask = mask[:, -1]
         keep = visible_indices(target_mask)
-        with sdpa_backend(self.sdpa, frames.device):
+        with sdpa_backend(self.sdpa):
             tokens = encode_frame(self.encoder, frames[:, -1], keep)  # (B, n, D)
             pred = self.decoder.decode(tokens, keep)  # (B, N, p*p*3)
             q = self.predictor(self.projector(self.feature_decoder.decode(tokens, keep).mean(dim=1)))
@@ -150,8 +148,9 @@ class CMAE(SiamMAE):
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
-        """The target branch's EMA update with this step's momentum, then the next step's momentum."""
-        m = float(self.momentum)
+        """The target branch's EMA update after optimizer step ``step`` (counted from 1), with the
+        momentum of step - 1 on the schedule; then the next one, for the logs."""
+        m = momentum_at(step - 1, total_steps, *self.momentum_range)
         ema_update(self.target_encoder, self.encoder, m)
         ema_update(self.target_projector, self.projector, m)
         self.momentum.fill_(momentum_at(step, total_steps, *self.momentum_range))

@@ -489,10 +489,26 @@ def read_config(path: str | Path) -> Config:
     return config_from_mapping(_read_yaml(Path(path)), str(path))
 
 
+# Keys that resolved configs written by earlier versions hold (every run folder's config.yaml has every
+# key): old key -> (new key, old value -> new value). Recipes get no such leniency.
+RENAMED = {"train.tensorboard": ("train.log_with", lambda on: "tensorboard" if on else "none")}
+
+
+def _renamed(mapping: dict) -> dict:
+    out = {group: dict(values) if isinstance(values, dict) else values for group, values in mapping.items()}
+    for old, (new, convert) in RENAMED.items():
+        group, key = old.split(".")
+        if isinstance(out.get(group), dict) and key in out[group]:
+            new_group, new_key = new.split(".")
+            out.setdefault(new_group, {})[new_key] = convert(out[group].pop(key))
+    return out
+
+
 def config_from_mapping(mapping: dict, source: str) -> Config:
     """A resolved config given as a mapping (``Config.to_dict()``, e.g. kept in an exported file's
-    metadata), checked as strictly as a recipe; ``source`` names it in errors."""
+    metadata, or a run folder's config.yaml from an earlier version: :data:`RENAMED`), checked as
+    strictly as a recipe; ``source`` names it in errors."""
     cfg, sources = Config(), {}
-    _apply_mapping(cfg, mapping, source, sources)
+    _apply_mapping(cfg, _renamed(mapping), source, sources)
     validate(cfg, sources)
     return cfg

@@ -133,10 +133,10 @@ def set_fused_attention(module: nn.Module, fused: bool) -> None:
 _SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
 
 
-def sdpa_backend(name: str, device: torch.device):
-    """Context manager restricting SDPA to one kernel; ``auto`` leaves the choice to PyTorch, which
-    picks FlashAttention for fp16/bf16 inputs on CUDA when it can. (``device``: where it runs; the
-    choice is checked for it once, by :func:`check_sdpa_backend`.)"""
+def sdpa_backend(name: str):
+    """Context manager restricting SDPA to one kernel, on any device; ``auto`` leaves the choice to
+    PyTorch, which picks FlashAttention for fp16/bf16 inputs on CUDA when it can. Whether the kernel
+    runs where the model runs is checked once, at start, by :func:`check_sdpa_backend`."""
     if name == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -156,7 +156,7 @@ def check_sdpa_backend(name: str, device: torch.device, dtype: torch.dtype, head
         return
     q = torch.randn(1, 2, 8, head_dim, device=device, dtype=dtype)
     try:
-        with sdpa_backend(name, device):
+        with sdpa_backend(name):
             torch.nn.functional.scaled_dot_product_attention(q, q, q)
     except RuntimeError as e:
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper()

@@ -99,14 +99,17 @@ def build_encoder(model_cfg, img_size: int | None = None) -> nn.Module:
     return vit
 
 
-def encode_frame(vit: nn.Module, img: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """One frame through ``vit`` keeping only the patches ``keep``.
+def encode_frame(vit: nn.Module, img: torch.Tensor, keep: torch.Tensor | None = None,
+                 final_norm: bool = True) -> torch.Tensor:
+    """One frame through ``vit`` keeping only the patches ``keep`` (None: all of them).
 
-    img (B, 3, H, W), keep (B, n) -> patch tokens (B, n, D) after the final norm ([CLS] dropped).
-    With every patch kept this equals ``vit.forward_features(img)[:, 1:]``.
+    img (B, 3, H, W), keep (B, n) -> patch tokens (B, n, D) after the final norm (unless told not
+    to), [CLS] dropped. With every patch kept this equals ``vit.forward_features(img)[:, 1:]``.
     """
-    tokens = gather_tokens(vit.patch_embed(img) + vit.pos_embed[:, 1:], keep)
-    return vit_blocks(vit, tokens)[:, 1:]
+    tokens = vit.patch_embed(img) + vit.pos_embed[:, 1:]
+    if keep is not None:
+        tokens = gather_tokens(tokens, keep)
+    return vit_blocks(vit, tokens, final_norm)[:, 1:]
 
 
 def vit_blocks(vit: nn.Module, tokens: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
@@ -257,7 +260,7 @@ class SiamMAE(PretrainingModel):
             N = self.grid[0] * self.grid[1]
             mask = self.masking(B, T, N, self.mask_ratio, device=frames.device)
         keeps = [visible_indices(mask[:, t]) for t in range(T)]
-        with sdpa_backend(self.sdpa, frames.device):
+        with sdpa_backend(self.sdpa):
             tokens = self.encode(frames, keeps)
             pred = self.decoder(tokens[:-1], keeps[:-1], tokens[-1], keeps[-1])
         target_mask = mask[:, -1]

@@ -136,8 +136,9 @@ def make_accelerator(cfg):
     # An explicit plugin: Accelerate would otherwise take accelerate launch's accumulation over ours.
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision,
                               gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum),
-                              log_with=make_trackers(cfg) or None, project_dir=str(cfg.train.output_dir))
-    for line in [note, *launcher_notes(cfg, precision)]:
+                              log_with=make_trackers(cfg, state.is_main_process) or None,
+                              project_dir=str(cfg.train.output_dir))
+    for line in [note, *launcher_notes(cfg)]:
         if line:
             accelerator.print(f"note: {line}")
     if accelerator.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -148,13 +149,13 @@ def make_accelerator(cfg):
     return accelerator, cfg.train.global_batch_size // (world * accum)
 
 
-def launcher_notes(cfg, precision: str) -> list:
+def launcher_notes(cfg) -> list:
     """What ``accelerate launch`` (or its config file) asked for that the recipe overrides: the recipe
     wins (one config path); said once at start."""
     notes = []
-    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    if launched and launched != precision:
-        notes.append(f"accelerate launch gave mixed precision '{launched}'; the recipe's '{precision}' is used "
+    launched, recipe = os.environ.get("ACCELERATE_MIXED_PRECISION"), cfg.train.mixed_precision
+    if launched and launched != recipe:
+        notes.append(f"accelerate launch gave mixed precision '{launched}'; the recipe's '{recipe}' is used "
                      f"(train.mixed_precision=... to change it)")
     launched = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
     if launched and int(launched) != cfg.train.grad_accum:
@@ -163,10 +164,11 @@ def launcher_notes(cfg, precision: str) -> list:
     return notes
 
 
-def make_trackers(cfg) -> list:
-    """Accelerate trackers for ``train.log_with``: TensorBoard in OUTPUT/tensorboard; W&B in project
-    "siammae", the run named after OUTPUT, its id fixed by OUTPUT's path so that a resumed run
-    continues the same W&B run. A missing wandb package is an error before any work."""
+def make_trackers(cfg, main_process: bool) -> list:
+    """Accelerate trackers for ``train.log_with``, on the main process only (older Accelerate starts
+    W&B in the tracker's constructor): TensorBoard in OUTPUT/tensorboard; W&B in project "siammae",
+    the run named after OUTPUT, its id fixed by OUTPUT's path so that a resumed run continues the same
+    W&B run. A missing wandb package is an error on every process, before any work."""
     import hashlib
     import importlib.util
 
@@ -174,12 +176,14 @@ def make_trackers(cfg) -> list:
 
     chosen = {"tensorboard": ["tensorboard"], "wandb": ["wandb"], "all": ["tensorboard", "wandb"], "none": []}
     names, out = chosen[cfg.train.log_with], Path(cfg.train.output_dir)
+    if "wandb" in names and importlib.util.find_spec("wandb") is None:
+        raise SiammaeError(f"train.log_with={cfg.train.log_with} needs the wandb package: pip install wandb")
+    if not main_process:
+        return []
     trackers = []
     if "tensorboard" in names:
         trackers.append(TensorBoardTracker("tensorboard", str(out)))
     if "wandb" in names:
-        if importlib.util.find_spec("wandb") is None:
-            raise SiammaeError(f"train.log_with={cfg.train.log_with} needs the wandb package: pip install wandb")
         run_id = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:16]
         trackers.append(WandBTracker("siammae", dir=str(out), name=out.name, id=run_id, resume="allow"))
     return trackers

@@ -60,11 +60,11 @@ def test_after_step_moves_the_target_branch_and_sets_the_next_momentum():
             p.add_(torch.randn_like(p))
     online = [p.clone() for p in [*model.encoder.parameters(), *model.projector.parameters()]]
     before = [p.clone() for p in [*model.target_encoder.parameters(), *model.target_projector.parameters()]]
-    model.after_step(3, 10)  # the update uses the current momentum, 0.9
+    model.after_step(1, 10)  # after the first step: the schedule's start, 0.9
     after = [*model.target_encoder.parameters(), *model.target_projector.parameters()]
     for t0, s, t1 in zip(before, online, after):
         torch.testing.assert_close(t1, 0.9 * t0 + 0.1 * s, rtol=0, atol=1e-6)
-    assert float(model.momentum) == momentum_at(3, 10, 0.9, 1.0)
+    assert float(model.momentum) == momentum_at(1, 10, 0.9, 1.0), "the next update's, for the logs"
     assert not any(p.requires_grad for p in [*model.target_encoder.parameters(), *model.target_projector.parameters()])
 
 

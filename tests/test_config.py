@@ -239,3 +239,17 @@ def test_read_config_checks_values_too(tmp_path):
     (tmp_path / "config.yaml").write_text(text)
     with pytest.raises(ConfigError, match=rf"train\.grad_accum=0 \(from {tmp_path / 'config.yaml'}\)"):
         read_config(tmp_path / "config.yaml")
+
+
+def test_run_folders_of_earlier_versions_still_load(tmp_path):
+    """A config.yaml written before train.tensorboard became train.log_with reads back as the same run."""
+    import yaml
+
+    for old, new in ((True, "tensorboard"), (False, "none")):
+        mapping = Config().to_dict()
+        mapping["train"].pop("log_with")
+        mapping["train"]["tensorboard"] = old
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(mapping))
+        assert read_config(tmp_path / "config.yaml").train.log_with == new
+    with pytest.raises(ConfigError, match="unknown key 'train.tensorboard'"):  # recipes get no such leniency
+        load_config(None, ["train.tensorboard=true"])

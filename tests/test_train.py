@@ -399,14 +399,22 @@ def test_the_recipe_wins_over_accelerate_launch_and_says_so(monkeypatch):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
     cfg = load_config("tiny", ["train.grad_accum=2", "train.log_with=none"])
-    notes = train.launcher_notes(cfg, "no")
+    notes = train.launcher_notes(cfg)
     assert len(notes) == 2 and "'bf16'" in notes[0] and "'no' is used" in notes[0]
     assert "accumulation 4" in notes[1] and "train.grad_accum=2 is used" in notes[1]
-    accelerator, micro = train.make_accelerator(cfg)
-    assert accelerator.gradient_accumulation_steps == 2 and micro == 8  # not the launcher's 4
+    from accelerate.state import AcceleratorState
+
+    threads = torch.get_num_threads()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        accelerator, micro = train.make_accelerator(cfg)
+        assert accelerator.gradient_accumulation_steps == 2 and micro == 8  # not the launcher's 4
+    finally:  # leave the process as the other tests expect it
+        AcceleratorState._reset_state(reset_partial_state=True)
+        torch.set_num_threads(threads)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
-    assert train.launcher_notes(cfg, "no") == []
+    assert train.launcher_notes(cfg) == []
 
 
 def test_wandb_logs_offline_with_the_config_as_hyperparameters(shards, tmp_path):

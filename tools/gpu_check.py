@@ -43,8 +43,9 @@ from siammae.config import load_config  # noqa: E402
 from siammae.model import build_model  # noqa: E402
 from siammae.pixels import normalize  # noqa: E402
 from siammae.schedule import param_groups  # noqa: E402
+from siammae.train import AUTOCAST_DTYPES  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": AUTOCAST_DTYPES["no"], "bf16": AUTOCAST_DTYPES["bf16"], "fp16": AUTOCAST_DTYPES["fp16"]}
 
 
 @dataclass
@@ -89,8 +90,9 @@ def device_report(device) -> dict:
 
 
 def make_step(model, device, precision: str, batch: int):
-    """One SiamMAE training step (fwd + bwd + AdamW) on random frames, in ``precision`` with autocast
-    and, for fp16, a loss scaler: what the trainer does on this device."""
+    """One SiamMAE training step (fwd + bwd + gradient clipping + AdamW) on random frames, in
+    ``precision`` with autocast and, for fp16, a loss scaler: what the trainer does on this device
+    (without Accelerate, which allows one precision per process)."""
     cfg_size = model.patch_size * model.grid[0]
     frames = torch.randint(0, 256, (batch, 2, 3, cfg_size, cfg_size), dtype=torch.uint8, device=device)
     optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
@@ -100,6 +102,8 @@ def make_step(model, device, precision: str, batch: int):
         with torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32"):
             loss = model(normalize(frames)).loss
         scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -164,7 +168,8 @@ def memory(cfg, device, sizes: Sizes) -> dict:
         sync(device)
         if device.type == "cuda":
             return torch.cuda.max_memory_allocated(device) / 2**30
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # CPU: process peak RSS
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+        return rss / (2**30 if sys.platform == "darwin" else 2**20)  # CPU: process peak RSS
 
     report = dict(kind="max_memory_allocated" if device.type == "cuda" else "process peak RSS (CPU)",
                   batch=sizes.memory_batch, peak_gib=round(peak_of(sizes.memory_batch), 2))
@@ -269,9 +274,15 @@ def main() -> int:
     check("propagation", propagation)
 
     def cpu_vs_device():
+        # The device's fp32 predictions are those of the propagation check, scored on the same subset.
+        # (In the dry run both sides are the CPU: the check runs, it cannot disagree.)
+        from siammae.measures import evaluate
+        from siammae.propagate import check_davis
+
         davis = work / "davis"
-        here = propagate(davis, work / "prop-device-subset", device.type, "fp32", sizes.cpu_sequences)
         cpu = propagate(davis, work / "prop-cpu", "cpu", "fp32", sizes.cpu_sequences)
+        names = [s.name for s in check_davis(davis)][: sizes.cpu_sequences]
+        here = dict(jf=round(evaluate(davis, work / "prop-fp32", "val", names).global_row()["J&F-Mean"], 4))
         difference = round(here["jf"] - cpu["jf"], 4)
         if abs(difference) > 0.005:
             raise AssertionError(f"J&F {here['jf']} on {device.type} vs {cpu['jf']} on the CPU")

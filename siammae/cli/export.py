@@ -36,15 +36,14 @@ def export(checkpoint, weights, weights_prefix, out, fmt):
     """
     from siammae.checkpoint import export_encoder, export_timm_hub, load_encoder
 
+    if fmt == "siammae" and not out.endswith(".safetensors"):
+        raise click.BadParameter("the output file must end in .safetensors", param_hint="--out")
+    encoder, info = load_encoder(checkpoint, weights=weights, prefix=weights_prefix)
     if fmt == "timm-hub":
-        encoder, info = load_encoder(checkpoint, weights=weights, prefix=weights_prefix)
         path = export_timm_hub(encoder, info, out)
         click.echo(f"wrote {path}/ (config.json + model.safetensors): {info.timm_model}, from {info.source}; "
                    f"load it with --checkpoint local-dir:{path}")
         return
-    if not out.endswith(".safetensors"):
-        raise click.BadParameter("the output file must end in .safetensors", param_hint="--out")
-    encoder, info = load_encoder(checkpoint, weights=weights, prefix=weights_prefix)
     path = export_encoder(encoder, info, out)
     n = sum(p.numel() for p in encoder.parameters())
     if info.frame_input:

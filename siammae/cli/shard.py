@@ -101,7 +101,8 @@ class BytesType(click.ParamType):
 @click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
               help="Video decoder: decord (x86-64, fastest), pyav (any platform); auto: decord if installed, else pyav.")
 @click.option("--max-videos-per-worker", type=click.IntRange(1), default=200, show_default=True,
-              help="Replace each worker process after this many videos (decoders leak; long runs stay small).")
+              help="Replace each worker process after this many videos, at its next shard boundary (decoders "
+                   "leak; long runs stay small).")
 @click.option("--part", type=click.IntRange(0), default=0, show_default=True, help="This machine's part (e.g. $SLURM_ARRAY_TASK_ID).")
 @click.option("--num-parts", type=click.IntRange(1), default=1, show_default=True, help="Machines sharing the collection.")
 @click.option("--strict", is_flag=True, help="Stop at the first video that fails (default: record it in failed.jsonl, go on).")

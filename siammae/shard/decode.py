@@ -210,10 +210,11 @@ def _first_line(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def open_video(path: str, short_side: int, transcode: bool = False, tmp_dir: Optional[str] = None,
-               decoder: str = "decord"):
-    """A reader (``DECODERS[decoder]``) for ``path``: the file directly, or (``transcode=True``) an
-    ffmpeg re-encode of it at the output size. Raises :class:`DecodeError`."""
-    reader_class = DECODERS[decoder]
+               decoder: str = "auto"):
+    """A reader (``DECODERS[decoder]``, ``auto``: :func:`choose_decoder`) for ``path``: the file
+    directly, or (``transcode=True``) an ffmpeg re-encode of it at the output size. Raises
+    :class:`DecodeError`."""
+    reader_class = DECODERS[choose_decoder(decoder)]
     if not os.path.isfile(path):
         raise DecodeError("file not found")
     if os.path.getsize(path) == 0:

@@ -13,6 +13,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -106,7 +107,8 @@ def _worker(name: str, part: PartFolder, config, tasks, results) -> None:
     except OSError as error:  # disk full, OUT gone, ...
         writer.abort()
         results.send(Fatal(name, f"writing shards in {part.folder.root}: {error}"))
-    results.send(Exited(name, time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    results.send(Exited(name, time.process_time(), peak // 1024 if sys.platform == "darwin" else peak))
 
 
 # --- the main process's side ----------------------------------------------------------------------
@@ -135,6 +137,9 @@ class _Worker:
     results: object  # Connection: worker -> main
     assigned: deque = field(default_factory=deque)  # Videos sent, not yet reported, in order
     sent: int = 0  # Videos sent in all
+    shards_closed: int = 0
+    closed_at_limit: Optional[int] = None  # shards it had closed when it reached max_videos_per_worker
+    replaced: bool = False  # its successor has been started
     unflushed: List[tuple] = field(default_factory=list)  # (Video, samples) done, shard not closed yet
     ready: bool = False  # it started and said so
     stopped: bool = False  # sent None
@@ -247,6 +252,7 @@ class WorkerPool:
         elif isinstance(message, Failed):
             self._record_failure(worker.assigned.popleft(), message.reason, message.message)
         elif isinstance(message, ShardClosed):
+            worker.shards_closed += 1
             names = set(message.manifest["videos"])
             worker.unflushed = [(v, n) for v, n in worker.unflushed if v.src not in names]
             counts.shards += 1
@@ -287,18 +293,27 @@ class WorkerPool:
         """Worker processes started so far (replacements included)."""
         return self._serial
 
+    def _retiring(self, worker: _Worker) -> bool:
+        """It has had ``max_videos_per_worker`` videos and has closed a shard since: it gets no more,
+        and a fresh process takes its place (whatever a decoder leaks goes with the old one). Waiting
+        for the shard boundary keeps shards full (--shard-samples); the videos still in flight when
+        it retires make one small last shard."""
+        return worker.closed_at_limit is not None and worker.shards_closed > worker.closed_at_limit
+
     def _tend(self, worker: _Worker) -> None:
-        """Keep IN_FLIGHT videos in flight; send None once there is nothing left for it, or once it has
-        had ``max_videos_per_worker`` videos (then a fresh process takes its place: whatever a decoder
-        leaks goes with the old one)."""
+        """Keep IN_FLIGHT videos in flight; send None once there is nothing left for it or it retires."""
         if worker.exited or worker.stopped:
             return
-        retiring = worker.sent >= self.config.max_videos_per_worker
+        retiring = self._retiring(worker)
+        if retiring and not self.stopping and self._pending and not worker.replaced:
+            worker.replaced = True
+            self._start_worker()
         while not self.stopping and not retiring and self._pending and len(worker.assigned) < IN_FLIGHT:
             video = self._pending.popleft()
             worker.assigned.append(video)
             worker.sent += 1
-            retiring = worker.sent >= self.config.max_videos_per_worker
+            if worker.sent == self.config.max_videos_per_worker:
+                worker.closed_at_limit = worker.shards_closed
             try:
                 worker.tasks.send(video)
             except OSError:  # it died; its pipe reads EOF next and _bury() requeues this video
@@ -309,5 +324,3 @@ class WorkerPool:
                 worker.tasks.send(None)
             except OSError:
                 pass
-            if retiring and not self.stopping and self._pending:
-                self._start_worker()

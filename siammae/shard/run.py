@@ -43,7 +43,8 @@ class ShardConfig:
     max_bytes: int = 1 << 30
     # Not part of the identity (a run may resume with the other decoder): siammae.shard.decode.
     decoder: str = "auto"
-    # A worker process is replaced after this many videos, so decoder leaks cannot grow a long run.
+    # A worker process is replaced after this many videos (at its next shard boundary), so decoder
+    # leaks cannot grow a long run.
     max_videos_per_worker: int = 200
 
     def identity(self) -> dict:

@@ -118,7 +118,7 @@ def make_samples(
     encode_spec: EncodeSpec,
     seed: int = 0,
     tmp_dir: Optional[str] = None,
-    decoder: str = "decord",
+    decoder: str = "auto",
 ) -> List[Sample]:
     """All samples of ``video``; raises :class:`VideoFailed`. ``decoder`` (see
     :mod:`siammae.shard.decode`) on the file first, then on an ffmpeg transcode of it."""

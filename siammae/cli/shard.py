@@ -99,7 +99,8 @@ class BytesType(click.ParamType):
 @click.option("--shard-size", type=BytesType(), default="1GB", show_default=True, help="Most bytes per shard.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Worker processes [default: all cores].")
 @click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
-              help="Video decoder: decord (x86-64, fastest), pyav (any platform); auto: decord if installed, else pyav.")
+              help="Video decoder: decord (x86-64 wheels only), pyav (any platform); auto: decord if installed, "
+                   "else pyav.")
 @click.option("--max-videos-per-worker", type=click.IntRange(1), default=200, show_default=True,
               help="Replace each worker process after this many videos, at its next shard boundary (decoders "
                    "leak; long runs stay small).")

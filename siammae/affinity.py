@@ -82,14 +82,17 @@ class LabelPropagator:
     """The context (first frame + FIFO queue of soft labels) and one propagation step per frame.
 
     ``protocol`` needs ``topk``, ``queue``, ``radius``, ``window``, ``window_on_first``, ``temperature``
-    and ``pad_queue`` (a :class:`siammae.propagate.Protocol`)."""
+    and ``pad_queue`` (a :class:`siammae.propagate.Protocol`). ``store`` is the number format the
+    context's features are kept in (the extraction precision: bf16 halves the queue); every
+    similarity is computed in fp32 all the same."""
 
     def __init__(self, protocol, grid: Tuple[int, int], first_feats: torch.Tensor, first_labels: torch.Tensor,
-                 tile: int = TILE):
+                 tile: int = TILE, store: torch.dtype = torch.float32):
         self.p = protocol
         self.grid = grid
-        # Clones: a row of a batch of features would keep the whole batch alive in the queue.
-        self.first = (first_feats.float().clone(), first_labels.to(first_feats.device).float())
+        self.store = store
+        # Copies: a row of a batch of features would keep the whole batch alive in the queue.
+        self.first = (first_feats.to(store, copy=True), first_labels.to(first_feats.device).float())
         self.queue = deque(maxlen=protocol.queue)
         if protocol.pad_queue:
             self.queue.extend([self.first] * protocol.queue)
@@ -113,7 +116,7 @@ class LabelPropagator:
             best = None
             for keys, labels, windowed in context:
                 region = (tile.rect_rows, tile.rect_cols) if windowed else (slice(None), slice(None))
-                sim = q @ keys[region].reshape(-1, keys.shape[-1]).T  # (T, R)
+                sim = q @ keys[region].reshape(-1, keys.shape[-1]).float().T  # (T, R); fp32 keys: no copy
                 if windowed and tile.mask is not None:
                     sim.masked_fill_(~tile.mask, float("-inf"))
                 best = self._keep_topk(best, sim, labels[region].reshape(-1, labels.shape[-1]))
@@ -123,7 +126,7 @@ class LabelPropagator:
             out[tile.rows, tile.cols] = torch.einsum("nk,nkl->nl", weights, labs).view(rows, cols, -1)
         pred = out.view(h * w, -1).T.contiguous()
         if self.queue.maxlen:
-            self.queue.append((feats.clone(), pred))
+            self.queue.append((feats.to(self.store, copy=True), pred))
         return pred
 
     def _keep_topk(self, best, sim: torch.Tensor, labels: torch.Tensor):

@@ -66,7 +66,7 @@ from siammae.davis import (
 from siammae.errors import SiammaeError
 from siammae.files import write_atomic
 from siammae.pixels import IMAGENET_MEAN, IMAGENET_STD
-from siammae.precision import autocast, resolve_precision
+from siammae.precision import DTYPES, autocast, resolve_precision
 
 
 class ProtocolError(SiammaeError):
@@ -231,6 +231,11 @@ class FeatureExtractor:
         self.mean = torch.tensor(protocol.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(protocol.std, device=device).view(1, 3, 1, 1)
 
+    @property
+    def feature_dtype(self) -> torch.dtype:
+        """The number format of the forward pass, which the propagation's context keeps its features in."""
+        return DTYPES.get(self.precision, torch.float32)
+
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         return resized_shape(height, width, self.protocol, self.patch)
 
@@ -320,7 +325,8 @@ def propagate_video(
         for i, frame in enumerate(frames):
             t0 = time.perf_counter()
             if propagator is None:
-                propagator = LabelPropagator(protocol, grid, feats[0], first_labels(grid).to(extractor.device))
+                propagator = LabelPropagator(protocol, grid, feats[0], first_labels(grid).to(extractor.device),
+                                             store=extractor.feature_dtype)
                 soft = None
             else:
                 soft = propagator.step(feats[i])

@@ -93,3 +93,23 @@ def test_window_smaller_than_topk_gives_zero_weight_to_missing_candidates():
     out = LabelPropagator(p, grid, first, labels).step(random_tokens(16))
     # With only the first frame as context, each token can only take its own cell's label.
     assert torch.allclose(out, torch.eye(16))
+
+
+def test_a_bf16_context_is_compared_in_fp32():
+    """Keeping the context's features in bf16 (the extraction precision) changes nothing else: with
+    features that bf16 holds exactly, the predictions equal those of an fp32 context bit for bit, and
+    the queue holds bf16 tensors (half the memory)."""
+    torch.manual_seed(4)
+    grid, p = (30, 53), PROTOCOLS["siammae"].replace(queue=3)
+    n = grid[0] * grid[1]
+
+    def tokens():
+        return random_tokens(n).bfloat16().float()
+
+    first, labels = tokens(), torch.softmax(torch.randn(5, n), 0)
+    half = LabelPropagator(p, grid, first, labels, store=torch.bfloat16)
+    full = LabelPropagator(p, grid, first, labels)
+    for _ in range(4):
+        target = tokens()
+        assert torch.equal(half.step(target), full.step(target))
+    assert all(f.dtype == torch.bfloat16 for f, _ in half.context())

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from siammae.affinity import LabelPropagator
+from siammae.attention import attention_modules, keep_freed_memory, written_out, written_out_pays
 from siammae.davis import (
     DavisError,
     DavisSequence,
@@ -219,7 +220,8 @@ class FeatureExtractor:
     """Frames -> L2-normalised patch tokens of the last block after the final norm.
 
     ``precision`` (fp32, bf16, fp16 or auto; :mod:`siammae.precision`) is the forward pass's number
-    format; the tokens come out fp32 either way."""
+    format; the tokens come out fp32 either way. On a CPU in bf16 the encoder's attention runs written
+    out as matmuls and a softmax where that is faster than the fused kernel (:mod:`siammae.attention`)."""
 
     def __init__(self, encoder: torch.nn.Module, protocol: Protocol, device: torch.device, precision: str = "fp32"):
         self.encoder = encoder.to(device).eval()
@@ -230,6 +232,9 @@ class FeatureExtractor:
         self.prefix = int(getattr(encoder, "num_prefix_tokens", 1))
         self.mean = torch.tensor(protocol.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(protocol.std, device=device).view(1, 3, 1, 1)
+        modules = attention_modules(self.encoder)
+        self.heads = int(modules[0].num_heads) if modules else 0
+        self.attention = "fused"  # the attention form of the last forward pass (siammae.attention)
 
     @property
     def feature_dtype(self) -> torch.dtype:
@@ -243,11 +248,14 @@ class FeatureExtractor:
         """Frames of (height, width) per forward pass that keep its activations within ``budget`` bytes
         (default: :data:`BATCH_BUDGET` of the device):
         about 14 token-width vectors per token live inside a block (input, norm, q, k, v, attention
-        output, the MLP's 4x hidden and its activation), plus the resized input."""
+        output, the MLP's 4x hidden and its activation), plus the resized input, plus the score and
+        probability matrices (heads x N x N each) where attention runs written out."""
         h, w = self.input_size(height, width)
         tokens = (h // self.patch) * (w // self.patch) + self.prefix
         width_ = int(getattr(self.encoder, "embed_dim", 768))
         per_frame = tokens * width_ * 14 * (4 if self.precision == "fp32" else 2) + 3 * h * w * 4
+        if written_out_pays(self.device, self.precision, 1, tokens, self.heads):
+            per_frame += 2 * self.heads * tokens * tokens * 2
         budget = budget or BATCH_BUDGET.get(self.device.type, BATCH_BUDGET["cpu"])
         return max(1, min(64, budget // per_frame))
 
@@ -257,7 +265,11 @@ class FeatureExtractor:
         size = self.input_size(*frames[0].shape[:2])
         x = torch.cat([self._resized(frame, size) for frame in frames])  # one full-size float frame at a time
         x = (x - self.mean) / self.std
-        with autocast(self.precision, self.device):
+        tokens = (size[0] // self.patch) * (size[1] // self.patch) + self.prefix
+        unfused = written_out_pays(self.device, self.precision, len(frames), tokens, self.heads)
+        unfused = unfused and keep_freed_memory()  # without it the written-out form is slower
+        self.attention = "written-out" if unfused else "fused"
+        with autocast(self.precision, self.device), written_out(self.encoder, unfused):
             tokens = self.encoder.forward_features(x)[:, self.prefix :]
         return F.normalize(tokens.float(), dim=-1)
 
@@ -336,7 +348,8 @@ def propagate_video(
     bar.close()
     elapsed = time.perf_counter() - start
     return dict(frames=T, seconds=elapsed, fps=T / max(elapsed, 1e-9), feature_seconds=t_feat,
-                propagation_seconds=t_prop, grid=list(grid), input_size=list(size), batch_size=batch_size)
+                propagation_seconds=t_prop, grid=list(grid), input_size=list(size), batch_size=batch_size,
+                attention=extractor.attention)
 
 
 def propagate_sequence(

@@ -102,5 +102,7 @@ def test_bf16_features_match_fp32_and_the_precision_is_recorded(davis, monkeypat
     assert torch.nn.functional.cosine_similarity(full, half, dim=-1).min() > 0.99
     r = CliRunner().invoke(propagate_cmd, command(davis, tmp_path, "--precision", "bf16", "--no-eval"))
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "propagation.json").read_text())["precision"] == "bf16"
+    record = json.loads((tmp_path / "propagation.json").read_text())
+    assert record["precision"] == "bf16"
+    assert {t["attention"] for t in record["timing"]["per_sequence"].values()} == {"written-out"}
     assert "bf16" in r.output

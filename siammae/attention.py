@@ -1,0 +1,82 @@
+"""Which attention computation a frozen encoder's forward pass uses during feature extraction.
+
+timm's attention modules either call PyTorch's fused ``scaled_dot_product_attention`` (``fused_attn``
+True, the default) or write attention out as ``softmax(q k^T / sqrt(d)) v`` with two batched matmuls.
+On the GPU the fused kernels win. On a CPU in bf16 they do not: PyTorch's fused CPU attention runs no
+faster in bf16 than in fp32 (ViT-S/16, 1591 tokens, 2 threads of an AVX512-BF16 CPU without AMX:
+26.7 ms vs 29.9 ms per block), while bf16 matmuls run at about twice the fp32 rate, so the written-out
+form takes 18 ms (q k^T 7.8, softmax 5.1, times v 5.4). Per 480x848 frame that made the whole bf16
+forward 1.21x faster (median of 10 interleaved pairs: 0.534 s vs 0.652 s), tokens equal to cosine
+0.99995 against fp32 either way.
+
+The written-out form holds a (heads, N, N) score matrix per block (30 MB at 1591 tokens in bf16), and
+that only pays if the memory is reused: glibc hands out each such block as a fresh ``mmap`` and
+returns it on free, so every forward touched new pages (182,000 minor page faults per frame) and ran
+1.29x *slower* than the fused one. :func:`keep_freed_memory` makes this process's allocator keep freed
+memory for reuse instead (0 page faults per frame after the first).
+
+So on a CPU in bf16 (:func:`written_out_pays`) the feature extractor switches the encoder's attention
+modules to the written-out form while its score matrices stay under :data:`SCORES_LIMIT`; everything
+else keeps the fused kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+
+import torch
+
+# Bytes of one forward pass's score matrices (batch x heads x N x N bf16) up to which the written-out
+# attention is used: ViT-S/16 and ViT-B/16 at 480p (30 / 61 MB); ViT-S/8 at 480p (485 MB) stays fused.
+SCORES_LIMIT = 64 * 2**20
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def attention_modules(encoder: torch.nn.Module) -> list:
+    """The encoder's attention modules that can switch form (timm's convention: a ``fused_attn`` flag)."""
+    return [m for m in encoder.modules() if hasattr(m, "fused_attn") and hasattr(m, "num_heads")]
+
+
+def written_out_pays(device: torch.device, precision: str, batch: int, tokens: int, heads: int) -> bool:
+    """Whether the written-out attention beats the fused kernel for ``batch`` frames of ``tokens``
+    tokens: on a CPU in bf16, with the score matrices of one block within :data:`SCORES_LIMIT`."""
+    scores = batch * heads * tokens * tokens * 2
+    return torch.device(device).type == "cpu" and precision == "bf16" and scores <= SCORES_LIMIT
+
+
+@contextlib.contextmanager
+def written_out(encoder: torch.nn.Module, enabled: bool = True):
+    """Inside the block, every attention module of ``encoder`` computes attention written out (when
+    ``enabled``); each gets its own setting back afterwards."""
+    modules = attention_modules(encoder) if enabled else []
+    before = [m.fused_attn for m in modules]
+    try:
+        for m in modules:
+            m.fused_attn = False
+        yield
+    finally:
+        for m, fused in zip(modules, before):
+            m.fused_attn = fused
+
+
+_KEPT = []
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's allocator serve large blocks from the heap and keep freed memory for reuse (no
+    ``mmap`` per block, no trimming), for the rest of this process. Peak memory is unchanged (freed
+    blocks are reused, not added to); memory freed late is not returned to the system until exit.
+    Returns False where the C library is not glibc (nothing changed)."""
+    if _KEPT:
+        return _KEPT[0]
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        done = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
+    except (OSError, AttributeError):  # not glibc (macOS, musl): mallopt is missing or differs
+        done = False
+    _KEPT.append(done)
+    return done

@@ -1,0 +1,101 @@
+"""On a CPU in bf16 the encoder's attention runs written out (siammae.attention): same tokens as the fused
+kernel, used only where it pays, the modules' own setting restored, and freed memory reused."""
+
+import platform
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from test_propagate import NATIVE, tiny_vit
+
+from siammae import precision as precision_module
+from siammae.attention import SCORES_LIMIT, keep_freed_memory, written_out_pays
+from siammae.propagate import PROTOCOLS, FeatureExtractor
+
+
+def count_fused_calls(monkeypatch):
+    calls = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    return calls
+
+
+def test_written_out_attention_gives_the_fused_tokens_and_runs_only_in_bf16_on_the_cpu(monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has", lambda p: True)  # autocast runs on any CPU
+    calls = count_fused_calls(monkeypatch)
+    frames = [np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)]
+    encoder, protocol = tiny_vit(16, depth=3), PROTOCOLS["siammae"].replace(**NATIVE)
+    full = FeatureExtractor(encoder, protocol, "cpu")
+    assert full(frames).shape == (1, 24, 192) and full.attention == "fused" and len(calls) == 3
+
+    calls.clear()
+    half = FeatureExtractor(encoder, protocol, "cpu", "bf16")
+    written = half(frames)
+    assert half.attention == "written-out" and calls == []  # no block called the fused kernel
+    assert all(block.attn.fused_attn for block in encoder.blocks)  # the modules' own setting is back
+
+    import siammae.propagate as propagate_module
+
+    monkeypatch.setattr(propagate_module, "written_out_pays", lambda *a: False)
+    fused = half(frames)
+    assert half.attention == "fused" and len(calls) == 3
+    cosine = torch.nn.functional.cosine_similarity
+    assert cosine(written, fused, dim=-1).min() > 0.999
+    assert cosine(written, full(frames), dim=-1).min() > 0.99
+
+
+def test_written_out_attention_only_where_its_score_matrices_stay_small():
+    assert written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 6)  # ViT-S/16 at 480p: 30 MB
+    assert written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 12)  # ViT-B/16: 61 MB
+    assert not written_out_pays("cpu", "bf16", 1, 60 * 106 + 1, 6)  # ViT-S/8: 485 MB
+    assert not written_out_pays("cpu", "bf16", 3, 30 * 53 + 1, 6)  # three frames at once: 91 MB
+    assert not written_out_pays("cpu", "fp32", 1, 30 * 53 + 1, 6)  # the fused kernel is faster in fp32
+    assert not written_out_pays("cuda", "bf16", 1, 30 * 53 + 1, 6)  # and on GPUs
+    assert SCORES_LIMIT == 64 * 2**20
+
+
+def test_batches_count_the_score_matrices_of_written_out_attention(monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has", lambda p: True)
+    encoder, protocol = tiny_vit(16), PROTOCOLS["siammae"].replace(**NATIVE)
+    fp32 = FeatureExtractor(encoder, protocol, "cpu").batch_frames(320, 320, budget=2**25)
+    bf16 = FeatureExtractor(encoder, protocol, "cpu", "bf16").batch_frames(320, 320, budget=2**25)
+    # 401 tokens of width 192 and the 320x320 input: 5.5 MB per frame in fp32 -> 6 frames in 32 MiB;
+    # bf16 activations 3.4 MB plus 2 x 3 heads x 401^2 bf16 scores (1.9 MB) -> 6 (9 without the scores).
+    assert (fp32, bf16) == (6, 6)
+
+
+FAULTS = """
+import resource, torch
+from siammae.attention import keep_freed_memory
+
+def faults():
+    for _ in range(10):  # until the heap has settled
+        torch.ones(10 * 2**20)
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        block = torch.ones(10 * 2**20)  # 40 MB, freed at once: as a block's score matrices are
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+before = faults()
+kept = keep_freed_memory()
+print(before, kept, faults())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_freed_memory tunes glibc's allocator")
+def test_kept_memory_is_reused_without_page_faults():
+    out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, kept, after = out.stdout.split()
+    print("minor page faults for 5 x 40 MB, before / after:", before, after)
+    assert kept == "True"
+    assert int(after) * 10 <= int(before)  # 51,200 pages touched anew before, none after
+    assert keep_freed_memory() in (True, False)  # safe to call again in any process

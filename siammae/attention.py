@@ -45,7 +45,7 @@ def written_out_pays(device: torch.device, precision: str, batch: int, tokens: i
     """Whether the written-out attention beats the fused kernel for ``batch`` frames of ``tokens``
     tokens: on a CPU in bf16, with the score matrices of one block within :data:`SCORES_LIMIT`."""
     scores = batch * heads * tokens * tokens * 2
-    return torch.device(device).type == "cpu" and precision == "bf16" and scores <= SCORES_LIMIT
+    return torch.device(device).type == "cpu" and precision == "bf16" and 0 < scores <= SCORES_LIMIT
 
 
 @contextlib.contextmanager
@@ -67,10 +67,10 @@ _KEPT = []
 
 
 def keep_freed_memory() -> bool:
-    """Make glibc's allocator serve large blocks from the heap and keep freed memory for reuse (no
-    ``mmap`` per block, no trimming), for the rest of this process. Peak memory is unchanged (freed
-    blocks are reused, not added to); memory freed late is not returned to the system until exit.
-    Returns False where the C library is not glibc (nothing changed)."""
+    """Make glibc's allocator serve large blocks from its heap and keep freed memory there for reuse
+    (no ``mmap`` per block; up to 1 GiB free at the top of the heap is not given back), for the rest of
+    this process. Freed memory is reused rather than returned to the system, so a process's RSS stays
+    near its peak until it exits. Returns False where the C library is not glibc (nothing changed)."""
     if _KEPT:
         return _KEPT[0]
     try:

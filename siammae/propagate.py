@@ -265,8 +265,8 @@ class FeatureExtractor:
         size = self.input_size(*frames[0].shape[:2])
         x = torch.cat([self._resized(frame, size) for frame in frames])  # one full-size float frame at a time
         x = (x - self.mean) / self.std
-        tokens = (size[0] // self.patch) * (size[1] // self.patch) + self.prefix
-        unfused = written_out_pays(self.device, self.precision, len(frames), tokens, self.heads)
+        n = (size[0] // self.patch) * (size[1] // self.patch) + self.prefix
+        unfused = written_out_pays(self.device, self.precision, len(frames), n, self.heads)
         unfused = unfused and keep_freed_memory()  # without it the written-out form is slower
         self.attention = "written-out" if unfused else "fused"
         with autocast(self.precision, self.device), written_out(self.encoder, unfused):

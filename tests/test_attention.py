@@ -58,6 +58,7 @@ def test_written_out_attention_only_where_its_score_matrices_stay_small():
     assert not written_out_pays("cpu", "bf16", 3, 30 * 53 + 1, 6)  # three frames at once: 91 MB
     assert not written_out_pays("cpu", "fp32", 1, 30 * 53 + 1, 6)  # the fused kernel is faster in fp32
     assert not written_out_pays("cuda", "bf16", 1, 30 * 53 + 1, 6)  # and on GPUs
+    assert not written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 0)  # an encoder without timm attention
     assert SCORES_LIMIT == 64 * 2**20
 
 

@@ -27,6 +27,10 @@ def count_fused_calls(monkeypatch):
     return calls
 
 
+GLIBC = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the written-out form needs glibc's allocator kept")
+
+
+@GLIBC
 def test_written_out_attention_gives_the_fused_tokens_and_runs_only_in_bf16_on_the_cpu(monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_has", lambda p: True)  # autocast runs on any CPU
     calls = count_fused_calls(monkeypatch)
@@ -91,7 +95,7 @@ print(before, kept, faults())
 """
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_freed_memory tunes glibc's allocator")
+@GLIBC
 def test_kept_memory_is_reused_without_page_faults():
     out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

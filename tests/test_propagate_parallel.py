@@ -12,6 +12,7 @@ from PIL import Image
 from test_propagate import moving_object_video, tiny_vit, write_sequence
 
 from siammae import precision as precision_module
+from siammae.attention import keep_freed_memory
 from siammae.cli.propagate import propagate as propagate_cmd
 from siammae.precision import PrecisionError, resolve_precision
 from siammae.propagate import PROTOCOLS, FeatureExtractor
@@ -104,5 +105,6 @@ def test_bf16_features_match_fp32_and_the_precision_is_recorded(davis, monkeypat
     assert r.exit_code == 0, r.output
     record = json.loads((tmp_path / "propagation.json").read_text())
     assert record["precision"] == "bf16"
-    assert {t["attention"] for t in record["timing"]["per_sequence"].values()} == {"written-out"}
+    form = "written-out" if keep_freed_memory() else "fused"  # written out only where glibc keeps freed memory
+    assert {t["attention"] for t in record["timing"]["per_sequence"].values()} == {form}
     assert "bf16" in r.output

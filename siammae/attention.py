@@ -25,8 +25,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 
 import torch
+
+from siammae.layers import set_fused_attention
 
 # Bytes of one forward pass's score matrices (batch x heads x N x N bf16) up to which the written-out
 # attention is used: ViT-S/16 and ViT-B/16 at 480p (30 / 61 MB); ViT-S/8 at 480p (485 MB) stays fused.
@@ -36,9 +39,10 @@ SCORES_LIMIT = 64 * 2**20
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
-def attention_modules(encoder: torch.nn.Module) -> list:
-    """The encoder's attention modules that can switch form (timm's convention: a ``fused_attn`` flag)."""
-    return [m for m in encoder.modules() if hasattr(m, "fused_attn") and hasattr(m, "num_heads")]
+def attention_heads(encoder: torch.nn.Module) -> int:
+    """Heads of the encoder's attention (timm's modules with a ``fused_attn`` flag); 0 without any."""
+    heads = (int(m.num_heads) for m in encoder.modules() if hasattr(m, "fused_attn") and hasattr(m, "num_heads"))
+    return next(heads, 0)
 
 
 def written_out_pays(device: torch.device, precision: str, batch: int, tokens: int, heads: int) -> bool:
@@ -52,31 +56,26 @@ def written_out_pays(device: torch.device, precision: str, batch: int, tokens: i
 def written_out(encoder: torch.nn.Module, enabled: bool = True):
     """Inside the block, every attention module of ``encoder`` computes attention written out (when
     ``enabled``); each gets its own setting back afterwards."""
-    modules = attention_modules(encoder) if enabled else []
-    before = [m.fused_attn for m in modules]
+    if not enabled:
+        yield
+        return
+    before = [(m, m.fused_attn) for m in encoder.modules() if hasattr(m, "fused_attn")]
+    set_fused_attention(encoder, False)
     try:
-        for m in modules:
-            m.fused_attn = False
         yield
     finally:
-        for m, fused in zip(modules, before):
+        for m, fused in before:
             m.fused_attn = fused
 
 
-_KEPT = []
-
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Make glibc's allocator serve large blocks from its heap and keep freed memory there for reuse
     (no ``mmap`` per block; up to 1 GiB free at the top of the heap is not given back), for the rest of
     this process. Freed memory is reused rather than returned to the system, so a process's RSS stays
     near its peak until it exits. Returns False where the C library is not glibc (nothing changed)."""
-    if _KEPT:
-        return _KEPT[0]
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        done = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
     except (OSError, AttributeError):  # not glibc (macOS, musl): mallopt is missing or differs
-        done = False
-    _KEPT.append(done)
-    return done
+        return False

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from siammae.affinity import LabelPropagator
-from siammae.attention import attention_modules, keep_freed_memory, written_out, written_out_pays
+from siammae.attention import attention_heads, keep_freed_memory, written_out, written_out_pays
 from siammae.davis import (
     DavisError,
     DavisSequence,
@@ -232,8 +232,7 @@ class FeatureExtractor:
         self.prefix = int(getattr(encoder, "num_prefix_tokens", 1))
         self.mean = torch.tensor(protocol.mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(protocol.std, device=device).view(1, 3, 1, 1)
-        modules = attention_modules(self.encoder)
-        self.heads = int(modules[0].num_heads) if modules else 0
+        self.heads = attention_heads(self.encoder)
         self.attention = "fused"  # the attention form of the last forward pass (siammae.attention)
 
     @property

@@ -14,8 +14,8 @@ Checks, each recorded in the report (a failed one as its error; the exit status 
                each step spent waiting for data (does the loader keep the GPU fed?)
   memory       peak allocated memory at batch 64 and the largest batch that fits (doubling until out of
                memory)
-  propagation  siammae propagate on a synthetic DAVIS set on the device (siammae preset, fp32 and bf16):
-               frames/s
+  propagation  siammae propagate on a synthetic DAVIS set on the device (siammae preset, fp32 and each of
+               bf16 / fp16 the device computes natively): frames/s
   cpu_vs_device the same propagation on the CPU: J&F within 0.005 of the device's
 """
 
@@ -42,6 +42,7 @@ from bench_train import peak_tflops  # noqa: E402
 from siammae.config import load_config  # noqa: E402
 from siammae.model import build_model  # noqa: E402
 from siammae.pixels import normalize  # noqa: E402
+from siammae.precision import native  # noqa: E402
 from siammae.schedule import param_groups  # noqa: E402
 from siammae.train import AUTOCAST_DTYPES  # noqa: E402
 
@@ -268,7 +269,9 @@ def main() -> int:
         davis = work / "davis"
         if not davis.is_dir():
             synth_davis(davis, **sizes.davis)
-        runs = [propagate(davis, work / f"prop-{p}", device.type, p) for p in ("fp32", "bf16")]
+        # fp32 and each reduced precision the device computes natively (bf16 on a CPU only with AVX512-BF16/AMX).
+        precisions = ["fp32"] + [p for p in ("bf16", "fp16") if native(p, device)]
+        runs = [propagate(davis, work / f"prop-{p}", device.type, p) for p in precisions]
         return dict(runs=runs, frames_per_s=runs[0]["frames_per_s"])
 
     check("propagation", propagation)

@@ -12,8 +12,8 @@ forward 1.21x faster (median of 10 interleaved pairs: 0.534 s vs 0.652 s), token
 The written-out form holds a (heads, N, N) score matrix per block (30 MB at 1591 tokens in bf16), and
 that only pays if the memory is reused: glibc hands out each such block as a fresh ``mmap`` and
 returns it on free, so every forward touched new pages (182,000 minor page faults per frame) and ran
-1.29x *slower* than the fused one. :func:`keep_freed_memory` makes this process's allocator keep freed
-memory for reuse instead (0 page faults per frame after the first).
+1.29x *slower* than the fused one. :func:`siammae.allocator.keep_freed_memory` makes the allocator
+keep freed memory for reuse instead (0 page faults per frame after the first).
 
 So on a CPU in bf16 (:func:`written_out_pays`) the feature extractor switches the encoder's attention
 modules to the written-out form while its score matrices stay under :data:`SCORES_LIMIT`; everything
@@ -23,9 +23,6 @@ else keeps the fused kernel.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 
 import torch
 
@@ -34,9 +31,6 @@ from siammae.layers import set_fused_attention
 # Bytes of one forward pass's score matrices (batch x heads x N x N bf16) up to which the written-out
 # attention is used: ViT-S/16 and ViT-B/16 at 480p (30 / 61 MB); ViT-S/8 at 480p (485 MB) stays fused.
 SCORES_LIMIT = 64 * 2**20
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
 def attention_heads(encoder: torch.nn.Module) -> int:
@@ -66,16 +60,3 @@ def written_out(encoder: torch.nn.Module, enabled: bool = True):
     finally:
         for m, fused in before:
             m.fused_attn = fused
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Make glibc's allocator serve large blocks from its heap and keep freed memory there for reuse
-    (no ``mmap`` per block; up to 1 GiB free at the top of the heap is not given back), for the rest of
-    this process. Freed memory is reused rather than returned to the system, so a process's RSS stays
-    near its peak until it exits. Returns False where the C library is not glibc (nothing changed)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**30))
-    except (OSError, AttributeError):  # not glibc (macOS, musl): mallopt is missing or differs
-        return False

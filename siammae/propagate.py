@@ -54,7 +54,8 @@ import torch
 import torch.nn.functional as F
 
 from siammae.affinity import LabelPropagator
-from siammae.attention import attention_heads, keep_freed_memory, written_out, written_out_pays
+from siammae.allocator import keep_freed_memory
+from siammae.attention import attention_heads, written_out, written_out_pays
 from siammae.davis import (
     DavisError,
     DavisSequence,

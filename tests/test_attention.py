@@ -1,9 +1,7 @@
 """On a CPU in bf16 the encoder's attention runs written out (siammae.attention): same tokens as the fused
-kernel, used only where it pays, the modules' own setting restored, and freed memory reused."""
+kernel, used only where it pays, the modules' own setting restored."""
 
 import platform
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ import torch
 from test_propagate import NATIVE, tiny_vit
 
 from siammae import precision as precision_module
-from siammae.attention import SCORES_LIMIT, keep_freed_memory, written_out_pays
+from siammae.attention import SCORES_LIMIT, written_out_pays
 from siammae.propagate import PROTOCOLS, FeatureExtractor
 
 
@@ -74,33 +72,3 @@ def test_batches_count_the_score_matrices_of_written_out_attention(monkeypatch):
     # 401 tokens of width 192 and the 320x320 input: 5.5 MB per frame in fp32 -> 6 frames in 32 MiB;
     # bf16 activations 3.4 MB plus 2 x 3 heads x 401^2 bf16 scores (1.9 MB) -> 6 (9 without the scores).
     assert (fp32, bf16) == (6, 6)
-
-
-FAULTS = """
-import resource, torch
-from siammae.attention import keep_freed_memory
-
-def faults():
-    for _ in range(10):  # until the heap has settled
-        torch.ones(10 * 2**20)
-    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
-        block = torch.ones(10 * 2**20)  # 40 MB, freed at once: as a block's score matrices are
-        del block
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
-
-before = faults()
-kept = keep_freed_memory()
-print(before, kept, faults())
-"""
-
-
-@GLIBC
-def test_kept_memory_is_reused_without_page_faults():
-    out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    before, kept, after = out.stdout.split()
-    print("minor page faults for 5 x 40 MB, before / after:", before, after)
-    assert kept == "True"
-    assert int(after) * 10 <= int(before)  # 51,200 pages touched anew before, none after
-    assert keep_freed_memory() in (True, False)  # safe to call again in any process

@@ -12,7 +12,7 @@ from PIL import Image
 from test_propagate import moving_object_video, tiny_vit, write_sequence
 
 from siammae import precision as precision_module
-from siammae.attention import keep_freed_memory
+from siammae.allocator import keep_freed_memory
 from siammae.cli.propagate import propagate as propagate_cmd
 from siammae.precision import PrecisionError, resolve_precision
 from siammae.propagate import PROTOCOLS, FeatureExtractor

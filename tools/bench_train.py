@@ -25,6 +25,7 @@ sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from siammae.allocator import keep_freed_memory  # noqa: E402
 from siammae.config import CLIP_METHODS, load_config  # noqa: E402
 from siammae.model import build_model  # noqa: E402
 from siammae.pixels import normalize  # noqa: E402
@@ -50,6 +51,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 30 on GPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU (default: by name)")
+    parser.add_argument("--allocator-default", action="store_true",
+                        help="on the CPU, leave glibc's allocator as it is (the baseline for the trainer's "
+                             "keep_freed_memory; alternate runs with and without it)")
     parser.add_argument("overrides", nargs="*", metavar="group.key=value")
     args = parser.parse_args()
 
@@ -60,6 +64,7 @@ def main() -> None:
     precision, note = pick_precision(cfg.train.mixed_precision, device)
     accelerator = Accelerator(mixed_precision=precision)
     gpu = device.type == "cuda"
+    kept = not gpu and not args.allocator_default and keep_freed_memory()  # as the trainer does on the CPU
     batch = args.batch or (128 if gpu else 8)
     steps = args.steps or (30 if gpu else 5)
     if gpu:
@@ -115,7 +120,8 @@ def main() -> None:
                   samples_per_s=round(pairs_per_s, 2), step_s=round(elapsed / steps, 4),
                   gflops_per_sample=round(flops_per_step / batch / 1e9, 2), achieved_tflops=round(achieved, 3),
                   mfu=round(achieved / peak, 4) if peak else None,
-                  max_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None)
+                  max_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
+                  freed_memory_kept=kept)
     if note:
         print(f"note: {note}")
     unit = f"clips of {T}" if cfg.model.method in CLIP_METHODS else "pairs"

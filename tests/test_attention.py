@@ -1,11 +1,9 @@
 """On a CPU in bf16 the encoder's attention runs written out (siammae.attention): same tokens as the fused
 kernel, used only where it pays, the modules' own setting restored."""
 
-import platform
-
 import numpy as np
-import pytest
 import torch
+from test_allocator import GLIBC  # the written-out form is used only where glibc keeps freed memory
 from test_propagate import NATIVE, tiny_vit
 
 from siammae import precision as precision_module
@@ -23,9 +21,6 @@ def count_fused_calls(monkeypatch):
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
     return calls
-
-
-GLIBC = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the written-out form needs glibc's allocator kept")
 
 
 @GLIBC

@@ -40,6 +40,13 @@ def native(precision: str, device: torch.device) -> bool:
     return device.type == "cpu" and cpu_has(precision)
 
 
+def native_precisions(device) -> list:
+    """fp32 and each reduced precision ``device`` computes natively, e.g. ["fp32", "bf16", "fp16"] on a
+    recent GPU, ["fp32"] on a CPU without AVX512-BF16 / AMX: what a benchmark can compare there."""
+    device = torch.device(device)
+    return ["fp32"] + [p for p in ("bf16", "fp16") if native(p, device)]
+
+
 def resolve_precision(precision: str, device) -> str:
     """``precision`` (one of :data:`PRECISIONS`) on ``device`` -> fp32, bf16 or fp16."""
     device = torch.device(device)

@@ -14,7 +14,7 @@ from test_propagate import moving_object_video, tiny_vit, write_sequence
 from siammae import precision as precision_module
 from siammae.allocator import keep_freed_memory
 from siammae.cli.propagate import propagate as propagate_cmd
-from siammae.precision import PrecisionError, resolve_precision
+from siammae.precision import PrecisionError, native_precisions, resolve_precision
 from siammae.propagate import PROTOCOLS, FeatureExtractor
 
 
@@ -78,8 +78,10 @@ def test_accelerate_launch_splits_sequences_and_merges(davis, single, tmp_path):
 def test_auto_precision_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_has", lambda p: p == "bf16")
     assert resolve_precision("auto", "cpu") == "bf16"
+    assert native_precisions("cpu") == ["fp32", "bf16"]  # what the benchmarks compare by default
     monkeypatch.setattr(precision_module, "cpu_has", lambda p: False)
     assert resolve_precision("auto", "cpu") == "fp32"
+    assert native_precisions("cpu") == ["fp32"]  # no bf16 run that would be refused
     with pytest.raises(PrecisionError, match="no native bf16.*fp32 or auto"):
         resolve_precision("bf16", "cpu")
     with pytest.raises(PrecisionError, match="choose one of"):

@@ -44,7 +44,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--davis", help="time whole commands on this DAVIS-format set instead (see above)")
     ap.add_argument("--weights", help="with --davis: the encoder's weights file (default: random, seed 0)")
-    ap.add_argument("--precisions", default="fp32,bf16", help="with --davis: siammae runs, comma-separated")
+    ap.add_argument("--precisions", help="with --davis: siammae runs, comma-separated (default: fp32 and each of "
+                    "bf16 / fp16 the device computes natively)")
     ap.add_argument("--reference", help="with --davis: a command to time beside ours; {davis} and {out} are filled in")
     ap.add_argument("--out", default="bench-propagate", help="with --davis: the runs' output folders")
     args = ap.parse_args(argv)
@@ -147,6 +148,7 @@ def bench_commands(args):
     from pathlib import Path
 
     from siammae.measures import evaluate
+    from siammae.precision import PrecisionError, native_precisions, resolve_precision
     from siammae.propagate import check_davis
 
     seqs = check_davis(args.davis)
@@ -154,10 +156,16 @@ def bench_commands(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     encoder = ["--checkpoint", args.model, *(["--weights", args.weights] if args.weights else ["--random-init"])]
+    precisions = args.precisions.split(",") if args.precisions else native_precisions(args.device)
+    try:  # a precision the device lacks is refused before any run, not after the others
+        for p in precisions:
+            resolve_precision(p, args.device)
+    except PrecisionError as e:
+        raise SystemExit(f"error: {e}") from None
     runs = {f"siammae {p}": [sys.executable, "-m", "siammae", "propagate", "--davis", args.davis, *encoder,
                              "--protocol", args.protocol or "siammae", "--precision", p, "--device", args.device,
                              "--no-eval", "--no-diagnostics", "--quiet", "--out", str(out / f"siammae-{p}")]
-            for p in args.precisions.split(",")}
+            for p in precisions}
     if args.reference:
         runs["reference"] = args.reference.format(davis=args.davis, out=out / "reference")
     # The RSS of imports + weights alone, for siammae's working memory.

@@ -42,7 +42,7 @@ from bench_train import peak_tflops  # noqa: E402
 from siammae.config import load_config  # noqa: E402
 from siammae.model import build_model  # noqa: E402
 from siammae.pixels import normalize  # noqa: E402
-from siammae.precision import native  # noqa: E402
+from siammae.precision import native_precisions  # noqa: E402
 from siammae.schedule import param_groups  # noqa: E402
 from siammae.train import AUTOCAST_DTYPES  # noqa: E402
 
@@ -269,9 +269,7 @@ def main() -> int:
         davis = work / "davis"
         if not davis.is_dir():
             synth_davis(davis, **sizes.davis)
-        # fp32 and each reduced precision the device computes natively (bf16 on a CPU only with AVX512-BF16/AMX).
-        precisions = ["fp32"] + [p for p in ("bf16", "fp16") if native(p, device)]
-        runs = [propagate(davis, work / f"prop-{p}", device.type, p) for p in precisions]
+        runs = [propagate(davis, work / f"prop-{p}", device.type, p) for p in native_precisions(device)]
         return dict(runs=runs, frames_per_s=runs[0]["frames_per_s"])
 
     check("propagation", propagation)

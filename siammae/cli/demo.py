@@ -16,7 +16,7 @@ from siammae.cli.synth import SizeType
               help="Run on these real videos instead of synthetic ones: shard them, composite a DAVIS-format "
               "set from them, train and compare (defaults then as siammae.demo.REAL: 1200 steps, 400 pairs a "
               "video 1-4 frames apart, 6 sequences of 30 frames at 480x854 propagated at short side 128; "
-              "about 12 min on 2 cores).")
+              "12-16 min on 2 cores).")
 @click.option("--hard", is_flag=True, help="With --videos: cut each object from its own background video.")
 @click.option("--num-videos", default=64, show_default=True, type=click.IntRange(min=1),
               help="Synthetic training videos to make.")

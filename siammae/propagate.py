@@ -290,7 +290,9 @@ def soft_to_ids(soft: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]
         lo = up.amin(dim=(1, 2), keepdim=True)
         hi = up.amax(dim=(1, 2), keepdim=True)
         up = (up - lo) / (hi - lo).clamp_min(1e-12)
-    return up.argmax(0).to(torch.uint8).cpu().numpy()
+    # argmax over the last, contiguous dimension: over the first one the CPU kernel is ~13x slower
+    # (78 vs 6 ms for 4 labels at 480x854), same result, ties to the lowest label included.
+    return up.movedim(0, -1).contiguous().argmax(-1).to(torch.uint8).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- sequences

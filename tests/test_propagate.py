@@ -257,3 +257,15 @@ def test_first_annotation_only_propagates_with_no_eval(tmp_path):
     assert len(list((tmp_path / "out" / "a").glob("*.png"))) == 4
     r = CliRunner().invoke(propagate_cmd, args)
     assert r.exit_code == 1 and "annotation" in r.output
+
+
+def test_soft_to_ids_is_the_argmax_of_the_upsampled_labels_ties_to_the_lowest():
+    torch.manual_seed(0)
+    soft = torch.rand(4, 6 * 10)
+    soft[:, :10] = 0.5  # a row of exact ties between all labels
+    up = torch.nn.functional.interpolate(soft.view(1, 4, 6, 10), size=(48, 80), mode="bilinear",
+                                         align_corners=False)[0]
+    expected = np.argmax(up.numpy(), axis=0)  # numpy: the first of equal maxima
+    ids = soft_to_ids(soft, (6, 10), (48, 80), minmax=False)
+    assert ids.dtype == np.uint8 and (ids == expected).all()
+    assert (ids[:4] == 0).all()  # the tied rows go to label 0

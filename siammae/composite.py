@@ -6,12 +6,17 @@ from :mod:`siammae.synth`, and moved, turned and scaled along a smooth path, occ
 the objects drawn before it. The renderer is the synthetic one (:func:`siammae.synth.draw_object`), so
 frames and masks agree to the pixel.
 
-Two variants:
+Variants (:data:`VARIANTS`, ``siammae synth davis --from-videos DIR --variant NAME``):
 
-* default: every object is cut from *another* video than its background (when there is more than one),
-  so colour statistics often tell object from background, as in most of DAVIS;
+* ``default``: every object is cut from *another* video than its background (when there is more than
+  one), so colour statistics often tell object from background, as in most of DAVIS;
 * ``hard``: every object is cut from the background video itself (another place and time), so only
-  the texture's correspondence over time separates them.
+  the texture's correspondence over time separates them;
+* ``colour``: as default, with each object's colours moved to the mean and spread of the background
+  around where it starts (per channel), so colour alone does not tell it apart;
+* ``fast``: as default, moving and turning 3x as fast (tens of pixels a frame at 480p);
+* ``nonrigid``: as default, each object bending over time (its texture and outline together);
+* ``scale``: as default, each object growing from ~0.55x to ~1.45x its size over the sequence.
 
 Use it to measure correspondence on real imagery without a DAVIS download; when the videos are also the
 training videos, say so (the objects' motion and the composites are still never seen in training).
@@ -28,11 +33,13 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from siammae.errors import SiammaeError
+from siammae.setvariants import VARIANTS, Variant
 from siammae.synth import (
     SHAPE_FNS,
     Path2D,
     SceneObject,
     Size,
+    Warp,
     draw_object,
     rasterise,
     sprite_side,
@@ -40,6 +47,13 @@ from siammae.synth import (
 )
 
 _STREAM_COMPOSITE = 505
+_STREAM_WARP = 506
+
+
+def variant_named(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise CompositeError(f"unknown set variant '{name}' (valid: {', '.join(VARIANTS)})")
+    return VARIANTS[name]
 
 
 class CompositeError(SiammaeError):
@@ -129,33 +143,70 @@ def _cut_sprite(frame: np.ndarray, side: int, rng: np.random.Generator) -> np.nd
     return np.ascontiguousarray(frame[top : top + side, left : left + side])
 
 
-def _real_object(rng: np.random.Generator, size: Size, texture: np.ndarray) -> SceneObject:
+def _real_object(rng: np.random.Generator, size: Size, texture: np.ndarray, variant: Variant = VARIANTS["default"],
+                 frames: int = 30, warp_rng: Optional[np.random.Generator] = None) -> SceneObject:
     """An object with a random shape and a texture cut from ``texture`` (a real frame at the sequence's
-    scale), moving slower than the synthetic scenes' objects (real DAVIS motion: a few pixels a frame)."""
+    scale), moving slower than the synthetic scenes' objects (real DAVIS motion: a few pixels a frame),
+    changed as ``variant`` says. The draws from ``rng`` are the same for every variant (so default and
+    hard sets stay as they were); a bending object's own draws come from ``warp_rng``."""
     h, w = size
     scale = min(h, w)
     radius = scale * rng.uniform(0.12, 0.22)
     breathe = rng.uniform(0.0, 0.1)
-    side = sprite_side(radius, breathe)
+    if variant.grow:  # half a period of the breathing over the sequence: ~0.55x -> ~1.45x
+        radius, breathe = 0.8 * radius, 0.45
+    bend = variant.bend * radius
+    side = sprite_side(radius + bend, breathe)
     shape = str(rng.choice(sorted(SHAPE_FNS)))
     margin = 0.1 * np.array([h, w])
     lo, hi = margin, np.array([h, w]) - margin
     centre = rng.uniform(lo, hi)
     room = np.minimum(centre - lo, hi - centre)
     path = Path2D(centre=centre, amplitude=room * rng.uniform(0.4, 1.0, 2),
-                  omega=rng.uniform(0.015, 0.05, 2) * rng.choice([-1, 1], 2), phase=rng.uniform(0, 2 * np.pi, 2))
-    return SceneObject(sprite=_cut_sprite(texture, side, rng), alpha=rasterise(SHAPE_FNS[shape](rng, radius), side),
-                       radius=radius, path=path, angle=rng.uniform(0, 2 * np.pi), spin=rng.uniform(-0.03, 0.03),
-                       breathe=breathe, breathe_omega=rng.uniform(0.02, 0.06), breathe_phase=rng.uniform(0, 2 * np.pi))
+                  omega=rng.uniform(0.015, 0.05, 2) * rng.choice([-1, 1], 2) * variant.speed,
+                  phase=rng.uniform(0, 2 * np.pi, 2))
+    sprite = _cut_sprite(texture, side, rng)
+    alpha = rasterise(SHAPE_FNS[shape](rng, radius), side)
+    angle, spin = rng.uniform(0, 2 * np.pi), rng.uniform(-0.03, 0.03) * variant.speed
+    breathe_omega, breathe_phase = rng.uniform(0.02, 0.06), rng.uniform(0, 2 * np.pi)
+    if variant.grow:
+        breathe_omega, breathe_phase = np.pi / max(1, frames - 1), -np.pi / 2
+    warp = None
+    if bend > 0:
+        warp_rng = warp_rng if warp_rng is not None else rng
+        warp = Warp(amplitude=bend, k=2 * np.pi / (radius * warp_rng.uniform(0.8, 1.4)),
+                    omega=warp_rng.uniform(0.15, 0.3), phase=warp_rng.uniform(0, 2 * np.pi, 2))
+    return SceneObject(sprite=sprite, alpha=alpha, radius=radius, path=path, angle=angle, spin=spin,
+                       breathe=breathe, breathe_omega=breathe_omega, breathe_phase=breathe_phase, warp=warp)
+
+
+def match_colour(sprite: np.ndarray, alpha: np.ndarray, frame: np.ndarray, centre: np.ndarray,
+                 radius: float) -> np.ndarray:
+    """``sprite`` (S, S, 3) with the per-channel mean and standard deviation of its shape's texels
+    (``alpha``) moved to those of ``frame`` in a (4 radius)-wide window around ``centre`` (y, x)."""
+    h, w = frame.shape[:2]
+    r = int(np.ceil(2 * radius))
+    cy, cx = int(np.clip(round(centre[0]), 0, h - 1)), int(np.clip(round(centre[1]), 0, w - 1))
+    around = frame[max(0, cy - r) : cy + r + 1, max(0, cx - r) : cx + r + 1].reshape(-1, 3).astype(np.float32)
+    inside = sprite[alpha].astype(np.float32)
+    if len(inside) < 2:
+        return sprite
+    mean, std = inside.mean(0), inside.std(0) + 1e-3
+    out = (sprite.astype(np.float32) - mean) / std * around.std(0) + around.mean(0)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def compose_sequence(sources: List[SourceVideo], index: int, frames: int, size: Size, seed: int, hard: bool,
-                     objects: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray, dict]:
+                     objects: Tuple[int, int], variant: Optional[Variant] = None) -> Tuple[np.ndarray, np.ndarray, dict]:
     """Sequence ``index``: (frames (T, H, W, 3) uint8, masks (T, H, W) uint8, where it came from).
 
+    ``variant`` (default: ``hard`` when ``hard`` else ``default``) says how objects are made.
     Backgrounds take the videos in turn; objects are redrawn until each shows at least ~0.5% of the
     frame in the first frame (DAVIS tracks the ids of the first annotation)."""
+    variant = variant or VARIANTS["hard" if hard else "default"]
+    hard = variant.own_video
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _STREAM_COMPOSITE, int(index)]))
+    warp_rng = np.random.default_rng(np.random.SeedSequence([int(seed), _STREAM_WARP, int(index)]))
     bg = sources[index % len(sources)]
     start = int(rng.integers(0, max(1, bg.num_frames - frames + 1)))
     bg_indices = ping_pong(start, frames, bg.num_frames)
@@ -171,7 +222,11 @@ def compose_sequence(sources: List[SourceVideo], index: int, frames: int, size: 
             picks.append((src, int(rng.integers(src.num_frames))))
         textures = [cover(f, size, tuple(rng.uniform(0, 1, 2)))
                     for f in read_frames_grouped(picks)]
-        scene_objects = [_real_object(rng, size, tex) for tex in textures]
+        scene_objects = [_real_object(rng, size, tex, variant, frames, warp_rng) for tex in textures]
+        if variant.match_colour:
+            for obj in scene_objects:
+                obj.sprite = match_colour(obj.sprite, obj.alpha, background[0], obj.path.at(np.zeros(1))[0],
+                                          obj.radius)
         video, masks = background.copy(), np.zeros(background.shape[:3], dtype=np.uint8)
         t = np.arange(frames, dtype=np.float64)
         for label, obj in enumerate(scene_objects, start=1):
@@ -179,7 +234,7 @@ def compose_sequence(sources: List[SourceVideo], index: int, frames: int, size: 
         counts = np.bincount(masks[0].ravel(), minlength=count + 1)
         if counts[1:].min() >= min_pixels:
             record = dict(background=str(bg.path), background_frames=[bg_indices[0], bg_indices[-1]],
-                          objects=[dict(video=str(s.path), frame=f) for s, f in picks])
+                          objects=[dict(video=str(s.path), frame=f) for s, f in picks], variant=variant.name)
             return video, masks, record
     raise CompositeError(f"could not place {objects} visible objects in a {size[0]}x{size[1]} frame")
 
@@ -208,20 +263,24 @@ def composite_davis(
     resolution: str = "480p",
     quality: int = 95,
     progress: Optional[Callable[[str], None]] = None,
+    variant: Optional[str] = None,
 ) -> List[str]:
     """Write a DAVIS-2017-format set composited from the videos under ``videos_dir``; returns the names.
 
-    Sequences are ``real-000 ...`` (``real-hard-000 ...`` with ``hard``), all listed in
+    ``variant`` names one of :data:`VARIANTS` (``hard=True`` is ``variant="hard"``). Sequences are
+    ``real-000 ...`` (``real-hard-000``, ``real-colour-000``, ... for the other variants), all listed in
     ``ImageSets/2017/val.txt``; ``OUT/composite.json`` records every sequence's background video and
     frames and where each object's texture was cut. Deterministic for a seed and a set of videos.
     """
+    chosen = variant_named(variant or ("hard" if hard else "default"))
+    if hard and chosen.name != "hard":
+        raise CompositeError(f"hard and variant={chosen.name} exclude each other")
     sources = find_sources(videos_dir)
     root = Path(out_dir)
-    prefix = "real-hard" if hard else "real"
     names, records = [], {}
     for i in range(num_sequences):
-        name = f"{prefix}-{i:03d}"
-        video, masks, records[name] = compose_sequence(sources, i, frames, size, seed, hard, objects)
+        name = f"{chosen.prefix}-{i:03d}"
+        video, masks, records[name] = compose_sequence(sources, i, frames, size, seed, hard, objects, chosen)
         write_sequence(root, resolution, name, video, masks, quality)
         names.append(name)
         if progress is not None:
@@ -232,6 +291,6 @@ def composite_davis(
     if not (list_dir / "train.txt").exists():
         (list_dir / "train.txt").write_text("")
     settings = dict(videos=str(videos_dir), num_sequences=num_sequences, frames=frames, size=list(size),
-                    seed=seed, hard=hard, objects=list(objects))
+                    seed=seed, hard=chosen.own_video, variant=chosen.name, objects=list(objects))
     (root / "composite.json").write_text(json.dumps(dict(settings=settings, sequences=records), indent=2) + "\n")
     return names

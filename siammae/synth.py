@@ -340,6 +340,7 @@ class SceneObject:
     breathe: float  # relative scale amplitude, < 1
     breathe_omega: float
     breathe_phase: float
+    warp: Optional["Warp"] = None  # non-rigid: the sprite itself bends over time
 
     def pose(self, t: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """centre (T, 2), angle (T,), scale (T,) at frame times ``t`` (T,)."""
@@ -348,7 +349,20 @@ class SceneObject:
 
     def window_half(self) -> int:
         """Half the side of the square drawing window that holds the object at any scale."""
-        return int(np.ceil(self.radius * (1 + self.breathe))) + 1
+        bend = self.warp.amplitude if self.warp is not None else 0.0  # texels, drawn at scale <= 1 + breathe
+        return int(np.ceil((self.radius + bend) * (1 + self.breathe))) + 1
+
+
+@dataclass
+class Warp:
+    """A non-rigid deformation of a sprite: texel ``(v, u)`` (object frame) is read from
+    ``(v + amplitude * sin(k * u + omega * t + phase[0]), u + amplitude * sin(k * v + omega * t + phase[1]))``,
+    so the shape and its texture bend together and the mask stays exact."""
+
+    amplitude: float  # texels
+    k: float  # radians per texel (2 pi / wavelength)
+    omega: float  # radians per frame
+    phase: np.ndarray  # (2,)
 
 
 @dataclass
@@ -450,8 +464,11 @@ def draw_object(obj: SceneObject, t: np.ndarray, label: int, frames: np.ndarray,
     # Sprite coordinates, shifted by side // 2 so they are positive and int truncation is floor; the
     # small (T, B, 1) / (T, 1, B) terms are formed first so each full-size array costs one addition.
     c = np.float32(side // 2)
-    col = ((cos * dx + c) + sin * dy).astype(np.int32)  # (T, B, B)
-    row = ((cos * dy + c) - sin * dx).astype(np.int32)
+    col = (cos * dx + c) + sin * dy  # (T, B, B)
+    row = (cos * dy + c) - sin * dx
+    if obj.warp is not None:
+        col, row = _warped(obj.warp, t, col, row, c, side)
+    col, row = col.astype(np.int32), row.astype(np.int32)
     texel = row * side + col
     covered = np.take(obj.alpha.ravel(), texel)
     covered &= ((ys >= 0) & (ys < h))[:, :, None] & ((xs >= 0) & (xs < w))[:, None, :]
@@ -461,6 +478,15 @@ def draw_object(obj: SceneObject, t: np.ndarray, label: int, frames: np.ndarray,
     # Colours move as 3-byte items (void views): about twice as fast as (N, 3) fancy indexing.
     np.put(frames.view("V3").reshape(-1), pixel, np.take(obj.sprite.view("V3").reshape(-1), texel))
     np.put(masks.reshape(-1), pixel, label)
+
+
+def _warped(warp: Warp, t: np.ndarray, col: np.ndarray, row: np.ndarray, c: np.float32, side: int):
+    """Sprite coordinates (T, B, B) displaced by ``warp`` at frame times ``t``, kept inside the sprite."""
+    wave = (warp.omega * t).astype(np.float32)[:, None, None]
+    k, a = np.float32(warp.k), np.float32(warp.amplitude)
+    new_col = col + a * np.sin(k * (row - c) + wave + np.float32(warp.phase[1]))
+    new_row = row + a * np.sin(k * (col - c) + wave + np.float32(warp.phase[0]))
+    return np.clip(new_col, 0, side - 1), np.clip(new_row, 0, side - 1)
 
 
 _WINDOW_BUDGET = 1 << 20

@@ -7,6 +7,7 @@ Thin wrappers over :mod:`siammae.synth`; numpy and friends are imported inside t
 import click
 
 from siammae.cli import Group
+from siammae.setvariants import VARIANTS
 
 
 class SizeType(click.ParamType):
@@ -116,8 +117,12 @@ def videos(out, num_videos, frames, size, fps, seed, objects, split, suffix):
                    "--objects to 2-3.")
 @click.option("--hard", is_flag=True,
               help="With --from-videos: cut each object from its own background video, so colour alone does "
-                   "not tell them apart.")
-def davis(out, sequences, train_sequences, frames, size, seed, objects, split, videos_dir, hard):
+                   "not tell them apart (= --variant hard).")
+@click.option("--variant", type=click.Choice(list(VARIANTS)), default="default", show_default=True,
+              help="With --from-videos: how objects are made. hard: cut from their own background video; "
+                   "colour: colours matched to the background around them; fast: 3x the motion; nonrigid: "
+                   "bending over time; scale: growing ~2.6x over the sequence.")
+def davis(out, sequences, train_sequences, frames, size, seed, objects, split, videos_dir, hard, variant):
     """Write a DAVIS-2017-format set to OUT: synthetic, or composited from real videos (--from-videos).
 
     \b
@@ -134,15 +139,19 @@ def davis(out, sequences, train_sequences, frames, size, seed, objects, split, v
             raise click.UsageError("--train-sequences and --split are for synthetic sets, not --from-videos")
         size = size if src("size").name != "DEFAULT" else (480, 854)
         objects = objects if src("objects").name != "DEFAULT" else (2, 3)
+        if hard and variant not in ("default", "hard"):
+            raise click.UsageError(f"--hard is --variant hard: it excludes --variant {variant}")
+        variant = "hard" if hard else variant
         bar, step = _progress(sequences, "seq")
         with bar:
             names = composite_davis(videos_dir, out, num_sequences=sequences, frames=frames, size=size,
-                                    seed=seed, hard=hard, objects=objects, progress=step)
+                                    seed=seed, objects=objects, progress=step, variant=variant)
         click.echo(f"wrote {len(names)} sequences of {frames} frames at {size[0]}x{size[1]} composited from "
-                   f"{videos_dir}{' (hard: objects from their own background video)' if hard else ''} to {out}")
+                   f"{videos_dir} (variant {variant}) to {out}")
         return
-    if hard:
-        raise click.UsageError("--hard needs --from-videos")
+    for flag, given in (("--hard", hard), ("--variant", src("variant").name != "DEFAULT")):
+        if given:
+            raise click.UsageError(f"{flag} needs --from-videos")
     from siammae.synth import synth_davis
 
     bar, step = _progress(sequences + train_sequences, "seq")

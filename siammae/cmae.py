@@ -172,7 +172,7 @@ def build_cmae(model_cfg) -> CMAE:
                  masking=model_cfg.masking, norm_pix_loss=model_cfg.norm_pix_loss, sdpa=model_cfg.sdpa_backend,
                  momentum=model_cfg.momentum, momentum_end=model_cfg.momentum_end,
                  nce_temperature=model_cfg.nce_temperature, nce_weight=model_cfg.nce_weight)
-    _init_model(model)
+    _init_model(model, model_cfg.init)
     nn.init.normal_(model.feature_decoder.mask_token, std=0.02)
     # The target branch starts as a copy of the online one.
     model.target_encoder.load_state_dict(model.encoder.state_dict())

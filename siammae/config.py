@@ -77,6 +77,10 @@ class ModelConfig:
     # the device has not for the run's precision (efficient on a CPU, flash in fp32 on CUDA) stops at start.
     sdpa_backend: str = _choices("auto", "auto", "flash", "efficient", "math")
     drop_path: float = 0.0
+    # Initial weights of the encoder: mae (xavier-uniform linear layers, MAE's), or timm (timm's own:
+    # truncated normal of std 0.02, which `siammae propagate --random-init` also makes). The decoder
+    # always starts from MAE's.
+    init: str = _choices("mae", "mae", "timm")
     # cmae: the feature decoder's blocks (width and heads as the pixel decoder's; public config: 2).
     feature_decoder_depth: int = 2
     # cmae: the target encoder's EMA momentum, on BYOL's cosine from `momentum` (step 0) to
@@ -280,6 +284,8 @@ CROSS_RULES = [
      "siammae / cmae, whose frames are encoded one by one"),
     (("model.method", "data.num_frames"), lambda method, frames: method != "cmae" or frames == 2,
      "cmae takes frame pairs: data.num_frames must be 2"),
+    (("model.init", "model.method"), lambda init, method: init == "mae" or method not in CLIP_METHODS,
+     "model.init=timm is for the frame methods (siammae, cmae): a clip encoder has no timm counterpart"),
     (("model.method", "model.mask_ratio"), lambda method, ratios: method != "cmae" or ratios[0] == 0,
      "cmae's target branch sees the first frame whole: its mask ratio must be 0, e.g. [0.0, 0.65]"),
     (("model.method", "model.mask_ratio", "model.img_size", "model.patch_size"),

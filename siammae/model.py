@@ -311,9 +311,17 @@ def init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def _init_model(model: nn.Module) -> nn.Module:
-    model.apply(init_weights)
-    for vit in {model.encoder, getattr(model, "encoder_f2", model.encoder)}:
+def _init_model(model: nn.Module, init: str = "mae") -> nn.Module:
+    """MAE's initialisation of every part (``init="mae"``), or of all but the encoders, which keep timm's
+    own (``"timm"``: truncated-normal linear layers of std 0.02, the patch embedding as a conv)."""
+    encoders = {model.encoder, getattr(model, "encoder_f2", model.encoder)}
+    if init == "mae":
+        model.apply(init_weights)
+    else:
+        for child in model.children():
+            if child not in encoders:
+                child.apply(init_weights)
+    for vit in encoders if init == "mae" else ():
         w = vit.patch_embed.proj.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))  # as a linear layer, not a conv
         nn.init.normal_(vit.cls_token, std=0.02)
@@ -348,6 +356,6 @@ def build_model(model_cfg, num_frames: int = 2) -> nn.Module:
     model = ENCODERS[model_cfg.encoder](*encoders, decoder, mask_ratio=model_cfg.mask_ratio,
                                         masking=model_cfg.masking, norm_pix_loss=model_cfg.norm_pix_loss,
                                         sdpa=model_cfg.sdpa_backend)
-    _init_model(model)
+    _init_model(model, model_cfg.init)
     set_fused_attention(model, model_cfg.attention == "sdpa")
     return model

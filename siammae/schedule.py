@@ -41,14 +41,16 @@ def learning_rate(step: int, peak: float, min_lr: float, warmup: int, total: int
 def param_groups(model: torch.nn.Module, weight_decay: float, encoder_lr_scale: float = 1.0) -> list:
     """AdamW groups: weight decay on weight matrices only; none on biases, norms, position embeddings
     and tokens (MAE). Frozen parameters (the fixed sin-cos positions) are left out. Each group carries
-    ``lr_scale``: the encoders' parameters (``encoder*``) learn at ``encoder_lr_scale`` x the schedule's lr
-    when that is not 1 (then there are four groups)."""
+    ``lr_scale``: the encoders' parameters (names starting with the model's ``encoder_prefixes``, by default
+    ``encoder``) learn at ``encoder_lr_scale`` x the schedule's lr when that is not 1 (then there are four
+    groups)."""
+    encoder = tuple(getattr(model, "encoder_prefixes", ("encoder",)))
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         skip = p.ndim <= 1 or name.split(".")[-1] in NO_WEIGHT_DECAY
-        scale = encoder_lr_scale if name.startswith("encoder") else 1.0
+        scale = encoder_lr_scale if name.startswith(encoder) else 1.0
         key = (skip, scale)
         groups.setdefault(key, dict(params=[], weight_decay=0.0 if skip else weight_decay, lr_scale=scale))
         groups[key]["params"].append(p)

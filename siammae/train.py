@@ -304,9 +304,11 @@ def optimizer_step(model, optimizer, data_iter, accelerator, cfg, window: Metric
 # ----------------------------------------------------------------------------- the trainer
 
 
-def train(cfg, on_step=None) -> dict:
+def train(cfg, on_step=None, build=None) -> dict:
     """Train as ``cfg`` says; returns the summary. ``on_step(step, model, keys, accelerator)``, if given,
-    is called on every rank after every optimizer step (the tests use it). User errors raise
+    is called on every rank after every optimizer step (the tests use it). ``build(model_cfg,
+    num_frames)``, if given, makes the model instead of :func:`siammae.model.build_model` (a peer's
+    implementation trained by this loop: ``tools/peer_cropmae.py``). User errors raise
     :class:`SiammaeError` before any work; a diverged run raises :class:`Diverged`."""
     from tqdm import tqdm
 
@@ -328,7 +330,7 @@ def train(cfg, on_step=None) -> dict:
     if main_proc:
         prepare_run_folder(cfg, out, resume, say)
 
-    model, optimizer, progress = prepare_model(cfg, accelerator, resume)
+    model, optimizer, progress = prepare_model(cfg, accelerator, resume, build)
     if main_proc:
         keep_metrics_until(out / "metrics.jsonl", progress.step)
     accelerator.init_trackers("siammae", config=flat_hparams(cfg))  # the resolved config as hyper-parameters
@@ -391,16 +393,16 @@ def train(cfg, on_step=None) -> dict:
                      last_ckpt, (stop_signal["signal"] or signal.SIGTERM) if signalled else 0, say)
 
 
-def prepare_model(cfg, accelerator, resume):
-    """The model and optimizer, prepared by Accelerate, and the loop's :class:`Progress`, all restored
-    from ``resume`` when given."""
+def prepare_model(cfg, accelerator, resume, build=None):
+    """The model (made by ``build``, default :func:`siammae.model.build_model`) and optimizer, prepared
+    by Accelerate, and the loop's :class:`Progress`, all restored from ``resume`` when given."""
     from accelerate.utils import set_seed
 
     from siammae.model import build_model
 
     # The same seed on every rank for the initial weights, then a rank-specific one for the masks.
     set_seed(cfg.train.seed)
-    model = build_model(cfg.model, cfg.data.num_frames)
+    model = (build or build_model)(cfg.model, cfg.data.num_frames)
     set_seed(cfg.train.seed, device_specific=True)
     model, optimizer = accelerator.prepare(model, make_optimizer(model, cfg))  # not the loader: see siammae.data
     progress = Progress()

@@ -109,6 +109,7 @@ BAD = {
     "model.mask_ratio": "[0.0, 1.0]",
     "model.masking": "block",
     "model.attention": "flash",
+    "model.init": "xavier",
     "model.sdpa_backend": "cudnn",
     "model.drop_path": "1.0",
     "data.num_frames": "1",
@@ -253,3 +254,9 @@ def test_run_folders_of_earlier_versions_still_load(tmp_path):
         assert read_config(tmp_path / "config.yaml").train.log_with == new
     with pytest.raises(ConfigError, match="unknown key 'train.tensorboard'"):  # recipes get no such leniency
         load_config(None, ["train.tensorboard=true"])
+
+
+def test_init_timm_is_for_frame_methods_only():
+    assert load_config("tiny", ["model.init=timm"]).model.init == "timm"
+    with pytest.raises(ConfigError, match="model.init=timm is for the frame methods"):
+        load_config("videomae_tiny", ["model.init=timm"])

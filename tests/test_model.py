@@ -170,3 +170,22 @@ def test_patch8_and_other_sizes_load_into_timm():
     name, kwargs = timm_spec(cfg)
     assert kwargs == {"num_classes": 0, "patch_size": 8, "img_size": 32}
     _timm.create_model(name, **kwargs).load_state_dict(build_encoder(cfg).state_dict(), strict=True)
+
+
+def test_init_timm_starts_the_encoder_as_the_random_baseline_and_the_decoder_as_mae():
+    """model.init=timm: the trainer's initial encoder is exactly what `--random-init` evaluates for the
+    same seed; the decoder still gets MAE's xavier initialisation."""
+    from accelerate.utils import set_seed
+
+    cfg = load_config("tiny", ["model.init=timm"])
+    set_seed(5)
+    model = build_model(cfg.model)
+    torch.manual_seed(5)
+    random = build_encoder(cfg.model).state_dict()
+    assert all(torch.equal(v, random[k]) for k, v in model.encoder.state_dict().items())
+    w = model.decoder.blocks[0].mlp.fc1.weight
+    bound = (6 / (w.shape[0] + w.shape[1])) ** 0.5  # xavier-uniform's
+    assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
+    set_seed(5)
+    mae = build_model(load_config("tiny").model)
+    assert not torch.equal(mae.encoder.blocks[0].attn.qkv.weight, model.encoder.blocks[0].attn.qkv.weight)

@@ -218,7 +218,7 @@ def evaluate_encoders(job: dict) -> None:
         steps = {str(s): files[s] for s in sorted(files)}
     last = str(max(int(s) for s in steps)) if not job["random"] else "random"
     for step, source in steps.items():
-        wanted = list(job["curve_sets"]) + (list(job["final_sets"]) if step in (last, "0") else [])
+        wanted = list(job["curve_sets"]) + (list(job["final_sets"]) if step == last else [])
         todo = [s for s in wanted if s not in scores.get(step, {})]
         if not todo:
             continue
@@ -476,8 +476,8 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=300)
     p.add_argument("--train-seeds", default="0,1,2")
     p.add_argument("--set-seeds", default="0,1")
-    p.add_argument("--variants", default="default,hard,colour", help="sets scored at every evaluated step")
-    p.add_argument("--final-variants", default="fast,nonrigid,scale", help="sets scored at step 0 and the last step")
+    p.add_argument("--variants", default="default,hard", help="sets scored at every evaluated step")
+    p.add_argument("--final-variants", default="colour,fast,nonrigid,scale", help="sets scored at the last step")
     p.add_argument("--max-folds", type=int, default=5)
     p.add_argument("--per-video", type=int, default=400)
     p.add_argument("--gap", default="1-4")

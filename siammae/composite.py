@@ -16,7 +16,7 @@ Variants (:data:`VARIANTS`, ``siammae synth davis --from-videos DIR --variant NA
   around where it starts (per channel), so colour alone does not tell it apart;
 * ``fast``: as default, moving and turning 3x as fast (tens of pixels a frame at 480p);
 * ``nonrigid``: as default, each object bending over time (its texture and outline together);
-* ``scale``: as default, each object growing from ~0.55x to ~1.45x its size over the sequence.
+* ``scale``: as default, each object growing to twice its size (4x its area) over the sequence.
 
 Use it to measure correspondence on real imagery without a DAVIS download; when the videos are also the
 training videos, say so (the objects' motion and the composites are still never seen in training).
@@ -153,8 +153,8 @@ def _real_object(rng: np.random.Generator, size: Size, texture: np.ndarray, vari
     scale = min(h, w)
     radius = scale * rng.uniform(0.12, 0.22)
     breathe = rng.uniform(0.0, 0.1)
-    if variant.grow:  # half a period of the breathing over the sequence: ~0.55x -> ~1.45x
-        radius, breathe = 0.8 * radius, 0.45
+    if variant.grow:  # half a period of the breathing over the sequence: 1x -> 2x the drawn radius
+        radius, breathe = 1.5 * radius, 1 / 3
     bend = variant.bend * radius
     side = sprite_side(radius + bend, breathe)
     shape = str(rng.choice(sorted(SHAPE_FNS)))

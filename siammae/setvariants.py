@@ -17,7 +17,7 @@ class Variant:
     match_colour: bool = False  # object colours moved to the background's local mean and spread
     speed: float = 1.0  # factor on the objects' path and spin speeds
     bend: float = 0.0  # non-rigid: warp amplitude as a fraction of the object's radius
-    grow: bool = False  # scale from ~0.55x to ~1.45x over the sequence
+    grow: bool = False  # growing to twice the size over the sequence
 
     @property
     def prefix(self) -> str:

@@ -121,7 +121,7 @@ def videos(out, num_videos, frames, size, fps, seed, objects, split, suffix):
 @click.option("--variant", type=click.Choice(list(VARIANTS)), default="default", show_default=True,
               help="With --from-videos: how objects are made. hard: cut from their own background video; "
                    "colour: colours matched to the background around them; fast: 3x the motion; nonrigid: "
-                   "bending over time; scale: growing ~2.6x over the sequence.")
+                   "bending over time; scale: growing to twice the size over the sequence.")
 def davis(out, sequences, train_sequences, frames, size, seed, objects, split, videos_dir, hard, variant):
     """Write a DAVIS-2017-format set to OUT: synthetic, or composited from real videos (--from-videos).
 

@@ -8,6 +8,10 @@ lengths, choices) and the rules between keys (:data:`CROSS_RULES`), so a bad val
 work, in one line naming key, value, source and rule. The resolved config is written to the run folder
 and reads back identically.
 
+Besides the groups below (model, data, optim, train, eval), a recipe has one section for its method's
+own keys, named after it (``siammae:``, ``cmae:``, ...): the method module's ``Options`` dataclass and
+rules, from the registry :data:`siammae.models.METHODS`.
+
 Recipes are YAML files read with ``yaml.safe_load``. A recipe may be given as a path or by the name of
 a packaged recipe (``tiny`` -> ``siammae/recipes/tiny.yaml``). A recipe may start with
 ``inherit: other`` (a name or a path relative to it) to build on another recipe.
@@ -25,10 +29,10 @@ from typing import List, Optional
 import yaml
 
 from siammae.errors import SiammaeError
+from siammae.models import METHODS
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
-# Masked autoencoders of whole clips (siammae.clipmae); siammae and cmae take frame pairs, frame by frame.
-CLIP_METHODS = ("videomae", "maest")
+GROUPS = ("model", "data", "optim", "train", "eval")
 
 
 class ConfigError(SiammaeError):
@@ -36,26 +40,21 @@ class ConfigError(SiammaeError):
 
 
 def _choices(default, *choices):
-    """A string field restricted to ``choices`` (checked on load)."""
-    return field(default=default, metadata={"choices": choices})
+    """A string field restricted to ``choices`` (checked on load); a callable gives them when asked."""
+    return field(
+        default=default, metadata={"choices": choices[0] if len(choices) == 1 and callable(choices[0]) else choices}
+    )
 
 
 @dataclass
 class ModelConfig:
-    # siammae: frame pairs (siammae.model). cmae: contrastive MAE on frame pairs (siammae.cmae).
-    # videomae / maest: masked autoencoders of whole clips (siammae.clipmae).
-    # model.encoder and model.decoder apply to siammae only.
-    method: str = _choices("siammae", "siammae", "cmae", "videomae", "maest")
+    # A registered pre-training method (siammae.models.METHODS): siammae, cmae (frame pairs), videomae,
+    # maest (whole clips). Its own keys are in its section (siammae:, cmae:, ...).
+    method: str = _choices("siammae", lambda: tuple(METHODS))
     # Encoder: a timm ViT. Size names follow timm (vit_tiny/small/base/large).
     arch: str = _choices("vit_small", "vit_tiny", "vit_small", "vit_base", "vit_large")
     patch_size: int = 16
     img_size: int = 224
-    # siamese: one encoder, shared weights, each frame on its own (paper, Sec. 3).
-    # siamese-unshared: one encoder per frame (the student reproduction). joint: visible tokens of all
-    # frames concatenated through one encoder (the paper's ablation, Table 2a).
-    encoder: str = _choices("siamese", "siamese", "siamese-unshared", "joint")
-    # cross-self (paper default): cross-attn f2->f1, self-attn among f2, MLP, in every block.
-    decoder: str = _choices("cross-self", "cross-self", "cross", "joint")
     # The paper does not state the decoder size; these are MAE's defaults (8 blocks x 512 x 16 heads).
     decoder_depth: int = 8
     decoder_dim: int = 512
@@ -63,8 +62,6 @@ class ModelConfig:
     # One ratio per frame, earliest first: f1 unmasked, f2 95% masked (paper, Sec. 3.2). The clip
     # methods take one ratio for the whole clip (0.9 in both papers).
     mask_ratio: List[float] = field(default_factory=lambda: [0.0, 0.95])
-    # Clip methods: frames per cube (the Conv3d's temporal kernel and stride; 2 in both papers).
-    tubelet: int = 2
     # random: an independent random mask per frame; tube: one spatial mask shared by all masked frames
     # (VideoMAE). Both honour the per-frame ratios above.
     # spacetime: one draw over all tokens of a clip (MAE-ST); needs one ratio for the clip.
@@ -81,16 +78,6 @@ class ModelConfig:
     # truncated normal of std 0.02, which `siammae propagate --random-init` also makes). The decoder
     # always starts from MAE's.
     init: str = _choices("mae", "mae", "timm")
-    # cmae: the feature decoder's blocks (width and heads as the pixel decoder's; public config: 2).
-    feature_decoder_depth: int = 2
-    # cmae: the target encoder's EMA momentum, on BYOL's cosine from `momentum` (step 0) to
-    # `momentum_end` (last step); CMAE keeps it fixed at 0.996.
-    momentum: float = 0.996
-    momentum_end: float = 0.996
-    # cmae: L = L_rec + nce_weight x InfoNCE at nce_temperature. The public code weights InfoNCE by
-    # 2 x temperature (with weight 1): 0.14 at 0.07.
-    nce_temperature: float = 0.07
-    nce_weight: float = 0.14
 
 
 @dataclass
@@ -167,23 +154,41 @@ class EvalConfig:
     queue: Optional[int] = None
     radius: Optional[float] = None
     temperature: Optional[float] = None
-    # J&F during pre-training (siammae.monitor): a DAVIS-format folder; empty = no evaluation.
+    # J&F during pre-training (siammae.train.monitor): a DAVIS-format folder; empty = no evaluation.
     davis: str = ""
     every: int = 0  # optimizer steps between evaluations; 0 = at every checkpoint (train.save_every)
     sequences: int = 0  # the first N sequences of the val split; 0 = all
     size: int = 0  # short side of the frames fed to the encoder; 0 = the protocol's (480)
 
 
-@dataclass
+@dataclass(eq=False)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # Methods' own sections, made when first set or read (``cfg.cmae``): name -> its Options.
+    sections: dict = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str):
+        """``cfg.<method>``: that method's section (its defaults until a recipe sets them)."""
+        if name != "sections" and name in METHODS:
+            if name not in self.sections:
+                self.sections[name] = METHODS[name].options()
+            return self.sections[name]
+        raise AttributeError(name)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every group, and the section of the run's method (the only one it reads)."""
+        out = {g: dataclasses.asdict(getattr(self, g)) for g in GROUPS}
+        section = getattr(self, self.model.method)
+        if section is not None:
+            out[self.model.method] = dataclasses.asdict(section)
+        return out
 
 
 # ----------------------------------------------------------------------------- value rules
@@ -207,8 +212,13 @@ def _optional(rule):
     return (lambda v: v is None or holds(v)), f"{text} or null"
 
 
+def _clips(method: str) -> bool:
+    """A method that encodes whole clips (one mask ratio for the clip, space-time masking)."""
+    return METHODS[method].clips
+
+
 def _visible(patches: int, ratio: float) -> int:
-    """Visible patches of a frame with ``ratio`` masked (the same rounding as siammae.masking.num_visible)."""
+    """Visible patches of a frame with ``ratio`` masked (the same rounding as siammae.models.masking.num_visible)."""
     return int(patches * (1.0 - ratio))
 
 
@@ -220,12 +230,6 @@ RULES = {
     "model.decoder_heads": _at_least(1),
     "model.mask_ratio": (lambda v: all(0 <= r < 1 for r in v), "each ratio must be in [0, 1)"),
     "model.drop_path": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "model.tubelet": _at_least(1),
-    "model.feature_decoder_depth": _at_least(1),
-    "model.momentum": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    "model.momentum_end": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    "model.nce_temperature": _above(0),
-    "model.nce_weight": _at_least(0),
     "data.num_frames": _at_least(2, " (context frames, then the target frame)"),
     "data.repeated_sampling": _at_least(1),
     "data.crop_scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, "must be [min, max] with 0 < min <= max <= 1"),
@@ -267,41 +271,53 @@ RULES = {
 # (keys, holds(*values), text), checked in order once every key's own rule holds. The trainer checks
 # what needs the process count (the global batch divisible by processes x train.grad_accum).
 CROSS_RULES = [
-    (("model.img_size", "model.patch_size"), lambda size, p: size % p == 0,
-     "model.img_size must be a multiple of model.patch_size"),
-    (("model.decoder_dim", "model.decoder_heads"), lambda dim, heads: dim % heads == 0,
-     "model.decoder_dim must be divisible by model.decoder_heads"),
-    (("model.method", "model.mask_ratio", "data.num_frames"),
-     lambda method, ratios, frames: method in CLIP_METHODS or len(ratios) == frames,
-     "model.mask_ratio needs one ratio per frame"),
-    (("model.method", "model.mask_ratio"), lambda method, ratios: method not in CLIP_METHODS or len(ratios) == 1,
-     "model.mask_ratio of a clip method is one ratio for the whole clip, e.g. [0.9]"),
-    (("model.method", "data.num_frames", "model.tubelet"),
-     lambda method, frames, tubelet: method not in CLIP_METHODS or frames % tubelet == 0,
-     "data.num_frames must be a multiple of model.tubelet (frames per cube)"),
-    (("model.masking", "model.method"), lambda masking, method: masking != "spacetime" or method in CLIP_METHODS,
-     "model.masking=spacetime draws over the whole clip (a frame's share varies): for videomae / maest, not "
-     "siammae / cmae, whose frames are encoded one by one"),
-    (("model.method", "data.num_frames"), lambda method, frames: method != "cmae" or frames == 2,
-     "cmae takes frame pairs: data.num_frames must be 2"),
-    (("model.init", "model.method"), lambda init, method: init == "mae" or method not in CLIP_METHODS,
-     "model.init=timm is for the frame methods (siammae, cmae): a clip encoder has no timm counterpart"),
-    (("model.method", "model.mask_ratio"), lambda method, ratios: method != "cmae" or ratios[0] == 0,
-     "cmae's target branch sees the first frame whole: its mask ratio must be 0, e.g. [0.0, 0.65]"),
-    (("model.method", "model.mask_ratio", "model.img_size", "model.patch_size"),
-     lambda method, ratios, size, p: method in CLIP_METHODS or all(_visible((size // p) ** 2, r) >= 1 for r in ratios[:-1]),
-     "every context frame (all but the last) must keep at least one of its (img_size / patch_size)^2 "
-     "patches visible"),
-    (("model.mask_ratio", "model.img_size", "model.patch_size"),
-     lambda ratios, size, p: _visible((size // p) ** 2, ratios[-1]) < (size // p) ** 2,
-     "the last frame must mask at least one patch (the loss is over the masked ones; a clip method: the clip)"),
-    (("train.global_batch_size", "train.grad_accum"), lambda batch, accum: batch % accum == 0,
-     "train.global_batch_size must be divisible by train.grad_accum"),
-    (("train.samples", "train.epochs"), lambda samples, epochs: samples > 0 or epochs > 0,
-     "the run needs a length: train.samples > 0 or train.epochs > 0"),
-    (("optim.min_lr", "optim.base_lr", "train.global_batch_size"),
-     lambda min_lr, base_lr, batch: min_lr <= base_lr * batch / 256 * (1 + 1e-9),  # equal is fine (a constant lr)
-     "optim.min_lr must not exceed the peak lr, optim.base_lr x train.global_batch_size / 256"),
+    (
+        ("model.img_size", "model.patch_size"),
+        lambda size, p: size % p == 0,
+        "model.img_size must be a multiple of model.patch_size",
+    ),
+    (
+        ("model.decoder_dim", "model.decoder_heads"),
+        lambda dim, heads: dim % heads == 0,
+        "model.decoder_dim must be divisible by model.decoder_heads",
+    ),
+    (
+        ("model.method", "model.mask_ratio", "data.num_frames"),
+        lambda method, ratios, frames: _clips(method) or len(ratios) == frames,
+        "model.mask_ratio needs one ratio per frame",
+    ),
+    (
+        ("model.masking", "model.method"),
+        lambda masking, method: masking != "spacetime" or _clips(method),
+        "model.masking=spacetime draws over the whole clip (a frame's share varies): for videomae / maest, not "
+        "siammae / cmae, whose frames are encoded one by one",
+    ),
+    (
+        ("model.method", "model.mask_ratio", "model.img_size", "model.patch_size"),
+        lambda method, ratios, size, p: _clips(method) or all(_visible((size // p) ** 2, r) >= 1 for r in ratios[:-1]),
+        "every context frame (all but the last) must keep at least one of its (img_size / patch_size)^2 "
+        "patches visible",
+    ),
+    (
+        ("model.mask_ratio", "model.img_size", "model.patch_size"),
+        lambda ratios, size, p: _visible((size // p) ** 2, ratios[-1]) < (size // p) ** 2,
+        "the last frame must mask at least one patch (the loss is over the masked ones; a clip method: the clip)",
+    ),
+    (
+        ("train.global_batch_size", "train.grad_accum"),
+        lambda batch, accum: batch % accum == 0,
+        "train.global_batch_size must be divisible by train.grad_accum",
+    ),
+    (
+        ("train.samples", "train.epochs"),
+        lambda samples, epochs: samples > 0 or epochs > 0,
+        "the run needs a length: train.samples > 0 or train.epochs > 0",
+    ),
+    (
+        ("optim.min_lr", "optim.base_lr", "train.global_batch_size"),
+        lambda min_lr, base_lr, batch: min_lr <= base_lr * batch / 256 * (1 + 1e-9),  # equal is fine (a constant lr)
+        "optim.min_lr must not exceed the peak lr, optim.base_lr x train.global_batch_size / 256",
+    ),
 ]
 
 
@@ -363,14 +379,22 @@ def _group_fields(group) -> dict:
     return {f.name: f for f in dataclasses.fields(group)}
 
 
+def _group(cfg: Config, name: str):
+    """The group or method section ``name`` of ``cfg`` (None: no such group, or a method without keys)."""
+    return getattr(cfg, name) if name in GROUPS or name in METHODS else None
+
+
+def _all_keys(cfg: Config) -> list:
+    named = [*GROUPS, *(m for m in METHODS if _group(cfg, m) is not None)]
+    return [f"{g}.{k}" for g in named for k in _group_fields(_group(cfg, g))]
+
+
 def _set(cfg: Config, dotted: str, value, source: str) -> None:
     """Set ``group.key`` on ``cfg`` after checking that it exists and has the right type."""
-    groups = _group_fields(cfg)
     group_name, _, key = dotted.partition(".")
-    if group_name not in groups or not key:
-        all_keys = [f"{g}.{k}" for g in groups for k in _group_fields(getattr(cfg, g))]
-        raise ConfigError(f"unknown key '{dotted}' in {source}{_closest(dotted, all_keys)}")
-    group = getattr(cfg, group_name)
+    group = _group(cfg, group_name)
+    if group is None or not key:
+        raise ConfigError(f"unknown key '{dotted}' in {source}{_closest(dotted, _all_keys(cfg))}")
     fields = _group_fields(group)
     if key not in fields:
         options = [f"{group_name}.{k}" for k in fields]
@@ -378,6 +402,7 @@ def _set(cfg: Config, dotted: str, value, source: str) -> None:
     hints = typing.get_type_hints(type(group))
     converted = _convert(value, hints[key], f"'{dotted}' in {source}")
     choices = fields[key].metadata.get("choices")
+    choices = choices() if callable(choices) else choices
     if choices and converted not in choices:
         raise ConfigError(f"'{dotted}' in {source}: {converted!r} is not one of {', '.join(choices)}")
     setattr(group, key, converted)
@@ -386,7 +411,7 @@ def _set(cfg: Config, dotted: str, value, source: str) -> None:
 def _apply_mapping(cfg: Config, mapping, source: str, sources: dict) -> None:
     """Set every key of a recipe's ``mapping``, recording ``source`` as where each one came from."""
     if not isinstance(mapping, dict):
-        raise ConfigError(f"{source}: expected a mapping of groups (model, data, optim, train, eval)")
+        raise ConfigError(f"{source}: expected a mapping of groups ({', '.join(GROUPS)}, and the method's section)")
     for group_name, values in mapping.items():
         # A flat "group.key: value" line is allowed too.
         items = values.items() if isinstance(values, dict) else [(None, values)]
@@ -465,20 +490,31 @@ def validate(cfg: Config, sources: dict | None = None) -> None:
     each key involved with its value and where it came from (``sources``: key -> "from <where>")."""
     sources = sources or {}
 
+    method = cfg.model.method
+    own_rules, own_cross = METHODS[method].rules()
+
+    def name(key):  # a method's rules name its own keys options.<key>
+        return f"{method}.{key[len('options.') :]}" if key.startswith("options.") else key
+
     def value(key):
-        group, _, name = key.partition(".")
-        return getattr(getattr(cfg, group), name)
+        group, _, field_name = key.partition(".")
+        return getattr(_group(cfg, group), field_name)
 
     def refuse(keys, text):
         shown = ", ".join(f"{k}={_show(value(k))} ({sources.get(k, 'the default')})" for k in keys)
         raise ConfigError(f"{shown}: {text}")
 
-    for key, (holds, text) in RULES.items():
+    rules = [*RULES.items(), *((f"{method}.{k}", rule) for k, rule in own_rules.items())]
+    for key, (holds, text) in rules:
         if not holds(value(key)):
             refuse([key], text)
-    for keys, holds, text in CROSS_RULES:
+    for keys, holds, text in [*CROSS_RULES, *own_cross]:
+        keys = [name(k) for k in keys]
         if not holds(*map(value, keys)):
             refuse(keys, text)
+    for other in sorted(set(cfg.sections) - {method}):  # e.g. cmae.momentum set for a siammae run
+        if cfg.sections[other] != METHODS[other].options():
+            refuse(["model.method"], f"{other}.* keys are set, which only method {other} reads")
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -498,6 +534,18 @@ def read_config(path: str | Path) -> Config:
 # Keys that resolved configs written by earlier versions hold (every run folder's config.yaml has every
 # key): old key -> (new key, old value -> new value). Recipes get no such leniency.
 RENAMED = {"train.tensorboard": ("train.log_with", lambda on: "tensorboard" if on else "none")}
+# Method keys that 0.1.0 kept under model: (every run folder had all of them) -> the method that reads
+# them now; None: every method whose section has that key (the clip methods' tubelet).
+MOVED = {
+    "encoder": "siammae",
+    "decoder": "siammae",
+    "tubelet": None,
+    "feature_decoder_depth": "cmae",
+    "momentum": "cmae",
+    "momentum_end": "cmae",
+    "nce_temperature": "cmae",
+    "nce_weight": "cmae",
+}
 
 
 def _renamed(mapping: dict) -> dict:
@@ -507,6 +555,16 @@ def _renamed(mapping: dict) -> dict:
         if isinstance(out.get(group), dict) and key in out[group]:
             new_group, new_key = new.split(".")
             out.setdefault(new_group, {})[new_key] = convert(out[group].pop(key))
+    model = out.get("model")
+    if isinstance(model, dict):
+        method = model.get("method", ModelConfig.method)
+        section = METHODS[method].options() if method in METHODS else None
+        for key, owner in MOVED.items():
+            if key not in model:
+                continue
+            value = model.pop(key)  # the run's method reads it, or it was another method's default
+            if owner in (method, None) and section is not None and hasattr(section, key):
+                out.setdefault(method, {})[key] = value
     return out
 
 

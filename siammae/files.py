@@ -1,7 +1,8 @@
 """Small file helpers shared by the run folder, the shard folder and the propagation output.
 
-Both exist because runs are killed: a JSON-lines log may end in a torn line, and a file that other
-tools read (a manifest, propagation.json, an exported encoder) must never be seen half-written.
+The JSON-lines reader and the atomic writer exist because runs are killed: a JSON-lines log may end in a
+torn line, and a file that other tools read (a manifest, propagation.json, an exported encoder) must
+never be seen half-written.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import os
 from pathlib import Path
 from typing import Callable, List
+
+import numpy as np
 
 
 def read_jsonl(path) -> List[dict]:
@@ -42,3 +45,11 @@ def write_atomic(path, data: bytes | str | Callable[[Path], None]) -> Path:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     return path
+
+
+def read_frame(path) -> np.ndarray:
+    """An image file (a video frame) as RGB (H, W, 3) uint8."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from siammae.davis import PALETTE
+from siammae.files import read_jsonl
+from siammae.tasks.davis_files import PALETTE
 
 MIN_TILE = 128  # small frames (the tiny recipe's 64 px) are enlarged, pixel for pixel, to this size
 GAP = 4
@@ -45,8 +46,11 @@ def recon_grid(frames: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor, pa
         if recon.ndim == 4:
             rows.append([frames[b, 0], masked_frame(frames[b, -1], mask[b], patch_size), recon[b], frames[b, -1]])
         else:
-            rows += [list(frames[b]), [masked_frame(f, m, patch_size) for f, m in zip(frames[b], mask[b])],
-                     list(recon[b])]
+            rows += [
+                list(frames[b]),
+                [masked_frame(f, m, patch_size) for f, m in zip(frames[b], mask[b])],
+                list(recon[b]),
+            ]
     gap = np.full((H * scale, GAP, 3), 255, np.uint8)
     out = []
     for tiles in rows:
@@ -67,8 +71,6 @@ def save_recon(path, frames: torch.Tensor, recon: torch.Tensor, mask: torch.Tens
 def read_metrics(metrics_path) -> list:
     """The records of a ``metrics.jsonl`` (one JSON object a line); unreadable lines are ignored (a
     run killed mid-write leaves a partial last line)."""
-    from siammae.files import read_jsonl
-
     return read_jsonl(metrics_path)
 
 
@@ -87,8 +89,9 @@ def plot_loss_curve(metrics_path, png_path) -> Path:
     steps = [r["step"] for r in records]
     losses = [r["loss"] if r["loss"] is not None and math.isfinite(r["loss"]) else float("nan") for r in records]
     if evals:
-        fig, (ax, jf_ax) = plt.subplots(2, 1, figsize=(7, 6.5), dpi=100, sharex=True,
-                                        gridspec_kw=dict(height_ratios=[3, 2]))
+        fig, (ax, jf_ax) = plt.subplots(
+            2, 1, figsize=(7, 6.5), dpi=100, sharex=True, gridspec_kw=dict(height_ratios=[3, 2])
+        )
     else:
         fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot(steps, losses, color="tab:blue", label="loss")
@@ -103,8 +106,13 @@ def plot_loss_curve(metrics_path, png_path) -> Path:
         lr_ax.set_ylabel("learning rate", color="tab:orange")
     ax.set_title(f"{Path(metrics_path).parent.name}: {len(records)} log points")
     if evals:
-        jf_ax.plot([r["step"] for r in evals], [r["eval_jf"] for r in evals], "o-", color="tab:green",
-                   label="J&F of the encoder")
+        jf_ax.plot(
+            [r["step"] for r in evals],
+            [r["eval_jf"] for r in evals],
+            "o-",
+            color="tab:green",
+            label="J&F of the encoder",
+        )
         first = [r for r in evals if r["step"] == 0]
         if first:
             jf_ax.axhline(first[-1]["eval_jf"], color="tab:red", ls="--", lw=1, label="random init (step 0)")

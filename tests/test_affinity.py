@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from siammae.affinity import LabelPropagator, window_mask
-from siammae.propagate import PROTOCOLS, Protocol
+from siammae.propagate.affinity import LabelPropagator, window_mask
+from siammae.propagate.protocol import PROTOCOLS, Protocol
 
 
 class DenseReference:
@@ -45,11 +45,14 @@ def same(a, b):
     return torch.allclose(a, b, rtol=0, atol=1e-6) and torch.equal(a.argmax(0), b.argmax(0))
 
 
-@pytest.mark.parametrize("preset, grid", [
-    ("siammae", (30, 53)),  # radius 20 disk, first frame whole; DAVIS 480p
-    ("dino", (30, 52)),  # radius 12 square on every frame
-    ("siammae-vip", (55, 30)),  # portrait, radius 8
-])
+@pytest.mark.parametrize(
+    "preset, grid",
+    [
+        ("siammae", (30, 53)),  # radius 20 disk, first frame whole; DAVIS 480p
+        ("dino", (30, 52)),  # radius 12 square on every frame
+        ("siammae-vip", (55, 30)),  # portrait, radius 8
+    ],
+)
 def test_windowed_equals_dense_bit_for_bit_at_davis_sizes(preset, grid):
     torch.manual_seed(0)
     p = PROTOCOLS[preset].replace(queue=3)
@@ -75,8 +78,7 @@ def test_padded_queue_small_grid():
 @pytest.mark.parametrize("tile", [1, 3, 8, 64])
 def test_tile_size_does_not_change_the_result(tile):
     torch.manual_seed(1)
-    grid, p = (9, 14), Protocol("t", topk=4, queue=2, radius=2.5, window="disk", window_on_first=True,
-                                temperature=0.2)
+    grid, p = (9, 14), Protocol("t", topk=4, queue=2, radius=2.5, window="disk", window_on_first=True, temperature=0.2)
     n = grid[0] * grid[1]
     first, labels = random_tokens(n), torch.softmax(torch.randn(3, n), 0)
     tiled, dense = LabelPropagator(p, grid, first, labels, tile=tile), DenseReference(p, grid, first, labels)

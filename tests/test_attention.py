@@ -1,4 +1,4 @@
-"""On a CPU in bf16 the encoder's attention runs written out (siammae.attention): same tokens as the fused
+"""On a CPU in bf16 the encoder's attention runs written out (siammae.propagate.attention): same tokens as the fused
 kernel, used only where it pays, the modules' own setting restored."""
 
 import numpy as np
@@ -6,9 +6,10 @@ import torch
 from test_allocator import GLIBC  # the written-out form is used only where glibc keeps freed memory
 from test_propagate import NATIVE, tiny_vit
 
-from siammae import precision as precision_module
-from siammae.attention import SCORES_LIMIT, written_out_pays
-from siammae.propagate import PROTOCOLS, FeatureExtractor
+from siammae.propagate import precision as precision_module
+from siammae.propagate.attention import SCORES_LIMIT, written_out_pays
+from siammae.propagate.features import FeatureExtractor
+from siammae.propagate.protocol import PROTOCOLS
 
 
 def count_fused_calls(monkeypatch):
@@ -38,7 +39,7 @@ def test_written_out_attention_gives_the_fused_tokens_and_runs_only_in_bf16_on_t
     assert half.attention == "written-out" and calls == []  # no block called the fused kernel
     assert all(block.attn.fused_attn for block in encoder.blocks)  # the modules' own setting is back
 
-    import siammae.propagate as propagate_module
+    import siammae.propagate.features as propagate_module
 
     monkeypatch.setattr(propagate_module, "written_out_pays", lambda *a: False)
     fused = half(frames)

@@ -76,7 +76,9 @@ def test_siammae_train_is_the_module_entry_point():
     both = [[sys.executable, "-m", "siammae", "train"], [sys.executable, "-m", "siammae.train"]]
     helps = [subprocess.run([*c, "--help"], capture_output=True, text=True, env=env, timeout=120) for c in both]
     assert helps[0].returncode == helps[1].returncode == 0 and helps[0].stdout == helps[1].stdout
-    bad = [subprocess.run([*c, "tiny", "train.bogus=1"], capture_output=True, text=True, env=env, timeout=120)
-           for c in both]
+    bad = [
+        subprocess.run([*c, "tiny", "train.bogus=1"], capture_output=True, text=True, env=env, timeout=120)
+        for c in both
+    ]
     assert bad[0].returncode == bad[1].returncode == 2
     assert bad[0].stderr == bad[1].stderr and bad[0].stderr.startswith("error: unknown key 'train.bogus'")

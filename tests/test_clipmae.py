@@ -13,19 +13,25 @@ from safetensors.torch import load_file
 from shard_fixtures import make_video
 from train_fixtures import write_shards
 
-from siammae.clipmae import ClipMAE
 from siammae.config import ConfigError, load_config
-from siammae.masking import MASKINGS, num_visible
-from siammae.model import build_model
+from siammae.models import build_model
+from siammae.models.clip import ClipMAE
+from siammae.models.masking import MASKINGS, num_visible
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["model.img_size=32", "model.patch_size=8", "data.num_frames=4", "model.decoder_depth=1",
-         "model.decoder_dim=64", "model.decoder_heads=4"]
+SMALL = [
+    "model.img_size=32",
+    "model.patch_size=8",
+    "data.num_frames=4",
+    "model.decoder_depth=1",
+    "model.decoder_dim=64",
+    "model.decoder_heads=4",
+]
 
 
 def clip_model(method, *extra) -> ClipMAE:
     cfg = load_config(f"{method}_tiny", SMALL + list(extra))
-    return build_model(cfg.model, cfg.data.num_frames)
+    return build_model(cfg)
 
 
 # ----------------------------------------------------------------------------- masking
@@ -67,8 +73,8 @@ def test_a_perfect_prediction_reconstructs_the_clip(method):
     assert torch.equal(shown, slots.repeat_interleave(2, dim=1))  # each cube's mask on its 2 frames
     if method == "videomae":  # tube masking: every slot hides the same patches
         assert torch.equal(slots[:, 0], slots[:, 1])
+    from siammae.data.pixels import to_uint8
     from siammae.pictures import recon_grid
-    from siammae.pixels import to_uint8
 
     picture = recon_grid(to_uint8(clip), to_uint8(frames), shown, 8)
     assert picture.shape[0] > 2 * 3 * 32 and picture.shape[1] > 4 * 32  # 3 rows a sample, 4 frames a row
@@ -126,10 +132,13 @@ def test_clip_models_train_under_bf16_autocast(method):
     assert model.decoder.mask_token.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["model.mask_ratio=[0.0, 0.9]"], "one ratio for the whole clip"),
-    (["data.num_frames=5"], "multiple of model.tubelet"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.mask_ratio=[0.0, 0.9]"], "one ratio for the whole clip"),
+        (["data.num_frames=5"], "multiple of the tubelet"),
+    ],
+)
 def test_clip_recipes_refuse_what_does_not_fit(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("videomae_tiny", overrides)
@@ -155,8 +164,27 @@ def clip_shards(tmp_path_factory):
     base = tmp_path_factory.mktemp("clips")
     for i in range(2):
         make_video(base / "videos" / f"v{i}.mp4", num_frames=48, height=48, width=64)
-    proc = run(["-m", "siammae", "shard", "--src", str(base / "videos"), "--out", str(base / "shards"),
-                "--frames", "4", "--gap", "6-12", "--per-video", "24", "--shard-samples", "16", "--workers", "1"])
+    proc = run(
+        [
+            "-m",
+            "siammae",
+            "shard",
+            "--src",
+            str(base / "videos"),
+            "--out",
+            str(base / "shards"),
+            "--frames",
+            "4",
+            "--gap",
+            "6-12",
+            "--per-video",
+            "24",
+            "--shard-samples",
+            "16",
+            "--workers",
+            "1",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return base / "shards"
 
@@ -168,17 +196,34 @@ def test_clip_shards_hold_four_frames_in_time_order(clip_shards):
         names = tar.getnames()
         meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
     key = names[0].split(".")[0]
-    assert sorted(n for n in names if n.startswith(key + ".")) == [f"{key}.{s}" for s in
-                                                                   ("f0.jpg", "f1.jpg", "f2.jpg", "f3.jpg", "json")]
+    assert sorted(n for n in names if n.startswith(key + ".")) == [
+        f"{key}.{s}" for s in ("f0.jpg", "f1.jpg", "f2.jpg", "f3.jpg", "json")
+    ]
     frames = meta["frames"]
     assert len(frames) == 4 and frames == sorted(frames) and 6 <= frames[-1] - frames[0] <= 12
 
 
 def train_tiny(method, shards, out, record, exit_at=0, samples=96, *extra):
-    return run([str(REPO / "tests" / "train_fixtures.py"), str(record), str(exit_at), f"{method}_tiny",
-                f"data.shards={shards}", f"train.output_dir={out}", "model.img_size=32", "data.shuffle_buffer=16",
-                "train.global_batch_size=8", f"train.samples={samples}", "train.save_every=6", "train.log_every=1",
-                "train.recon_every=12", "optim.warmup_samples=16", "train.log_with=none", *extra])
+    return run(
+        [
+            str(REPO / "tests" / "train_fixtures.py"),
+            str(record),
+            str(exit_at),
+            f"{method}_tiny",
+            f"data.shards={shards}",
+            f"train.output_dir={out}",
+            "model.img_size=32",
+            "data.shuffle_buffer=16",
+            "train.global_batch_size=8",
+            f"train.samples={samples}",
+            "train.save_every=6",
+            "train.log_every=1",
+            "train.recon_every=12",
+            "optim.warmup_samples=16",
+            "train.log_with=none",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize("method", ["videomae", "maest"])
@@ -202,8 +247,15 @@ def test_tiny_recipe_trains_on_clip_shards_and_resumes_exactly(method, clip_shar
 
 def test_a_clip_recipe_on_pair_shards_is_one_line_before_training(tmp_path):
     write_shards(tmp_path / "pairs", num_shards=1, per_shard=4)
-    proc = run(["-m", "siammae.train", "videomae_tiny", f"data.shards={tmp_path / 'pairs'}",
-                f"train.output_dir={tmp_path / 'run'}"])
+    proc = run(
+        [
+            "-m",
+            "siammae.train",
+            "videomae_tiny",
+            f"data.shards={tmp_path / 'pairs'}",
+            f"train.output_dir={tmp_path / 'run'}",
+        ]
+    )
     assert proc.returncode == 2
     assert "data.num_frames=4, but the samples of" in proc.stderr and "hold 2 frames" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -214,23 +266,24 @@ def test_a_clip_encoder_exports_loads_and_propagates_frames(method, clip_shards,
     from click.testing import CliRunner
     from test_propagate import moving_object_video, write_sequence
 
-    from siammae.checkpoint import load_encoder
     from siammae.cli.export import export
     from siammae.cli.propagate import propagate
+    from siammae.encoders import load_encoder
 
     frames, labels = moving_object_video(__import__("numpy").random.default_rng(0), T=4, H=48, W=64, S=16)
     write_sequence(tmp_path / "davis", "a", frames, labels)
     run_dir = tmp_path / "run"
     # J&F is tracked during training too (the monitor feeds the clip encoder frames the same way).
-    proc = train_tiny(method, clip_shards, run_dir, tmp_path / "rec", 0, 16, f"eval.davis={tmp_path / 'davis'}",
-                      "eval.size=48")
+    proc = train_tiny(
+        method, clip_shards, run_dir, tmp_path / "rec", 0, 16, f"eval.davis={tmp_path / 'davis'}", "eval.size=48"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     evals = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals if "eval_jf" in r] == [0, 2] and not any("eval_error" in r for r in evals)
     frame_encoder, info = load_encoder(run_dir)
     assert info.timm_model == f"{method}:vit_tiny" and "2 copies" in info.frame_input
     # At the training size a frame's tokens are the trained encoder's on a clip of two copies of it.
-    model = build_model(load_config(run_dir / "config.yaml").model, 4)
+    model = build_model(load_config(run_dir / "config.yaml"))
     model.load_state_dict(load_file(run_dir / "checkpoints" / "checkpoint_2" / "model.safetensors"))
     frame = torch.randn(1, 3, 32, 32)
     clip = frame[:, None].expand(-1, 2, -1, -1, -1)  # one time slot, with the positions of slot 0
@@ -250,8 +303,22 @@ def test_a_clip_encoder_exports_loads_and_propagates_frames(method, clip_shards,
         assert again.forward_features(big).shape == (1, 48, frame_encoder.embed_dim)
         assert torch.allclose(again.forward_features(big), frame_encoder.forward_features(big), atol=1e-6)
 
-    r = CliRunner().invoke(propagate, ["--davis", str(tmp_path / "davis"), "--checkpoint", str(out), "--size", "0",
-                                       "--out", str(tmp_path / "prop"), "--quiet", "--device", "cpu"])
+    r = CliRunner().invoke(
+        propagate,
+        [
+            "--davis",
+            str(tmp_path / "davis"),
+            "--checkpoint",
+            str(out),
+            "--size",
+            "0",
+            "--out",
+            str(tmp_path / "prop"),
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     record = json.loads((tmp_path / "prop" / "propagation.json").read_text())
     assert record["encoder"]["frame_input"] == info.frame_input and "J&F-Mean" in r.output

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from siammae.cmae import ema_update, info_nce, momentum_at
 from siammae.config import ConfigError, load_config
-from siammae.model import build_model
+from siammae.models import build_model
+from siammae.models.cmae import ema_update, info_nce, momentum_at
 
 TESTS = Path(__file__).resolve().parent
 
@@ -24,7 +24,7 @@ TESTS = Path(__file__).resolve().parent
 def small_cmae(*overrides):
     cfg = load_config("cmae_tiny", ["model.img_size=32", *overrides])
     torch.manual_seed(0)
-    return build_model(cfg.model)
+    return build_model(cfg)
 
 
 # ----------------------------------------------------------------------------- the pieces
@@ -52,9 +52,11 @@ def test_ema_update_is_exact_for_a_known_step():
 
 
 def test_after_step_moves_the_target_branch_and_sets_the_next_momentum():
-    model = small_cmae("model.momentum=0.9", "model.momentum_end=1.0")
-    assert all(torch.equal(a, b) for a, b in zip(model.encoder.state_dict().values(),
-                                                  model.target_encoder.state_dict().values())), "starts as a copy"
+    model = small_cmae("cmae.momentum=0.9", "cmae.momentum_end=1.0")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.encoder.state_dict().values(), model.target_encoder.state_dict().values())
+    ), "starts as a copy"
     with torch.no_grad():
         for p in [*model.encoder.parameters(), *model.projector.parameters()]:
             p.add_(torch.randn_like(p))
@@ -95,8 +97,23 @@ def test_negatives_come_from_every_process_with_gradients_through_the_local_part
 
     from test_train import env
 
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-                    str(Path(__file__)), str(tmp_path)], check=True, env=env(), capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29541",
+            str(Path(__file__)),
+            str(tmp_path),
+        ],
+        check=True,
+        env=env(),
+        capture_output=True,
+        timeout=120,
+    )
     q_all, k_all = global_batch()
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
@@ -133,8 +150,8 @@ def test_config_refuses_what_cmae_cannot_train():
         load_config("cmae_tiny", ["data.num_frames=3", "model.mask_ratio=[0.0,0.0,0.65]"])
     with pytest.raises(ConfigError, match="sees the first frame whole"):
         load_config("cmae_tiny", ["model.mask_ratio=[0.5,0.65]"])
-    with pytest.raises(ConfigError, match="model.nce_temperature"):
-        load_config("cmae_tiny", ["model.nce_temperature=0"])
+    with pytest.raises(ConfigError, match="cmae.nce_temperature"):
+        load_config("cmae_tiny", ["cmae.nce_temperature=0"])
 
 
 def test_forward_logs_both_losses_accuracy_and_momentum():
@@ -163,8 +180,17 @@ def cmae_runs(tmp_path_factory):
     write_shards(shards, num_shards=4, per_shard=8, width=64, height=48)
 
     def trainer(out, record, exit_at=0):
-        args = [str(FIXTURES), str(record), str(exit_at), "cmae_tiny", f"data.shards={shards}",
-                f"train.output_dir={out}", *SMALL, "data.num_workers=0", "train.log_with=none"]
+        args = [
+            str(FIXTURES),
+            str(record),
+            str(exit_at),
+            "cmae_tiny",
+            f"data.shards={shards}",
+            f"train.output_dir={out}",
+            *SMALL,
+            "data.num_workers=0",
+            "train.log_with=none",
+        ]
         return run(args, check=exit_at == 0)
 
     trainer(base / "straight", base / "rec_straight")
@@ -202,7 +228,7 @@ def test_cmae_resume_equals_the_straight_run_target_encoder_included(cmae_runs):
 
 
 def test_propagation_loads_the_online_encoder_by_default_and_the_target_on_request(cmae_runs):
-    from siammae.checkpoint import load_encoder
+    from siammae.encoders import load_encoder
 
     run = cmae_runs / "straight"
     sd = load_file(run / "checkpoints" / "checkpoint_12" / "model.safetensors")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from siammae.checkpoint import load_encoder
 from siammae.config import read_config
-from siammae.data import make_loader, resolve_shards
+from siammae.data.loader import make_loader, resolve_shards
+from siammae.encoders import load_encoder
 from siammae.shard.inspect import inspect_shards
 
 DATA = Path(__file__).parent / "data" / "v0_1_0"
@@ -38,7 +38,7 @@ def test_old_run_folder_config_and_encoder_load(old):
     from safetensors.torch import load_file
 
     run = load_file(old / "run_tiny" / "checkpoints" / "checkpoint_2" / "model.safetensors")
-    assert all(torch.equal(sd[k[len("encoder."):]], v) for k, v in run.items() if k.startswith("encoder."))
+    assert all(torch.equal(sd[k[len("encoder.") :]], v) for k, v in run.items() if k.startswith("encoder."))
     assert encoder.forward_features(torch.zeros(1, 3, 64, 96)).shape == (1, 1 + 8 * 12, 192)
 
 

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from test_synth import check_davis_layout
 
-from siammae import composite, synth
 from siammae.cli.synth import synth as synth_group
+from siammae.synth import composite
+from siammae.synth import scenes as synth
 
 pytest.importorskip("decord")
 
@@ -45,8 +46,11 @@ def test_backgrounds_are_the_video_frames_and_masks_cover_the_objects(videos):
     for t, raw in enumerate(composite.read_frames(bg, list(range(first, last + 1)))):
         # The cover crop's offset is drawn per sequence; find it once by matching the first frame.
         if offset is None:
-            offset = next(o for o in [(a, b) for a in np.linspace(0, 1, 101) for b in np.linspace(0, 1, 101)]
-                          if np.array_equal(composite.cover(raw, (64, 112), o)[masks[0] == 0], frames[0][masks[0] == 0]))
+            offset = next(
+                o
+                for o in [(a, b) for a in np.linspace(0, 1, 101) for b in np.linspace(0, 1, 101)]
+                if np.array_equal(composite.cover(raw, (64, 112), o)[masks[0] == 0], frames[0][masks[0] == 0])
+            )
         background = composite.cover(raw, (64, 112), offset)
         assert np.array_equal(frames[t][masks[t] == 0], background[masks[t] == 0])
         assert not np.array_equal(frames[t][masks[t] > 0], background[masks[t] > 0])
@@ -77,8 +81,22 @@ def test_composite_davis_layout_provenance_and_determinism(videos, tmp_path, cap
 
 def test_cli_from_videos_hard_and_errors(videos, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(synth_group, ["davis", str(tmp_path / "d"), "--from-videos", str(videos), "--hard",
-                                    "--sequences", "2", "--frames", "4", "--size", "48x80"])
+    r = runner.invoke(
+        synth_group,
+        [
+            "davis",
+            str(tmp_path / "d"),
+            "--from-videos",
+            str(videos),
+            "--hard",
+            "--sequences",
+            "2",
+            "--frames",
+            "4",
+            "--size",
+            "48x80",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert check_davis_layout(tmp_path / "d", 4, (48, 80)) == ["real-hard-000", "real-hard-001"]
     r = runner.invoke(synth_group, ["davis", str(tmp_path / "e"), "--hard"])
@@ -104,8 +122,9 @@ def test_variants_change_only_what_they_name(videos):
     size = (96, 160)
 
     def sequence(name):
-        return composite.compose_sequence(sources, 0, 12, size, seed=4, hard=False, objects=(1, 1),
-                                          variant=composite.VARIANTS[name])
+        return composite.compose_sequence(
+            sources, 0, 12, size, seed=4, hard=False, objects=(1, 1), variant=composite.VARIANTS[name]
+        )
 
     base_frames, base_masks, base_record = sequence("default")
     assert base_record["variant"] == "default"
@@ -170,14 +189,30 @@ def test_warp_bends_shape_and_texture_together_and_zero_warp_changes_nothing():
 
 def test_cli_variant_and_its_errors(videos, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(synth_group, ["davis", str(tmp_path / "d"), "--from-videos", str(videos), "--variant", "colour",
-                                    "--sequences", "1", "--frames", "4", "--size", "48x80"])
+    r = runner.invoke(
+        synth_group,
+        [
+            "davis",
+            str(tmp_path / "d"),
+            "--from-videos",
+            str(videos),
+            "--variant",
+            "colour",
+            "--sequences",
+            "1",
+            "--frames",
+            "4",
+            "--size",
+            "48x80",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert check_davis_layout(tmp_path / "d", 4, (48, 80)) == ["real-colour-000"]
     info = json.loads((tmp_path / "d" / "composite.json").read_text())
     assert info["settings"]["variant"] == "colour" and info["sequences"]["real-colour-000"]["variant"] == "colour"
     r = runner.invoke(synth_group, ["davis", str(tmp_path / "e"), "--variant", "fast"])
     assert r.exit_code == 2 and "--variant needs --from-videos" in r.output
-    r = runner.invoke(synth_group, ["davis", str(tmp_path / "f"), "--from-videos", str(videos), "--hard",
-                                    "--variant", "scale"])
+    r = runner.invoke(
+        synth_group, ["davis", str(tmp_path / "f"), "--from-videos", str(videos), "--hard", "--variant", "scale"]
+    )
     assert r.exit_code == 2 and "excludes --variant scale" in r.output

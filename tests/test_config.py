@@ -4,7 +4,18 @@ import dataclasses
 
 import pytest
 
-from siammae.config import CROSS_RULES, RECIPES_DIR, RULES, Config, ConfigError, dump_config, load_config, read_config
+from siammae.config import (
+    CROSS_RULES,
+    GROUPS,
+    RECIPES_DIR,
+    RULES,
+    Config,
+    ConfigError,
+    dump_config,
+    load_config,
+    read_config,
+)
+from siammae.models import METHODS
 
 
 def write(tmp_path, text, name="recipe.yaml"):
@@ -44,8 +55,8 @@ def test_wrong_type_names_key_and_expected_type(tmp_path):
         load_config(None, ["train.global_batch_size=big"])
     with pytest.raises(ConfigError, match=r"'model.mask_ratio'.*expected list of float"):
         load_config(write(tmp_path, "model:\n  mask_ratio: {a: 1}\n"))
-    with pytest.raises(ConfigError, match=r"'model.decoder'.*not one of cross-self, cross, joint"):
-        load_config(None, ["model.decoder=crossself"])
+    with pytest.raises(ConfigError, match=r"'siammae.decoder'.*not one of cross-self, cross, joint"):
+        load_config(None, ["siammae.decoder=crossself"])
     with pytest.raises(ConfigError, match="expected bool"):
         load_config(None, ["model.norm_pix_loss=maybe"])
 
@@ -87,7 +98,9 @@ def test_missing_recipe_is_a_clear_error():
         load_config("nosuch")
 
 
-@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml")))
+@pytest.mark.parametrize(
+    "recipe", sorted(str(p.relative_to(RECIPES_DIR).with_suffix("")) for p in RECIPES_DIR.rglob("*.yaml"))
+)
 def test_every_packaged_recipe_loads(recipe):
     load_config(recipe)
 
@@ -97,12 +110,13 @@ def test_every_packaged_recipe_loads(recipe):
 # One value of the right type that each key refuses, as it would be typed on the command line.
 BAD = {
     "model.method": "dino",
-    "model.tubelet": "0",
+    "videomae.tubelet": "0",
+    "maest.tubelet": "0",
     "model.arch": "vit_huge",
     "model.patch_size": "0",
     "model.img_size": "0",
-    "model.encoder": "twin",
-    "model.decoder": "self",
+    "siammae.encoder": "twin",
+    "siammae.decoder": "self",
     "model.decoder_depth": "0",
     "model.decoder_dim": "130",  # not a multiple of 4
     "model.decoder_heads": "0",
@@ -142,11 +156,11 @@ BAD = {
     "train.recon_samples": "0",
     "train.max_nonfinite": "0",
     "train.log_with": "neptune",
-    "model.feature_decoder_depth": "0",
-    "model.momentum": "1.5",
-    "model.momentum_end": "-0.1",
-    "model.nce_temperature": "0",
-    "model.nce_weight": "-1",
+    "cmae.feature_decoder_depth": "0",
+    "cmae.momentum": "1.5",
+    "cmae.momentum_end": "-0.1",
+    "cmae.nce_temperature": "0",
+    "cmae.nce_weight": "-1",
     "data.view_shift": "-1",
     "eval.protocol": "stc",
     "eval.topk": "0",
@@ -168,8 +182,10 @@ ANY_VALUE = {
 
 
 def all_keys():
+    """Every group's keys and every registered method's own section's."""
     cfg = Config()
-    return [f"{g.name}.{f.name}" for g in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, g.name))]
+    sections = [*GROUPS, *(m for m in METHODS if getattr(cfg, m) is not None)]
+    return [f"{g}.{f.name}" for g in sections for f in dataclasses.fields(getattr(cfg, g))]
 
 
 def test_every_key_has_a_rule_or_a_reason():
@@ -183,19 +199,24 @@ def test_every_key_has_a_rule_or_a_reason():
 
 @pytest.mark.parametrize("key", sorted(BAD))
 def test_bad_value_is_refused_up_front(key):
+    group = key.split(".")[0]
+    recipe = METHODS[group].recipe if group in METHODS else "tiny"  # a method's keys: checked in its runs
     with pytest.raises(ConfigError) as e:
-        load_config("tiny", [f"{key}={BAD[key]}"])
+        load_config(recipe, [f"{key}={BAD[key]}"])
     msg = str(e.value)
     assert key in msg and "\n" not in msg
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.grad_accum=0", "train.grad_accum=0 (from the command line): must be >= 1"),
-    ("data.crop_scale=[0.5]", "data.crop_scale=[0.5] (from the command line): must be [min, max]"),
-    ("train.save_every=0", "train.save_every=0 (from the command line): must be >= 1"),
-    ("train.log_every=0", "train.log_every=0 (from the command line): must be >= 1"),
-    ("optim.betas=[0.9]", "optim.betas=[0.9] (from the command line): must be two numbers in [0, 1)"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.grad_accum=0", "train.grad_accum=0 (from the command line): must be >= 1"),
+        ("data.crop_scale=[0.5]", "data.crop_scale=[0.5] (from the command line): must be [min, max]"),
+        ("train.save_every=0", "train.save_every=0 (from the command line): must be >= 1"),
+        ("train.log_every=0", "train.log_every=0 (from the command line): must be >= 1"),
+        ("optim.betas=[0.9]", "optim.betas=[0.9] (from the command line): must be two numbers in [0, 1)"),
+    ],
+)
 def test_values_that_used_to_crash_later(override, expected):
     with pytest.raises(ConfigError) as e:
         load_config("tiny", [override])
@@ -206,8 +227,10 @@ def test_rule_messages_name_each_key_value_and_source(tmp_path):
     recipe = write(tmp_path, "train:\n  global_batch_size: 30\n")
     with pytest.raises(ConfigError) as e:
         load_config(recipe, ["train.grad_accum=4"])
-    assert str(e.value) == (f"train.global_batch_size=30 (from {recipe}), train.grad_accum=4 (from the command line): "
-                            "train.global_batch_size must be divisible by train.grad_accum")
+    assert str(e.value) == (
+        f"train.global_batch_size=30 (from {recipe}), train.grad_accum=4 (from the command line): "
+        "train.global_batch_size must be divisible by train.grad_accum"
+    )
     with pytest.raises(ConfigError, match=r"model\.patch_size=16 \(the default\)"):
         load_config(None, ["model.img_size=100"])
     with pytest.raises(ConfigError, match=rf"data\.hflip=2\.0 \(from {recipe}\): must be a probability"):

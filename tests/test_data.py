@@ -10,8 +10,8 @@ import simplejpeg
 import torch
 from train_fixtures import corrupt_first_jpeg, truncate, write_shards
 
-from siammae import data
 from siammae.config import load_config
+from siammae.data import loader as data
 
 
 def data_cfg(*overrides):
@@ -80,7 +80,7 @@ def test_fast_crop_resize_matches_the_plain_computation():
             got = data.crop_resize(frames, box, 24, flip)  # (T, 24, 24, 3) uint8
             assert got.shape == (2, 24, 24, 3) and got.dtype == np.uint8
             for t, frame in enumerate(frames):
-                crop = torch.from_numpy(frame[top:top + h, left:left + w]).permute(2, 0, 1).float()[None]
+                crop = torch.from_numpy(frame[top : top + h, left : left + w]).permute(2, 0, 1).float()[None]
                 want = torch.nn.functional.interpolate(crop, size=(24, 24), mode="bilinear", align_corners=False)[0]
                 want = want.flip(-1) if flip else want
                 assert (torch.from_numpy(got[t]).permute(2, 0, 1).float() - want).abs().max() <= 1.0
@@ -159,8 +159,11 @@ def test_stream_is_a_function_of_seed_and_rank(shards):
     cfg = data_cfg()
 
     def run(seed, rank=0, world=1):
-        return _collect(data.make_loader(urls, cfg, size=32, batch_size=4, num_batches=3, seed=seed,
-                                         rank=rank, world=world, num_workers=2))
+        return _collect(
+            data.make_loader(
+                urls, cfg, size=32, batch_size=4, num_batches=3, seed=seed, rank=rank, world=world, num_workers=2
+            )
+        )
 
     a, b, c = run(5), run(5), run(6)
     assert all(torch.equal(x[0], y[0]) and x[1] == y[1] for x, y in zip(a, b))
@@ -175,8 +178,11 @@ def test_truncated_shard_and_corrupt_jpeg_are_skipped_and_counted(tmp_path):
     bad_key = corrupt_first_jpeg(paths[1])
     urls = data.resolve_shards([str(tmp_path)])
     start = time.perf_counter()
-    got = _collect(data.make_loader(urls, data_cfg("data.repeated_sampling=1"), size=32, batch_size=4,
-                                    num_batches=12, seed=0, num_workers=0))
+    got = _collect(
+        data.make_loader(
+            urls, data_cfg("data.repeated_sampling=1"), size=32, batch_size=4, num_batches=12, seed=0, num_workers=0
+        )
+    )
     elapsed = time.perf_counter() - start
     keys = {k for _, ks, _ in got for k in ks}
     assert not any(k.endswith("#" + bad_key) for k in keys)
@@ -189,8 +195,9 @@ def test_truncated_shard_and_corrupt_jpeg_are_skipped_and_counted(tmp_path):
 
 def test_shards_without_the_frames_asked_for_fail_clearly(shards):
     cfg = load_config(None, ["data.num_frames=3", "model.mask_ratio=[0, 0, 0.95]", "data.shuffle_buffer=4"]).data
-    loader = data.make_loader(data.resolve_shards([str(shards)]), cfg, size=32, batch_size=4, num_batches=2,
-                              seed=0, num_workers=0)
+    loader = data.make_loader(
+        data.resolve_shards([str(shards)]), cfg, size=32, batch_size=4, num_batches=2, seed=0, num_workers=0
+    )
     with pytest.raises(data.DataError, match="in a row could not be used"):
         _collect(loader)
 

@@ -4,15 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from siammae.diagnostics import (
-    copy_first_frame_jf,
-    effective_rank,
-    mean_cosine,
-    position_share,
-    token_diagnostics,
-)
-from siammae.propagate import check_davis
-from siammae.synth import write_sequence
+from siammae.propagate.diagnostics import effective_rank, mean_cosine, position_share, token_diagnostics
+from siammae.synth.scenes import write_sequence
+from siammae.tasks.davis import check_davis, copy_first_frame_jf
 
 
 def unit(x):

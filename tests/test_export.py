@@ -9,10 +9,11 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from siammae.checkpoint import CheckpointError, export_encoder, load_encoder
 from siammae.cli.export import export as export_cmd
 from siammae.config import dump_config, load_config
-from siammae.model import build_model
+from siammae.encoders import export_encoder, load_encoder
+from siammae.models import build_model
+from siammae.weights import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +21,10 @@ def run_dir(tmp_path_factory):
     """A training run folder as the trainer leaves it: config.yaml, one complete and one half-written
     checkpoint (the newer one, without the marker)."""
     root = tmp_path_factory.mktemp("run")
-    cfg = load_config("tiny", ["model.encoder=siamese-unshared"])
+    cfg = load_config("tiny", ["siammae.encoder=siamese-unshared"])
     dump_config(cfg, root / "config.yaml")
     torch.manual_seed(0)
-    model = build_model(cfg.model)
+    model = build_model(cfg)
     done = root / "checkpoints" / "checkpoint_100"
     done.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(done / "model.safetensors"))
@@ -44,13 +45,18 @@ def test_run_folder_loads_newest_complete_encoder(run_dir):
     vit, info = load_encoder(root)
     assert info.step == 100 and info.timm_model == "vit_tiny_patch16_224"
     assert (info.patch_size, info.img_size) == (8, 64)
-    assert info.config.model.encoder == "siamese-unshared"
+    assert info.config.siammae.encoder == "siamese-unshared"
     # The f1 encoder ("encoder.*"), not the unshared f2 one.
-    assert torch.equal(vit.state_dict()["blocks.0.attn.qkv.weight"], model.encoder.state_dict()["blocks.0.attn.qkv.weight"])
+    assert torch.equal(
+        vit.state_dict()["blocks.0.attn.qkv.weight"], model.encoder.state_dict()["blocks.0.attn.qkv.weight"]
+    )
     x = torch.randn(2, 3, 64, 64)
     assert torch.allclose(features(vit, x), features(model.encoder.eval(), x), atol=1e-5)
     # The checkpoint folder and its file load the same weights (config found above them).
-    for path in (root / "checkpoints" / "checkpoint_100", root / "checkpoints" / "checkpoint_100" / "model.safetensors"):
+    for path in (
+        root / "checkpoints" / "checkpoint_100",
+        root / "checkpoints" / "checkpoint_100" / "model.safetensors",
+    ):
         other, _ = load_encoder(path)
         assert torch.equal(other.state_dict()["norm.weight"], vit.state_dict()["norm.weight"])
     with pytest.raises(CheckpointError, match="incomplete"):
@@ -142,14 +148,14 @@ def test_run_eval_settings_are_propagate_defaults(tmp_path):
     from PIL import Image
 
     from siammae.cli.propagate import propagate as propagate_cmd
-    from siammae.davis import save_indexed_png
+    from siammae.tasks.davis_files import save_indexed_png
 
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "checkpoint_5"
     ckpt.mkdir(parents=True)
     cfg = load_config("tiny", ["eval.protocol=crw", "eval.topk=2"])
     dump_config(cfg, run / "config.yaml")
-    model = build_model(cfg.model)
+    model = build_model(cfg)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt / "model.safetensors"))
     (ckpt / "complete").touch()
     davis = tmp_path / "davis"
@@ -158,7 +164,9 @@ def test_run_eval_settings_are_propagate_defaults(tmp_path):
     (davis / "ImageSets/2017/val.txt").write_text("a\n")
     rng = np.random.default_rng(0)
     for t in range(3):
-        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(davis / f"JPEGImages/480p/a/{t:05d}.jpg")
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(
+            davis / f"JPEGImages/480p/a/{t:05d}.jpg"
+        )
         save_indexed_png(davis / f"Annotations/480p/a/{t:05d}.png", np.eye(48, 64, dtype=np.uint8))
     base = ["--davis", str(tmp_path / "davis"), "--checkpoint", str(run), "--size", "0", "--quiet", "--no-eval"]
     r = CliRunner().invoke(propagate_cmd, base + ["--out", str(tmp_path / "o1")])

@@ -13,12 +13,13 @@ from accelerate.state import AcceleratorState
 from test_train import REPO, env, metrics, trainer
 from train_fixtures import write_shards
 
-from siammae import train
 from siammae.config import load_config
-from siammae.layers import AttentionKernelError, check_sdpa_backend
-from siammae.model import Output, build_model
-from siammae.runfolder import save_checkpoint
-from siammae.schedule import make_optimizer, set_learning_rate
+from siammae.models import build_model
+from siammae.models.common import Output
+from siammae.models.kernels import AttentionKernelError, check_sdpa_backend
+from siammae.train import loop as train
+from siammae.train.runfolder import save_checkpoint
+from siammae.train.schedule import make_optimizer, set_learning_rate
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,14 @@ def shards(tmp_path_factory):
 
 
 def test_bf16_autocast_runs_the_trainer(shards, tmp_path):
-    proc = trainer(tmp_path / "run", shards, "train.mixed_precision=bf16", "train.samples=32", "train.log_with=none",
-                   "data.num_workers=0")
+    proc = trainer(
+        tmp_path / "run",
+        shards,
+        "train.mixed_precision=bf16",
+        "train.samples=32",
+        "train.log_with=none",
+        "data.num_workers=0",
+    )
     assert "precision bf16" in proc.stdout + proc.stderr
     recs = metrics(tmp_path / "run")
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
@@ -71,7 +78,7 @@ def test_fp16_loss_scaling_skips_and_counts_an_overflow_and_checkpoints_the_scal
     cfg = load_config("tiny", ["model.img_size=32", "train.global_batch_size=4"])
     accelerator = fp16_accelerator()
     torch.manual_seed(0)
-    net = Overflowing(build_model(cfg.model))
+    net = Overflowing(build_model(cfg))
     model, optimizer = accelerator.prepare(net, make_optimizer(net, cfg))
     set_learning_rate(optimizer, 1e-3)  # the schedule's step 0 is 0
     progress = train.Progress()
@@ -79,8 +86,9 @@ def test_fp16_loss_scaling_skips_and_counts_an_overflow_and_checkpoints_the_scal
     batch = dict(frames=torch.randint(0, 256, (4, 2, 3, 32, 32), dtype=torch.uint8), skipped=0, keys=["k"] * 4)
 
     def step():
-        result = train.optimizer_step(model, optimizer, iter([batch]), accelerator, cfg, train.MetricsWindow(),
-                                      {"signal": 0})
+        result = train.optimizer_step(
+            model, optimizer, iter([batch]), accelerator, cfg, train.MetricsWindow(), {"signal": 0}
+        )
         progress.advance(result["finite"], accelerator.optimizer_step_was_skipped, 0, 4)
         return result
 
@@ -103,7 +111,7 @@ def test_fp16_loss_scaling_skips_and_counts_an_overflow_and_checkpoints_the_scal
     assert (saved / "scaler.pt").is_file()
     resumed = fp16_accelerator()
     resumed.scaler = torch.amp.GradScaler("cpu", init_scale=1.0)  # a different start, overwritten by resume
-    again = Overflowing(build_model(cfg.model))
+    again = Overflowing(build_model(cfg))
     resumed.prepare(again, make_optimizer(again, cfg))
     restored = train.Progress()
     resumed.register_for_checkpointing(restored)
@@ -123,8 +131,14 @@ def test_an_attention_kernel_the_device_lacks_stops_before_any_work(shards, tmp_
 
 
 def test_gpu_check_runs_end_to_end_in_cpu_dry_run(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "gpu_check.py"), "--cpu-dry-run", "--work",
-                           str(tmp_path)], cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "gpu_check.py"), "--cpu-dry-run", "--work", str(tmp_path)],
+        cwd=REPO,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["ok"] and report["mode"] == "cpu-dry-run" and not report["failed"]

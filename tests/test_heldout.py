@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from siammae import synth
+from siammae.synth import scenes as synth
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -25,9 +25,32 @@ import heldout  # noqa: E402
 
 pytest.importorskip("decord")
 
-TOY = ["--steps", "4", "--eval-every", "2", "--batch", "4", "--train-seeds", "0", "--set-seeds", "0",
-       "--sequences", "1", "--frames", "5", "--size", "64x112", "--eval-size", "48", "--per-video", "6",
-       "--final-variants", "colour", "--parallel", "2"]
+TOY = [
+    "--steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--batch",
+    "4",
+    "--train-seeds",
+    "0",
+    "--set-seeds",
+    "0",
+    "--sequences",
+    "1",
+    "--frames",
+    "5",
+    "--size",
+    "64x112",
+    "--eval-size",
+    "48",
+    "--per-video",
+    "6",
+    "--final-variants",
+    "colour",
+    "--parallel",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +87,10 @@ def test_protocol_end_to_end_leads_from_the_scores_and_cached(videos, tmp_path, 
     scores = json.loads((run / "scores-siammae-48.json").read_text())
     assert set(scores) == {"0", "2", "4"} and set(scores["4"]) == {"default-s0", "hard-s0", "colour-s0"}
     assert sorted(p.name for p in (run / "encoders").iterdir()) == [
-        "step_0.safetensors", "step_2.safetensors", "step_4.safetensors"]
+        "step_0.safetensors",
+        "step_2.safetensors",
+        "step_4.safetensors",
+    ]
     random = json.loads(next((out / "runs").glob("_random-*/fold1/seed0/scores-siammae-48.json")).read_text())
     lead = summary["folds"][1]["variants"]["default"]["lead"]["mean"]
     assert lead == pytest.approx(100 * (scores["4"]["default-s0"]["jf"] - random["random"]["default-s0"]["jf"]))
@@ -112,9 +138,10 @@ PEER = textwrap.dedent('''
 def test_peer_encoder_loads_into_our_vit_learns_at_the_encoder_rate_and_trains(videos, tmp_path):
     from peer_cropmae import PeerError, builder
 
-    from siammae.checkpoint import EncoderInfo, create_vit, load_strict
     from siammae.config import load_config
-    from siammae.schedule import param_groups
+    from siammae.encoders import EncoderInfo, create_vit
+    from siammae.train.schedule import param_groups
+    from siammae.weights import load_strict
 
     with pytest.raises(PeerError, match="not a CropMAE checkout"):
         builder(tmp_path)
@@ -122,7 +149,7 @@ def test_peer_encoder_loads_into_our_vit_learns_at_the_encoder_rate_and_trains(v
     (checkout / "models").mkdir(parents=True)
     (checkout / "models" / "SiamMAE.py").write_text(PEER)
     cfg = load_config("tiny")
-    model = builder(checkout)(cfg.model, 2)
+    model = builder(checkout)(cfg)
     vit = create_vit(EncoderInfo("vit_tiny_patch16_224", 8, 64, "peer"), dynamic=True)
     load_strict(vit, model.encoder_state_dict(), "peer encoder")  # raises on any missing or extra key
     scales = {id(p): g["lr_scale"] for g in param_groups(model, 0.05, 0.3) for p in g["params"]}
@@ -132,11 +159,19 @@ def test_peer_encoder_loads_into_our_vit_learns_at_the_encoder_rate_and_trains(v
     assert out.loss.ndim == 0 and out.pred.shape == (2, 64, 192)
     # Our trainer, our loader, their model: a real (short) run through the tool.
     proto = tmp_path / "ho"
-    summary = heldout.main([str(videos), "--out", str(proto), "--name", "peer", "--peer", str(checkout), "--max-folds", "2",
-                            *TOY])
+    summary = heldout.main(
+        [str(videos), "--out", str(proto), "--name", "peer", "--peer", str(checkout), "--max-folds", "2", *TOY]
+    )
     assert all("default" in f["variants"] for f in summary["folds"])
-    done = subprocess.run([sys.executable, "-c", "import safetensors.torch as s, sys; "
-                           "print(len(s.load_file(sys.argv[1])))",
-                           str(proto / "runs" / "peer" / "fold0" / "seed0" / "encoders" / "step_4.safetensors")],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import safetensors.torch as s, sys; print(len(s.load_file(sys.argv[1])))",
+            str(proto / "runs" / "peer" / "fold0" / "seed0" / "encoders" / "step_4.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert int(done.stdout) == len(vit.state_dict())

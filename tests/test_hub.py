@@ -12,7 +12,8 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from siammae.checkpoint import CheckpointError, load_encoder
+from siammae.encoders import load_encoder
+from siammae.weights import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +32,9 @@ def hf_cache(home: Path, repo: str, files: dict) -> None:
 
 def siammae_cli(home: Path, *args):
     env = dict(os.environ, HF_HOME=str(home), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "siammae", *args], env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "siammae", *args], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def random_vit(name: str, path: Path) -> dict:
@@ -45,8 +47,14 @@ def random_vit(name: str, path: Path) -> dict:
 def test_a_timm_pretrained_tag_loads_from_the_cache_offline(tmp_path):
     sd = random_vit("vit_small_patch16_224", tmp_path / "w.safetensors")
     hf_cache(tmp_path / "hf", "timm/vit_small_patch16_224.dino", {"model.safetensors": tmp_path / "w.safetensors"})
-    proc = siammae_cli(tmp_path / "hf", "export", "--checkpoint", "vit_small_patch16_224.dino",
-                       "--out", str(tmp_path / "e.safetensors"))
+    proc = siammae_cli(
+        tmp_path / "hf",
+        "export",
+        "--checkpoint",
+        "vit_small_patch16_224.dino",
+        "--out",
+        str(tmp_path / "e.safetensors"),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = load_file(tmp_path / "e.safetensors")
     assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
@@ -54,8 +62,14 @@ def test_a_timm_pretrained_tag_loads_from_the_cache_offline(tmp_path):
 
 def test_weights_missing_offline_name_what_to_download_and_where(tmp_path):
     (tmp_path / "hf").mkdir()
-    proc = siammae_cli(tmp_path / "hf", "export", "--checkpoint", "vit_small_patch16_224.dino",
-                       "--out", str(tmp_path / "e.safetensors"))
+    proc = siammae_cli(
+        tmp_path / "hf",
+        "export",
+        "--checkpoint",
+        "vit_small_patch16_224.dino",
+        "--out",
+        str(tmp_path / "e.safetensors"),
+    )
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: cannot load 'vit_small_patch16_224.dino'"), proc.stderr
@@ -64,8 +78,18 @@ def test_weights_missing_offline_name_what_to_download_and_where(tmp_path):
 
 def test_timm_hub_export_reads_back_as_local_dir_and_from_the_hub(tmp_path):
     sd = random_vit("vit_tiny_patch16_224", tmp_path / "w.safetensors")
-    proc = siammae_cli(tmp_path / "hf", "export", "--checkpoint", "vit_tiny_patch16_224", "--weights",
-                       str(tmp_path / "w.safetensors"), "--format", "timm-hub", "--out", str(tmp_path / "hub"))
+    proc = siammae_cli(
+        tmp_path / "hf",
+        "export",
+        "--checkpoint",
+        "vit_tiny_patch16_224",
+        "--weights",
+        str(tmp_path / "w.safetensors"),
+        "--format",
+        "timm-hub",
+        "--out",
+        str(tmp_path / "hub"),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["config.json", "model.safetensors"]
     # timm itself reads the folder back, and so does --checkpoint local-dir:
@@ -76,8 +100,14 @@ def test_timm_hub_export_reads_back_as_local_dir_and_from_the_hub(tmp_path):
     assert all(torch.equal(encoder.state_dict()[k], sd[k]) for k in sd)
     # The same folder uploaded as a Hub repository.
     hf_cache(tmp_path / "hf", "someone/siammae-vitt", {p.name: p for p in (tmp_path / "hub").iterdir()})
-    proc = siammae_cli(tmp_path / "hf", "export", "--checkpoint", "hf-hub:someone/siammae-vitt",
-                       "--out", str(tmp_path / "e.safetensors"))
+    proc = siammae_cli(
+        tmp_path / "hf",
+        "export",
+        "--checkpoint",
+        "hf-hub:someone/siammae-vitt",
+        "--out",
+        str(tmp_path / "e.safetensors"),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = load_file(tmp_path / "e.safetensors")
     assert all(torch.equal(got[k], sd[k]) for k in sd)

@@ -1,6 +1,6 @@
 """JHMDB: the on-disk layout and its lists, heat maps and their decoding, PCK by hand, user errors.
 
-Every set is written here with :func:`siammae.jhmdb.write_jhmdb`; nothing is read from outside tmp_path.
+Every set is written here with :func:`siammae.tasks.jhmdb.write_jhmdb`; nothing is read from outside tmp_path.
 """
 
 import csv
@@ -12,7 +12,7 @@ from scipy.io import loadmat, savemat
 from task_fixtures import translating_video
 
 from siammae.errors import SiammaeError
-from siammae.jhmdb import (
+from siammae.tasks.jhmdb import (
     ALPHAS,
     NUM_JOINTS,
     JhmdbError,
@@ -64,20 +64,25 @@ def test_frames_sorted_numerically(tmp_path):
 
 
 def test_list_formats(tmp_path):
-    uvc = ("/media/x/DATA/JHMDB/joint_positions/pour/Bier_0/joint_positions.mat "
-           "/media/x/DATA/JHMDB/Rename_Images/pour/Bier_0")
+    uvc = (
+        "/media/x/DATA/JHMDB/joint_positions/pour/Bier_0/joint_positions.mat "
+        "/media/x/DATA/JHMDB/Rename_Images/pour/Bier_0"
+    )
     crw = "/data/jhmdb/Rename_Images/run/a_b_(c)_1/ /data/jhmdb/joint_positions/run/a_b_(c)_1/joint_positions.mat"
     listing = tmp_path / "list.txt"
     listing.write_text(f"# a comment\n{uvc}\n\n{crw}\nwave/w_2\n")
     assert read_list(listing) == ["pour/Bier_0", "run/a_b_(c)_1", "wave/w_2"]
 
 
-@pytest.mark.parametrize("line, words", [
-    ("a/joint_positions/x/v1/joint_positions.mat a/Rename_Images/x/v2", "different videos"),
-    ("a/Rename_Images/x/v1 a/Rename_Images/x/v1", "either order"),
-    ("one two three", "either order"),
-    ("v1", "cannot tell"),
-])
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("a/joint_positions/x/v1/joint_positions.mat a/Rename_Images/x/v2", "different videos"),
+        ("a/Rename_Images/x/v1 a/Rename_Images/x/v1", "either order"),
+        ("one two three", "either order"),
+        ("v1", "cannot tell"),
+    ],
+)
 def test_bad_list_lines(tmp_path, line, words):
     listing = tmp_path / "list.txt"
     listing.write_text(f"pour/ok\n{line}\n")

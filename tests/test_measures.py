@@ -10,8 +10,8 @@ from PIL import Image
 from scipy import ndimage
 
 from siammae.cli.evaluate import evaluate as evaluate_cmd
-from siammae.davis import DavisError, save_indexed_png
-from siammae.measures import (
+from siammae.tasks.davis_files import DavisError, save_indexed_png
+from siammae.tasks.jandf import (
     Evaluation,
     ObjectScores,
     boundary_f,

@@ -5,16 +5,23 @@ import timm
 import torch
 
 from siammae.config import load_config
-from siammae.layers import CrossAttention, set_fused_attention
-from siammae.masking import MASKINGS, num_visible, visible_indices
-from siammae.model import build_encoder, build_model, encode_frame, patchify, timm_spec, unpatchify
+from siammae.models import build_model
+from siammae.models.common import build_encoder, encode_frame, patchify, timm_spec, unpatchify
+from siammae.models.layers import CrossAttention, set_fused_attention
+from siammae.models.masking import MASKINGS, num_visible, visible_indices
 
-SMALL = ["model.arch=vit_tiny", "model.img_size=32", "model.patch_size=8", "model.decoder_depth=2",
-         "model.decoder_dim=64", "model.decoder_heads=4"]
+SMALL = [
+    "model.arch=vit_tiny",
+    "model.img_size=32",
+    "model.patch_size=8",
+    "model.decoder_depth=2",
+    "model.decoder_dim=64",
+    "model.decoder_heads=4",
+]
 
 
 def small_cfg(*extra):
-    return load_config(None, SMALL + list(extra)).model
+    return load_config(None, SMALL + list(extra))
 
 
 def test_patchify_unpatchify_are_inverse():
@@ -104,7 +111,9 @@ def test_whole_model_gives_the_same_loss_through_sdpa_and_plain_attention():
 @pytest.mark.parametrize("decoder", ["cross-self", "cross", "joint"])
 def test_every_variant_trains(encoder, decoder):
     # 16 patches: at the default 0.95 f2 would keep none, so use 0.75 to give encoder_f2 some work
-    model = build_model(small_cfg(f"model.encoder={encoder}", f"model.decoder={decoder}", "model.mask_ratio=[0, 0.75]"))
+    model = build_model(
+        small_cfg(f"siammae.encoder={encoder}", f"siammae.decoder={decoder}", "model.mask_ratio=[0, 0.75]")
+    )
     loss, pred, mask = model(torch.randn(2, 2, 3, 32, 32))
     assert torch.isfinite(loss) and pred.shape == (2, 16, 192) and mask.shape == (2, 16)
     loss.backward()
@@ -120,7 +129,7 @@ def test_every_variant_trains(encoder, decoder):
 def test_every_decoder_trains_under_bf16_autocast(decoder):
     # What train.mixed_precision=bf16 does on the CPU (and fp16/bf16 on a GPU): the [MASK] grid and
     # the projected visible tokens must agree in dtype, and [MASK] still gets its gradient.
-    model = build_model(small_cfg(f"model.decoder={decoder}", "model.mask_ratio=[0, 0.75]"))
+    model = build_model(small_cfg(f"siammae.decoder={decoder}", "model.mask_ratio=[0, 0.75]"))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, pred, _ = model(torch.randn(2, 2, 3, 32, 32))
     assert torch.isfinite(loss) and pred.dtype == torch.bfloat16
@@ -129,7 +138,7 @@ def test_every_decoder_trains_under_bf16_autocast(decoder):
 
 
 def test_cross_self_decoder_attends_to_f1_in_every_block():
-    model = build_model(small_cfg("model.decoder=cross-self"))
+    model = build_model(small_cfg("siammae.decoder=cross-self"))
     assert len(model.decoder.blocks) == 2
     assert all(hasattr(b, "cross_attn") and hasattr(b, "self_attn") for b in model.decoder.blocks)
     frames = torch.randn(1, 2, 3, 32, 32)
@@ -141,14 +150,14 @@ def test_cross_self_decoder_attends_to_f1_in_every_block():
 
 
 def test_clips_of_more_than_two_frames_run():
-    cfg = load_config(None, SMALL + ["data.num_frames=3", "model.mask_ratio=[0.0,0.0,0.9]"]).model
+    cfg = load_config(None, SMALL + ["data.num_frames=3", "model.mask_ratio=[0.0,0.0,0.9]"])
     loss, pred, mask = build_model(cfg)(torch.randn(2, 3, 3, 32, 32))
     assert torch.isfinite(loss) and mask.sum(-1).eq(16 - num_visible(16, 0.9)).all()
 
 
 def test_vit_small_encoder_is_timm_vit_small_and_gives_the_same_tokens():
-    cfg = load_config(None, []).model  # defaults: ViT-S/16 at 224
-    assert timm_spec(cfg) == ("vit_small_patch16_224", {"num_classes": 0})
+    cfg = load_config(None, [])  # defaults: ViT-S/16 at 224
+    assert timm_spec(cfg.model) == ("vit_small_patch16_224", {"num_classes": 0})
     ours = build_model(cfg).encoder.eval()
     reference = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0).eval()
     ours_sd = ours.state_dict()
@@ -166,7 +175,7 @@ def test_vit_small_encoder_is_timm_vit_small_and_gives_the_same_tokens():
 def test_patch8_and_other_sizes_load_into_timm():
     import timm as _timm
 
-    cfg = small_cfg()
+    cfg = small_cfg().model
     name, kwargs = timm_spec(cfg)
     assert kwargs == {"num_classes": 0, "patch_size": 8, "img_size": 32}
     _timm.create_model(name, **kwargs).load_state_dict(build_encoder(cfg).state_dict(), strict=True)
@@ -179,7 +188,7 @@ def test_init_timm_starts_the_encoder_as_the_random_baseline_and_the_decoder_as_
 
     cfg = load_config("tiny", ["model.init=timm"])
     set_seed(5)
-    model = build_model(cfg.model)
+    model = build_model(cfg)
     torch.manual_seed(5)
     random = build_encoder(cfg.model).state_dict()
     assert all(torch.equal(v, random[k]) for k, v in model.encoder.state_dict().items())
@@ -187,5 +196,5 @@ def test_init_timm_starts_the_encoder_as_the_random_baseline_and_the_decoder_as_
     bound = (6 / (w.shape[0] + w.shape[1])) ** 0.5  # xavier-uniform's
     assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound
     set_seed(5)
-    mae = build_model(load_config("tiny").model)
+    mae = build_model(load_config("tiny"))
     assert not torch.equal(mae.encoder.blocks[0].attn.qkv.weight, model.encoder.blocks[0].attn.qkv.weight)

@@ -15,19 +15,13 @@ from click.testing import CliRunner
 from PIL import Image
 from scipy import ndimage
 
-from siammae.affinity import LabelPropagator, window_mask
 from siammae.cli.propagate import propagate as propagate_cmd
-from siammae.davis import DavisError, save_indexed_png
-from siammae.measures import evaluate
-from siammae.propagate import (
-    PROTOCOLS,
-    Protocol,
-    ProtocolError,
-    first_frame_labels,
-    propagate,
-    resized_shape,
-    soft_to_ids,
-)
+from siammae.propagate.affinity import LabelPropagator, window_mask
+from siammae.propagate.loop import first_frame_labels, soft_to_ids
+from siammae.propagate.protocol import PROTOCOLS, Protocol, ProtocolError, resized_shape
+from siammae.tasks.davis import propagate
+from siammae.tasks.davis_files import DavisError, save_indexed_png
+from siammae.tasks.jandf import evaluate
 
 
 def write_sequence(root, name, frames, labels, first_only=False):
@@ -120,8 +114,7 @@ def test_topk_is_joint_over_frames_and_queue_is_bounded():
     for _ in range(5):
         prop.step(target)
     assert len(prop.context()) == 1 + 2  # first frame + queue of 2
-    crw = Protocol("c", topk=3, queue=4, radius=0, window="disk", window_on_first=False, temperature=1,
-                   pad_queue=True)
+    crw = Protocol("c", topk=3, queue=4, radius=0, window="disk", window_on_first=False, temperature=1, pad_queue=True)
     assert len(LabelPropagator(crw, (2, 2), first, labels).context()) == 5
 
 
@@ -201,9 +194,25 @@ def test_propagate_command_end_to_end(tmp_path):
     frames, labels = moving_object_video(np.random.default_rng(1), T=5, H=64, W=96, S=24)
     write_sequence(tmp_path / "davis", "a", frames, labels)
     write_sequence(tmp_path / "davis", "b", frames[::-1], labels[::-1])
-    args = ["--davis", str(tmp_path / "davis"), "--checkpoint", "vit_tiny_patch16_224", "--random-init",
-            "--out", str(tmp_path / "out"), "--size", "0", "--sequences", "b", "--topk", "3", "--quiet",
-            "--device", "cpu", "--overlay"]
+    args = [
+        "--davis",
+        str(tmp_path / "davis"),
+        "--checkpoint",
+        "vit_tiny_patch16_224",
+        "--random-init",
+        "--out",
+        str(tmp_path / "out"),
+        "--size",
+        "0",
+        "--sequences",
+        "b",
+        "--topk",
+        "3",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--overlay",
+    ]
     r = CliRunner().invoke(propagate_cmd, args)
     assert r.exit_code == 0, r.output
     assert "J&F-Mean" in r.output
@@ -224,8 +233,10 @@ def test_propagate_command_end_to_end(tmp_path):
 def test_random_weights_need_the_flag(tmp_path):
     frames, labels = moving_object_video(np.random.default_rng(2), T=3, H=48, W=64, S=8)
     write_sequence(tmp_path / "davis", "a", frames, labels)
-    r = CliRunner().invoke(propagate_cmd, ["--davis", str(tmp_path / "davis"), "--checkpoint",
-                                           "vit_tiny_patch16_224", "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(
+        propagate_cmd,
+        ["--davis", str(tmp_path / "davis"), "--checkpoint", "vit_tiny_patch16_224", "--out", str(tmp_path / "out")],
+    )
     assert r.exit_code == 1 and "--random-init" in r.output
     assert not (tmp_path / "out").exists()
 
@@ -243,16 +254,38 @@ def test_missing_davis_parts_are_refused_before_work(tmp_path, missing):
     with pytest.raises(DavisError, match="not found|missing"):
         propagate(tiny_vit(16, depth=1), tmp_path / "davis", tmp_path / "out", PROTOCOLS["siammae"], progress=False)
     assert not (tmp_path / "out" / "a").exists()
-    r = CliRunner().invoke(propagate_cmd, ["--davis", str(tmp_path / "davis"), "--checkpoint",
-                                           "vit_tiny_patch16_224", "--random-init", "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        propagate_cmd,
+        [
+            "--davis",
+            str(tmp_path / "davis"),
+            "--checkpoint",
+            "vit_tiny_patch16_224",
+            "--random-init",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
     assert r.exit_code == 1 and "Error:" in r.output
 
 
 def test_first_annotation_only_propagates_with_no_eval(tmp_path):
     frames, labels = moving_object_video(np.random.default_rng(3), T=4, H=48, W=80, S=8)
     write_sequence(tmp_path / "davis", "a", frames, labels, first_only=True)  # like test-dev
-    args = ["--davis", str(tmp_path / "davis"), "--checkpoint", "vit_tiny_patch16_224", "--random-init",
-            "--out", str(tmp_path / "out"), "--size", "0", "--quiet", "--device", "cpu"]
+    args = [
+        "--davis",
+        str(tmp_path / "davis"),
+        "--checkpoint",
+        "vit_tiny_patch16_224",
+        "--random-init",
+        "--out",
+        str(tmp_path / "out"),
+        "--size",
+        "0",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert CliRunner().invoke(propagate_cmd, args + ["--no-eval"]).exit_code == 0
     assert len(list((tmp_path / "out" / "a").glob("*.png"))) == 4
     r = CliRunner().invoke(propagate_cmd, args)
@@ -263,8 +296,7 @@ def test_soft_to_ids_is_the_argmax_of_the_upsampled_labels_ties_to_the_lowest():
     torch.manual_seed(0)
     soft = torch.rand(4, 6 * 10)
     soft[:, :10] = 0.5  # a row of exact ties between all labels
-    up = torch.nn.functional.interpolate(soft.view(1, 4, 6, 10), size=(48, 80), mode="bilinear",
-                                         align_corners=False)[0]
+    up = torch.nn.functional.interpolate(soft.view(1, 4, 6, 10), size=(48, 80), mode="bilinear", align_corners=False)[0]
     expected = np.argmax(up.numpy(), axis=0)  # numpy: the first of equal maxima
     ids = soft_to_ids(soft, (6, 10), (48, 80), minmax=False)
     assert ids.dtype == np.uint8 and (ids == expected).all()

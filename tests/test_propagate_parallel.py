@@ -11,11 +11,12 @@ from click.testing import CliRunner
 from PIL import Image
 from test_propagate import moving_object_video, tiny_vit, write_sequence
 
-from siammae import precision as precision_module
 from siammae.allocator import keep_freed_memory
 from siammae.cli.propagate import propagate as propagate_cmd
-from siammae.precision import PrecisionError, native_precisions, resolve_precision
-from siammae.propagate import PROTOCOLS, FeatureExtractor
+from siammae.propagate import precision as precision_module
+from siammae.propagate.features import FeatureExtractor
+from siammae.propagate.precision import PrecisionError, native_precisions, resolve_precision
+from siammae.propagate.protocol import PROTOCOLS
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,21 @@ def davis(tmp_path_factory):
 
 
 def command(davis, out, *extra):
-    return ["--davis", str(davis), "--checkpoint", "vit_tiny_patch16_224", "--random-init", "--size", "128",
-            "--quiet", "--device", "cpu", "--out", str(out), *extra]
+    return [
+        "--davis",
+        str(davis),
+        "--checkpoint",
+        "vit_tiny_patch16_224",
+        "--random-init",
+        "--size",
+        "128",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def files(folder):
@@ -62,8 +76,19 @@ def test_workers_write_the_same_files_as_one_process(davis, single, tmp_path):
 
 
 def test_accelerate_launch_splits_sequences_and_merges(davis, single, tmp_path):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-           "--main_process_port", "29541", "-m", "siammae.propagate", *command(davis, tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29541",
+        "-m",
+        "siammae.propagate",
+        *command(davis, tmp_path),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got, record = files(tmp_path)

@@ -114,7 +114,9 @@ def test_bad_files_go_to_failed_jsonl_and_the_run_goes_on(videos, tmp_path):
     src = tmp_path / "src"
     expected = make_bad_files(src)
     make_video(src / "good.mp4", num_frames=64)
-    result = CliRunner().invoke(shard_command, ["--src", str(src), "--out", str(tmp_path / "out"), "--workers", "2", *SMALL_ARGS])
+    result = CliRunner().invoke(
+        shard_command, ["--src", str(src), "--out", str(tmp_path / "out"), "--workers", "2", *SMALL_ARGS]
+    )
     assert result.exit_code == 0, result.output
     failed = [json.loads(line) for line in (tmp_path / "out" / "failed.jsonl").read_text().splitlines()]
     assert {r["src"]: r["reason"] for r in failed} == expected
@@ -125,7 +127,9 @@ def test_bad_files_go_to_failed_jsonl_and_the_run_goes_on(videos, tmp_path):
     # a rerun skips the failures; --retry-failed tries them again (and they fail again)
     again = CliRunner().invoke(shard_command, ["--src", str(src), "--out", str(tmp_path / "out"), *SMALL_ARGS])
     assert again.exit_code == 0 and "5 skipped" in again.output
-    retry = CliRunner().invoke(shard_command, ["--src", str(src), "--out", str(tmp_path / "out"), "--retry-failed", *SMALL_ARGS])
+    retry = CliRunner().invoke(
+        shard_command, ["--src", str(src), "--out", str(tmp_path / "out"), "--retry-failed", *SMALL_ARGS]
+    )
     assert retry.exit_code == 0 and "4 failed" in retry.output
     assert len((tmp_path / "out" / "failed.jsonl").read_text().splitlines()) == 4
 
@@ -135,22 +139,30 @@ def test_strict_stops_with_an_error(tmp_path):
     (src / "a").mkdir(parents=True)
     (src / "a" / "zero.mp4").write_bytes(b"")
     make_video(src / "a" / "good.mp4")
-    result = CliRunner().invoke(shard_command, ["--src", str(src), "--out", str(tmp_path / "out"), "--strict", "--workers", "1", *SMALL_ARGS])
+    result = CliRunner().invoke(
+        shard_command, ["--src", str(src), "--out", str(tmp_path / "out"), "--strict", "--workers", "1", *SMALL_ARGS]
+    )
     assert result.exit_code == 1
     assert "zero.mp4: empty" in result.output and "--strict" in result.output
 
 
 def test_no_videos_or_all_failed_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = CliRunner().invoke(shard_command, ["--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o1"), *SMALL_ARGS])
+    result = CliRunner().invoke(
+        shard_command, ["--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o1"), *SMALL_ARGS]
+    )
     assert result.exit_code == 1 and "no videos found" in result.output
     make_bad_files(tmp_path / "bad")
-    result = CliRunner().invoke(shard_command, ["--src", str(tmp_path / "bad"), "--out", str(tmp_path / "o2"), *SMALL_ARGS])
+    result = CliRunner().invoke(
+        shard_command, ["--src", str(tmp_path / "bad"), "--out", str(tmp_path / "o2"), *SMALL_ARGS]
+    )
     assert result.exit_code == 1 and "all 4 videos failed" in result.output and "failed.jsonl" in result.output
 
 
 def test_options_must_match_to_resume(videos, reference, tmp_path):
-    result = CliRunner().invoke(shard_command, ["--src", str(videos), "--out", str(reference), *SMALL_ARGS, "--seed", "7"])
+    result = CliRunner().invoke(
+        shard_command, ["--src", str(videos), "--out", str(reference), *SMALL_ARGS, "--seed", "7"]
+    )
     assert result.exit_code == 1 and "seed 0 -> 7" in result.output
 
 
@@ -173,7 +185,11 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
         make_video(src / f"v{i:02d}.mp4", num_frames=96, fps=30, height=192, width=256)
     args = ["--src", str(src), "--per-video", "6", "--shard-samples", "6", "--short-side", "128", "--workers", "2"]
     reference = tmp_path / "reference"
-    subprocess.run([sys.executable, str(REPO / "tools" / "shard"), "--out", str(reference), *args, "--no-progress"], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "tools" / "shard"), "--out", str(reference), *args, "--no-progress"],
+        check=True,
+        capture_output=True,
+    )
     out = tmp_path / "out"
     process = subprocess.Popen(
         [sys.executable, str(REPO / "tools" / "shard"), "--out", str(out), *args, "--no-progress"],
@@ -187,7 +203,11 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
     killed_with = len(list(out.glob("*.tar")))
     assert 0 < killed_with < 16, "the run was not interrupted mid-way"
     read_samples(out)  # every tar under its final name is complete
-    subprocess.run([sys.executable, str(REPO / "tools" / "shard"), "--out", str(out), *args, "--no-progress"], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "tools" / "shard"), "--out", str(out), *args, "--no-progress"],
+        check=True,
+        capture_output=True,
+    )
     assert read_samples(out) == read_samples(reference)
     assert not list((out / ".shard" / "tmp").iterdir())
     stats = json.loads((out / "stats.json").read_text())
@@ -224,7 +244,7 @@ def test_help_documents_the_schema():
         assert word in result.output
 
 
-CRASHING_SITECUSTOMIZE = '''
+CRASHING_SITECUSTOMIZE = """
 import os, signal
 import siammae.shard.pool as pool
 
@@ -236,7 +256,7 @@ def make_samples(video, *args, **kwargs):
     return _make_samples(video, *args, **kwargs)
 
 pool.make_samples = make_samples
-'''
+"""
 
 
 def test_a_worker_that_dies_costs_only_its_video(tmp_path):
@@ -269,8 +289,17 @@ def test_workers_that_cannot_start_stop_the_run_instead_of_respawning(tmp_path):
         "pool.ShardWriter = broken\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
-    command = [sys.executable, str(REPO / "tools" / "shard"), "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out")]
-    done = subprocess.run([*command, "--workers", "2", "--no-progress"], env=env, capture_output=True, text=True, timeout=60)
+    command = [
+        sys.executable,
+        str(REPO / "tools" / "shard"),
+        "--src",
+        str(tmp_path / "src"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    done = subprocess.run(
+        [*command, "--workers", "2", "--no-progress"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1
     assert "died while starting (exit code 3" in done.stderr
     assert (tmp_path / "out" / "failed.jsonl").read_text() == ""  # the video is not blamed

@@ -46,7 +46,10 @@ def test_kinetics_csv_quoted_labels_odd_ids_missing_rows_and_replacements(tmp_pa
     assert videos["train/_x1y2z3w4v5_000000_000010.mp4"].split == "train"
     # the replacement wins over the corrupted original; files not in a CSV are not sharded
     assert "replacement/replacement_for_corrupted_k400/plain123456_000005_000015.mp4" in videos
-    assert videos["replacement/replacement_for_corrupted_k400/plain123456_000005_000015.mp4"].label == "playing cards, magic"
+    assert (
+        videos["replacement/replacement_for_corrupted_k400/plain123456_000005_000015.mp4"].label
+        == "playing cards, magic"
+    )
     assert "train/plain123456_000005_000015.mp4" not in videos
     assert not any("not_in_csv" in src for src in videos)
     test = videos["test/TEST-id_001_000003_000013.mp4"]
@@ -96,7 +99,11 @@ def test_class_folders_with_and_without_split(tmp_path):
     touch(tmp_path / "a", "dog/1.mp4", "cat/2.avi", "cat/3.MKV")
     listing = find_videos(tmp_path / "a")
     assert listing.layout == "classes"
-    assert {(v.src, v.label) for v in listing.videos} == {("dog/1.mp4", "dog"), ("cat/2.avi", "cat"), ("cat/3.MKV", "cat")}
+    assert {(v.src, v.label) for v in listing.videos} == {
+        ("dog/1.mp4", "dog"),
+        ("cat/2.avi", "cat"),
+        ("cat/3.MKV", "cat"),
+    }
     touch(tmp_path / "b", "train/dog/1.mp4", "val/cat/2.webm")
     listing = find_videos(tmp_path / "b")
     assert {(v.label, v.split) for v in listing.videos} == {("dog", "train"), ("cat", "val")}

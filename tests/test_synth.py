@@ -7,14 +7,14 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from siammae import synth
 from siammae.cli.synth import synth as synth_group
-from siammae.davis import PALETTE, save_indexed_png
+from siammae.synth import scenes as synth
+from siammae.tasks.davis_files import PALETTE, save_indexed_png
 
 decord = pytest.importorskip("decord")
 
 
-_STREAM_CLIP = 404  # a random stream of its own (see siammae.synth's stream ids)
+_STREAM_CLIP = 404  # a random stream of its own (see siammae.synth.scenes' stream ids)
 
 
 def synth_clip(frames=16, size=(64, 64), seed=0, split="train", objects=(2, 4)):

@@ -11,23 +11,19 @@ import timm
 import torch
 from task_fixtures import translating_video
 
-from siammae import jhmdb, vip
-from siammae.davis import read_labels
-from siammae.propagate import (
-    PROTOCOLS,
-    choose_protocol,
-    first_frame_labels,
-    soft_to_ids,
-)
-from siammae.tasks import run_task
+from siammae.propagate.loop import first_frame_labels, soft_to_ids
+from siammae.propagate.protocol import PROTOCOLS, choose_protocol
+from siammae.tasks import TASKS, jhmdb, vip
+from siammae.tasks.davis_files import read_labels
 
 NATIVE = dict(short_side=0, long_side=0, input_size=(), multiple=8)  # the small test frames at their size
 
 
 def tiny_vit(patch=8, seed=0):
     torch.manual_seed(seed)
-    return timm.create_model("vit_tiny_patch16_224", num_classes=0, patch_size=patch, depth=2,
-                             dynamic_img_size=True).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224", num_classes=0, patch_size=patch, depth=2, dynamic_img_size=True
+    ).eval()
 
 
 def person_video(rng, T=8, H=96, W=160):
@@ -57,7 +53,7 @@ def test_vip_still_video_gives_the_quantised_first_labels(tmp_path):
     frames, labels = person_video(np.random.default_rng(0), T=1)
     vip.write_vip(tmp_path / "vip", "videos1", frames * 4, labels * 4)
     protocol = PROTOCOLS["siammae-vip"].replace(topk=1, **NATIVE)
-    record = run_task("vip", tiny_vit(), tmp_path / "vip", tmp_path / "out", protocol, progress=False)
+    record = TASKS["vip"].run(tiny_vit(), tmp_path / "vip", tmp_path / "out", protocol, progress=False)
     grid = (96 // 8, 160 // 8)
     expected = soft_to_ids(first_frame_labels(labels[0], grid, protocol), grid, (96, 160), False)
     for t in range(1, 4):
@@ -73,7 +69,7 @@ def test_vip_moving_parts_are_followed_better_than_copying_frame_0(tmp_path):
         frames, labels = person_video(np.random.default_rng(v))
         vip.write_vip(tmp_path / "vip", f"videos{v + 1}", frames, labels)
     protocol = PROTOCOLS["siammae-vip"].replace(**NATIVE)
-    record = run_task("vip", tiny_vit(), tmp_path / "vip", tmp_path / "out", protocol, progress=False)
+    record = TASKS["vip"].run(tiny_vit(), tmp_path / "vip", tmp_path / "out", protocol, progress=False)
     copy = vip.Confusion()
     for clip in vip.load_videos(tmp_path / "vip"):
         for t in clip.scored:
@@ -100,8 +96,9 @@ def copy_in_place_pck(root):
 
 def test_jhmdb_still_video_scores_pck_1(tmp_path):
     protocol = PROTOCOLS["siammae-jhmdb"].replace(topk=1, **NATIVE)
-    record = run_task("jhmdb", tiny_vit(), jhmdb_set(tmp_path / "j", (0, 0)), tmp_path / "out", protocol,
-                      progress=False)
+    record = TASKS["jhmdb"].run(
+        tiny_vit(), jhmdb_set(tmp_path / "j", (0, 0)), tmp_path / "out", protocol, progress=False
+    )
     assert record["scores"] == {"PCK@0.1": 1.0, "PCK@0.2": 1.0}
     assert {"pck.csv", "pck.json", "joints.json", "scores.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
 
@@ -111,7 +108,7 @@ def test_jhmdb_joints_on_a_translating_texture_are_followed(tmp_path):
     frame 0's positions (copying in place) fall behind."""
     root = jhmdb_set(tmp_path / "j", (8, 8))
     protocol = PROTOCOLS["siammae-jhmdb"].replace(topk=1, **NATIVE)
-    record = run_task("jhmdb", tiny_vit(), root, tmp_path / "out", protocol, progress=False)
+    record = TASKS["jhmdb"].run(tiny_vit(), root, tmp_path / "out", protocol, progress=False)
     copy = copy_in_place_pck(root)
     assert record["scores"]["PCK@0.2"] > copy["0.2"] + 0.4, (record["scores"], copy)
     assert record["scores"]["PCK@0.1"] > 0.6, record["scores"]  # 0.75 vs 0.0
@@ -122,9 +119,9 @@ def test_task_presets_follow_the_paper_and_a_run_eval_setting_is_davis_only():
         protocol, topk, queue, radius, temperature = "siammae", 3, None, None, None
 
     assert choose_protocol(run_eval=Eval()).topk == 3
-    jhmdb = choose_protocol(run_eval=Eval(), task="jhmdb")
+    jhmdb = TASKS["jhmdb"].protocol(run_eval=Eval())
     assert (jhmdb.topk, jhmdb.queue, jhmdb.radius, jhmdb.input_size) == (7, 20, 20, (320, 320))
-    v = choose_protocol(task="vip")
+    v = TASKS["vip"].protocol()
     assert (v.topk, v.queue, v.radius, v.long_side) == (10, 20, 8, 880)
 
 
@@ -135,7 +132,7 @@ def test_propagate_and_benchmark_commands_on_all_three_tasks(tmp_path):
     from click.testing import CliRunner
 
     from siammae.cli import main
-    from siammae.synth import synth_davis
+    from siammae.synth.scenes import synth_davis
 
     synth_davis(tmp_path / "davis", num_sequences=1, frames=4, size=(64, 96), seed=0)
     jhmdb_set(tmp_path / "jhmdb", (8, 8), videos=1, frames=4)
@@ -143,17 +140,38 @@ def test_propagate_and_benchmark_commands_on_all_three_tasks(tmp_path):
     vip.write_vip(tmp_path / "vip", "videos1", frames, labels)
     encoder = ["--checkpoint", "vit_tiny_patch16_224", "--random-init", "--quiet"]
     run = CliRunner().invoke
-    r = run(main, ["propagate", "--jhmdb", str(tmp_path / "jhmdb"), *encoder, "--out", str(tmp_path / "pj"),
-                   "--size", "160"])
+    r = run(
+        main,
+        ["propagate", "--jhmdb", str(tmp_path / "jhmdb"), *encoder, "--out", str(tmp_path / "pj"), "--size", "160"],
+    )
     assert r.exit_code == 0, r.output
     assert "jhmdb: PCK@0.1" in r.output and "siammae-jhmdb+custom" in r.output
     assert json.loads((tmp_path / "pj" / "scores.json").read_text())["protocol"]["input_size"] == []
-    r = run(main, ["propagate", "--davis", str(tmp_path / "davis"), "--vip", str(tmp_path / "vip"), *encoder,
-                   "--out", str(tmp_path / "x")])
+    r = run(
+        main,
+        [
+            "propagate",
+            "--davis",
+            str(tmp_path / "davis"),
+            "--vip",
+            str(tmp_path / "vip"),
+            *encoder,
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert r.exit_code == 2 and "give one dataset" in r.output
 
-    args = ["benchmark", "--davis", str(tmp_path / "davis"), "--jhmdb", str(tmp_path / "jhmdb"),
-            "--vip", str(tmp_path / "vip"), *encoder]
+    args = [
+        "benchmark",
+        "--davis",
+        str(tmp_path / "davis"),
+        "--jhmdb",
+        str(tmp_path / "jhmdb"),
+        "--vip",
+        str(tmp_path / "vip"),
+        *encoder,
+    ]
     r = run(main, [*args, "--out", str(tmp_path / "b1")])
     assert r.exit_code == 0, r.output
     for column in ["davis J&F", "jhmdb PCK@0.1", "jhmdb PCK@0.2", "vip mIoU"]:
@@ -177,10 +195,13 @@ def test_a_bad_dataset_is_one_line_before_any_work(tmp_path):
     (tmp_path / "empty").mkdir()
     encoder = ["--checkpoint", "vit_tiny_patch16_224", "--random-init", "--quiet"]
     for flag in ("--jhmdb", "--vip"):
-        r = CliRunner().invoke(main, ["propagate", flag, str(tmp_path / "empty"), *encoder, "--out", str(tmp_path / "o")])
+        r = CliRunner().invoke(
+            main, ["propagate", flag, str(tmp_path / "empty"), *encoder, "--out", str(tmp_path / "o")]
+        )
         assert r.exit_code == 1 and r.output.startswith("Error: ") and len(r.output.splitlines()) == 1, r.output
         assert not (tmp_path / "o").exists()
-    r = CliRunner().invoke(main, ["propagate", "--vip", str(tmp_path / "empty"), "--sequences", "a", *encoder,
-                                  "--out", str(tmp_path / "o")])
+    r = CliRunner().invoke(
+        main,
+        ["propagate", "--vip", str(tmp_path / "empty"), "--sequences", "a", *encoder, "--out", str(tmp_path / "o")],
+    )
     assert r.exit_code == 2 and "--sequences: DAVIS options, not for --vip" in r.output
-

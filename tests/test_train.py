@@ -18,15 +18,24 @@ import torch
 from safetensors.torch import load_file
 from train_fixtures import corrupt_first_jpeg, read_records, truncate, write_shards
 
-from siammae import runfolder, schedule, train
-from siammae.checkpoint import COMPLETE, checkpoint_dirs
 from siammae.config import ConfigError, load_config
+from siammae.train import loop as train
+from siammae.train import runfolder, schedule
+from siammae.weights import COMPLETE, checkpoint_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "train_fixtures.py"
 # tiny, made smaller still: 4x4 patches of 8 px, 8 pairs a step, 12 steps, checkpoints every 6.
-SMALL = ["model.img_size=32", "data.shuffle_buffer=16", "train.global_batch_size=8", "train.samples=96",
-         "train.save_every=6", "train.log_every=1", "train.recon_every=6", "optim.warmup_samples=16"]
+SMALL = [
+    "model.img_size=32",
+    "data.shuffle_buffer=16",
+    "train.global_batch_size=8",
+    "train.samples=96",
+    "train.save_every=6",
+    "train.log_every=1",
+    "train.recon_every=6",
+    "optim.warmup_samples=16",
+]
 
 
 def env():
@@ -36,8 +45,7 @@ def env():
 
 
 def run(args, timeout=300, check=True):
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -94,10 +102,10 @@ def test_run_lengths_in_samples_or_epochs():
 
 
 def test_no_weight_decay_on_biases_norms_positions_and_tokens():
-    from siammae.model import build_model
+    from siammae.models import build_model
 
     cfg = load_config("tiny", ["model.img_size=32"])
-    model = build_model(cfg.model)
+    model = build_model(cfg)
     decay, no_decay = schedule.param_groups(model, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
@@ -112,9 +120,9 @@ def test_no_weight_decay_on_biases_norms_positions_and_tokens():
 
 
 def test_encoder_lr_scale_applies_to_the_encoder_only():
-    from siammae.model import build_model
+    from siammae.models import build_model
 
-    model = build_model(load_config("tiny", ["model.img_size=32"]).model)
+    model = build_model(load_config("tiny", ["model.img_size=32"]))
     names = {id(p): n for n, p in model.named_parameters()}
     groups = schedule.param_groups(model, 0.05, encoder_lr_scale=0.1)
     assert len(groups) == 4
@@ -261,8 +269,9 @@ def test_gradient_accumulation_matches_one_big_batch(straight, shards, tmp_path)
     weights after each step match the straight run's (same run length, so the same schedule)."""
     base, _ = straight
     record = tmp_path / "record"
-    proc = trainer(tmp_path / "run", shards, "data.num_workers=1", "train.grad_accum=2", record=record,
-                   exit_at=4, check=False)
+    proc = trainer(
+        tmp_path / "run", shards, "data.num_workers=1", "train.grad_accum=2", record=record, exit_at=4, check=False
+    )
     assert proc.returncode == 17, proc.stderr[-2000:]
     want, got = read_records(base / "record")[:3], read_records(record)
     assert [r["step"] for r in got] == [1, 2, 3]
@@ -273,10 +282,29 @@ def test_gradient_accumulation_matches_one_big_batch(straight, shards, tmp_path)
 
 def test_two_processes_same_steps_different_shards_identical_weights(shards, tmp_path):
     record = tmp_path / "record"
-    overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={tmp_path / 'run'}", *SMALL,
-                 "train.samples=32", "data.num_workers=0", "train.log_with=none"]
-    run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-         str(FIXTURES), str(record), "0", *overrides])
+    overrides = [
+        "tiny",
+        f"data.shards={shards}",
+        f"train.output_dir={tmp_path / 'run'}",
+        *SMALL,
+        "train.samples=32",
+        "data.num_workers=0",
+        "train.log_with=none",
+    ]
+    run(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29533",
+            str(FIXTURES),
+            str(record),
+            "0",
+            *overrides,
+        ]
+    )
     r0, r1 = read_records(record, 0), read_records(record, 1)
     assert [r["step"] for r in r0] == [r["step"] for r in r1] == [1, 2, 3, 4]
     assert r0[0]["world"] == 2
@@ -298,8 +326,16 @@ def test_bad_key_or_missing_shards_fail_before_any_work(shards, tmp_path):
 
 
 def test_persistent_non_finite_loss_stops_with_a_clear_message(shards, tmp_path):
-    proc = trainer(tmp_path / "run", shards, "optim.base_lr=1e36", "optim.clip_grad=0", "train.max_nonfinite=3",
-                   "data.num_workers=0", "train.log_with=none", check=False)
+    proc = trainer(
+        tmp_path / "run",
+        shards,
+        "optim.base_lr=1e36",
+        "optim.clip_grad=0",
+        "train.max_nonfinite=3",
+        "data.num_workers=0",
+        "train.log_with=none",
+        check=False,
+    )
     assert proc.returncode != 0
     assert "not finite for 3 steps in a row" in proc.stderr and "stopping at step" in proc.stderr
     recs = metrics(tmp_path / "run")
@@ -311,7 +347,7 @@ def test_persistent_non_finite_loss_stops_with_a_clear_message(shards, tmp_path)
 
 @pytest.fixture(scope="module")
 def small_davis(tmp_path_factory):
-    from siammae.synth import synth_davis
+    from siammae.synth.scenes import synth_davis
 
     root = tmp_path_factory.mktemp("davis")
     synth_davis(root, num_sequences=2, frames=4, size=(48, 80), seed=0)
@@ -320,8 +356,15 @@ def small_davis(tmp_path_factory):
 
 def test_jf_is_evaluated_at_step_0_and_every_n_steps_and_drawn(shards, small_davis, tmp_path):
     out = tmp_path / "run"
-    proc = trainer(out, shards, f"eval.davis={small_davis}", "eval.every=6", "eval.size=48", "eval.sequences=1",
-                   "data.num_workers=0")
+    proc = trainer(
+        out,
+        shards,
+        f"eval.davis={small_davis}",
+        "eval.every=6",
+        "eval.size=48",
+        "eval.sequences=1",
+        "data.num_workers=0",
+    )
     evals = [r for r in metrics(out) if "eval_jf" in r]
     assert [r["step"] for r in evals] == [0, 6, 12]
     assert "eval_copy_jf" in evals[0] and all("eval_copy_jf" not in r for r in evals[1:])
@@ -360,11 +403,33 @@ def test_a_missing_eval_folder_fails_before_any_work(shards, tmp_path):
 
 def test_two_processes_evaluate_on_rank_0_only_and_neither_hangs(shards, small_davis, tmp_path):
     out = tmp_path / "run"
-    overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={out}", *SMALL, "train.samples=32",
-                 "data.num_workers=0", "train.log_with=none", f"eval.davis={small_davis}", "eval.every=2",
-                 "eval.size=48", "eval.sequences=1"]
-    run(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534", "-m", "siammae.train",
-         *overrides], timeout=240)
+    overrides = [
+        "tiny",
+        f"data.shards={shards}",
+        f"train.output_dir={out}",
+        *SMALL,
+        "train.samples=32",
+        "data.num_workers=0",
+        "train.log_with=none",
+        f"eval.davis={small_davis}",
+        "eval.every=2",
+        "eval.size=48",
+        "eval.sequences=1",
+    ]
+    run(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29534",
+            "-m",
+            "siammae.train",
+            *overrides,
+        ],
+        timeout=240,
+    )
     assert [r["step"] for r in metrics(out) if "eval_jf" in r] == [0, 2, 4]
     assert (out / "checkpoints" / "checkpoint_4").is_dir()
 
@@ -374,7 +439,7 @@ def test_the_loop_logs_the_model_scalars_without_knowing_the_method():
     term would be); one optimizer step over two micro-batches averages both and steps the weights."""
     from accelerate import Accelerator
 
-    from siammae.model import Output
+    from siammae.models.common import Output
 
     class Toy(torch.nn.Module):
         def __init__(self):
@@ -423,11 +488,24 @@ def test_the_recipe_wins_over_accelerate_launch_and_says_so(monkeypatch):
 def test_wandb_logs_offline_with_the_config_as_hyperparameters(shards, tmp_path):
     pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb to run this test)")
     out = tmp_path / "run"
-    overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={out}", *SMALL, "train.samples=32",
-                 "data.num_workers=0", "train.log_with=all"]
+    overrides = [
+        "tiny",
+        f"data.shards={shards}",
+        f"train.output_dir={out}",
+        *SMALL,
+        "train.samples=32",
+        "data.num_workers=0",
+        "train.log_with=all",
+    ]
     e = dict(env(), WANDB_MODE="offline", WANDB_SILENT="true")
-    proc = subprocess.run([sys.executable, "-m", "siammae.train", *overrides], cwd=REPO, env=e, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "siammae.train", *overrides],
+        cwd=REPO,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = list((out / "wandb").glob("offline-run-*/*.wandb"))  # the run's log, synced later by `wandb sync`
     assert len(records) == 1, list((out / "wandb").rglob("*"))
@@ -444,5 +522,7 @@ def test_wandb_without_the_package_fails_before_any_work(shards, tmp_path):
         pytest.skip("wandb is installed here")
     proc = trainer(tmp_path / "run", shards, "train.log_with=wandb", check=False)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "error: train.log_with=wandb needs the wandb package: pip install wandb"
+    assert (
+        proc.stderr.strip().splitlines()[-1] == "error: train.log_with=wandb needs the wandb package: pip install wandb"
+    )
     assert not (tmp_path / "run").exists()

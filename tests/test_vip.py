@@ -13,7 +13,7 @@ from PIL import Image
 from task_fixtures import moving_parts
 
 from siammae.errors import SiammaeError
-from siammae.vip import (
+from siammae.tasks.vip import (
     CLASSES,
     VOID,
     Confusion,
@@ -47,8 +47,10 @@ def test_classes_are_the_twenty_reference_parts():
 
 def test_round_trip_from_either_root(tmp_path):
     frames, labels = moving_parts(3, size=(32, 48))
-    written = [write_vip(tmp_path, "videos7", frames, labels),
-               write_vip(tmp_path, "videos12", *small_video(3, annotated=[0, 2]))]
+    written = [
+        write_vip(tmp_path, "videos7", frames, labels),
+        write_vip(tmp_path, "videos12", *small_video(3, annotated=[0, 2])),
+    ]
     fine = tmp_path / "VIP_Fine"
     assert (fine / "Images" / "videos7" / "000000000001.jpg").is_file()
     assert (fine / "Annotations" / "Category_ids" / "videos7" / "000000000003.png").is_file()
@@ -143,12 +145,8 @@ def test_void_pixels_are_ignored():
 
 
 def test_smaller_prediction_is_resized_by_nearest():
-    gt = np.array([[0, 0, 1, 1],
-                   [0, 0, 1, 1],
-                   [2, 2, 2, 2],
-                   [2, 2, 0, 0]], np.uint8)
-    pred = np.array([[0, 1],
-                     [2, 2]], np.uint8)  # each cell covers a 2x2 block of gt
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 0, 0]], np.uint8)
+    pred = np.array([[0, 1], [2, 2]], np.uint8)  # each cell covers a 2x2 block of gt
     c = Confusion()
     c.add(gt, pred)
     assert c.iou()[0] == pytest.approx(4 / 6)  # TP 4, GT 6, PRED 4
@@ -319,4 +317,3 @@ def test_a_frame_of_another_size_is_refused_up_front(tmp_path):
     write_vip(tmp_path, "videos1", frames, [labels[0], None, None])
     with pytest.raises(VipError, match="000000000003.jpg: frame is 48x40 but the video's first frame is 48x32"):
         load_videos(tmp_path)
-

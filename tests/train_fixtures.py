@@ -39,8 +39,15 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_shards(folder, num_shards: int = 4, per_shard: int = 8, width: int = 80, height: int = 64,
-                 seed: int = 0, prefix: str = "train") -> list:
+def write_shards(
+    folder,
+    num_shards: int = 4,
+    per_shard: int = 8,
+    width: int = 80,
+    height: int = 64,
+    seed: int = 0,
+    prefix: str = "train",
+) -> list:
     """Write ``num_shards`` tar shards of ``per_shard`` textured frame pairs; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -54,8 +61,16 @@ def write_shards(folder, num_shards: int = 4, per_shard: int = 8, width: int = 8
                 frames = textured_pair(rng, width, height)
                 for t, frame in enumerate(frames):
                     _add(tar, f"{key}.f{t}.jpg", simplejpeg.encode_jpeg(frame, quality=90, colorsubsampling="420"))
-                meta = dict(src=f"synthetic/{key}.mp4", label=s % 3, split="train", fps=30.0,
-                            frames=[10 * i, 10 * i + 8], gap=8, size=[width, height], num_frames=2)
+                meta = dict(
+                    src=f"synthetic/{key}.mp4",
+                    label=s % 3,
+                    split="train",
+                    fps=30.0,
+                    frames=[10 * i, 10 * i + 8],
+                    gap=8,
+                    size=[width, height],
+                    num_frames=2,
+                )
                 _add(tar, f"{key}.json", json.dumps(meta).encode())
         paths.append(path)
     return paths
@@ -104,8 +119,10 @@ def _record_steps(out_dir: str, exit_at: int = 0):
         fingerprint = [float(sum(p.sum() for p in params)), float(sum((p * p).sum() for p in params))]
         rank = accelerator.process_index
         with open(out / f"rank{rank}.jsonl", "a") as f:
-            f.write(json.dumps(dict(step=step, weights=fingerprint, keys=batch_keys,
-                                    world=accelerator.num_processes)) + "\n")
+            f.write(
+                json.dumps(dict(step=step, weights=fingerprint, keys=batch_keys, world=accelerator.num_processes))
+                + "\n"
+            )
 
     return on_step
 
@@ -117,6 +134,6 @@ def read_records(out_dir, rank: int = 0) -> list:
 
 if __name__ == "__main__":
     # [torchrun --nproc_per_node 2] tests/train_fixtures.py RECORD_DIR EXIT_AT RECIPE [overrides...]
-    from siammae import train
+    from siammae.train import loop as train
 
     train.main(sys.argv[3:], on_step=_record_steps(sys.argv[1], int(sys.argv[2])))

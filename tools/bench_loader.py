@@ -4,7 +4,7 @@
 Everything runs in this one process, pinned to one core with one thread, so the figures are per core
 (a DataLoader with W workers scales them by about W). Measured, in turns, median of --repeat runs:
 
-  pipeline     siammae.data as the trainer runs it: tar read -> shuffle -> decode f0/f1 (simplejpeg)
+  pipeline     siammae.data.loader as the trainer runs it: tar read -> shuffle -> decode f0/f1 (simplejpeg)
                -> one random-resized crop + flip for both frames, cut into a 224 px uint8 batch. Once with
                repeated sampling 1 (one training pair per decoded pair: the like-for-like figure) and
                once with the recipe's 2 (training pairs per second as the trainer sees them).
@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 
 from siammae.config import load_config  # noqa: E402
-from siammae.data import View, batches, make_dataset, random_resized_crop, resolve_shards  # noqa: E402
+from siammae.data.loader import View, batches, make_dataset, random_resized_crop, resolve_shards  # noqa: E402
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov"}
 
@@ -71,14 +71,16 @@ def pipeline_rate(urls, repeats: int, args) -> float:
 
 def floor_rate(urls, args) -> float:
     def pairs():
-        stream = wds.DataPipeline(lambda: ({"url": random.choice(urls)} for _ in iter(int, 1)),
-                                  wds.tarfile_to_samples())
+        stream = wds.DataPipeline(
+            lambda: ({"url": random.choice(urls)} for _ in iter(int, 1)), wds.tarfile_to_samples()
+        )
         for sample in stream:
             yield [simplejpeg.decode_jpeg(sample[f"f{t}.jpg"], colorspace="RGB") for t in range(2)]
 
     def batches(src):
         # Each decoded pair is dropped at once: holding a batch of decoded frames (33 MB at 224 px)
-        # made this "floor" ~1.4x slower than the decodes inside the pipeline (cache and page faults).
+        # made this "floor" slower than the decodes inside the pipeline (cache and page faults;
+        # docs/benchmarks.md).
         while True:
             for _ in range(args.batch):
                 next(src)
@@ -134,12 +136,17 @@ def main() -> None:
     if args.videos and not videos:
         parser.error(f"--videos {args.videos}: no videos found")
     core = pin_to_one_core()
-    print(f"{len(urls)} shards, {len(videos)} videos; one core (#{core}), one thread; {args.size} px, "
-          f"batches of {args.batch}; median of {args.repeat}", flush=True)
+    print(
+        f"{len(urls)} shards, {len(videos)} videos; one core (#{core}), one thread; {args.size} px, "
+        f"batches of {args.batch}; median of {args.repeat}",
+        flush=True,
+    )
 
-    runs = {"pipeline": lambda: pipeline_rate(urls, 1, args),
-            "pipeline_r2": lambda: pipeline_rate(urls, 2, args),
-            "floor": lambda: floor_rate(urls, args)}
+    runs = {
+        "pipeline": lambda: pipeline_rate(urls, 1, args),
+        "pipeline_r2": lambda: pipeline_rate(urls, 2, args),
+        "floor": lambda: floor_rate(urls, args),
+    }
     if videos:
         runs["on_the_fly"] = lambda: on_the_fly_rate(videos, args, reuse=False)
         runs["on_the_fly_reused"] = lambda: on_the_fly_rate(videos, args, reuse=True)
@@ -151,17 +158,23 @@ def main() -> None:
     for name, v in rates.items():
         print(f"  {name:18s} {result[name]:8.1f} pairs per CPU second   (runs: {', '.join(f'{x:.0f}' for x in v)})")
 
-    report = {"pipeline_pairs_per_s": result["pipeline"], "pipeline_r2_pairs_per_s": result["pipeline_r2"],
-              "floor_pairs_per_s": result["floor"],
-              # Median of the per-round ratios: a round's two figures are measured back to back, so
-              # a busy neighbour slows both alike and the ratio varies less than either figure.
-              "fraction_of_floor": round(statistics.median(p / f for p, f in zip(rates["pipeline"], rates["floor"])), 3),
-              "size": args.size, "batch": args.batch}
+    report = {
+        "pipeline_pairs_per_s": result["pipeline"],
+        "pipeline_r2_pairs_per_s": result["pipeline_r2"],
+        "floor_pairs_per_s": result["floor"],
+        # Median of the per-round ratios: a round's two figures are measured back to back, so
+        # a busy neighbour slows both alike and the ratio varies less than either figure.
+        "fraction_of_floor": round(statistics.median(p / f for p, f in zip(rates["pipeline"], rates["floor"])), 3),
+        "size": args.size,
+        "batch": args.batch,
+    }
     if videos:
         best_fly = max(result["on_the_fly"], result["on_the_fly_reused"])
-        report.update(on_the_fly_pairs_per_s=result["on_the_fly"],
-                      on_the_fly_reused_reader_pairs_per_s=result["on_the_fly_reused"],
-                      x_on_the_fly=round(result["pipeline"] / best_fly, 1))
+        report.update(
+            on_the_fly_pairs_per_s=result["on_the_fly"],
+            on_the_fly_reused_reader_pairs_per_s=result["on_the_fly_reused"],
+            x_on_the_fly=round(result["pipeline"] / best_fly, 1),
+        )
         report["target_20x_on_the_fly"] = report["x_on_the_fly"] >= 20
     report["target_75pct_floor"] = report["fraction_of_floor"] >= 0.75
     print(json.dumps(report))

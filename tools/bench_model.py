@@ -17,8 +17,8 @@ import time
 import torch
 
 from siammae.config import load_config
-from siammae.layers import set_fused_attention
-from siammae.model import build_model
+from siammae.models import build_model
+from siammae.models.layers import set_fused_attention
 
 
 def time_step(model, frames, dtype, device) -> float:
@@ -46,7 +46,7 @@ def main():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     torch.manual_seed(0)
-    model = build_model(cfg.model, cfg.data.num_frames).to(device)
+    model = build_model(cfg).to(device)
     n_enc = sum(p.numel() for p in model.encoder.parameters())
     n_dec = sum(p.numel() for p in model.decoder.parameters())
     size = cfg.model.img_size
@@ -63,18 +63,38 @@ def main():
             times[name].append(time_step(model, frames, dtype, device))
 
     per_pair = {k: sorted(v)[len(v) // 2] / args.batch * 1000 for k, v in times.items()}
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} "
-          f"({torch.get_num_threads()} threads), dtype {args.dtype}, batch {args.batch}")
-    kind = (f"siammae, encoder {cfg.model.encoder}, decoder {cfg.model.decoder}" if cfg.model.method == "siammae"
-            else f"{cfg.model.method}, clips of {cfg.data.num_frames} frames, tubelet {cfg.model.tubelet}")
-    print(f"model: {cfg.model.arch}/{cfg.model.patch_size} at {size}, {kind}, decoder "
-          f"{cfg.model.decoder_depth}x{cfg.model.decoder_dim}")
+    print(
+        f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} "
+        f"({torch.get_num_threads()} threads), dtype {args.dtype}, batch {args.batch}"
+    )
+    kind = (
+        f"siammae, encoder {cfg.siammae.encoder}, decoder {cfg.siammae.decoder}"
+        if cfg.model.method == "siammae"
+        else f"{cfg.model.method}, clips of {cfg.data.num_frames} frames, "
+        f"tubelet {getattr(cfg, cfg.model.method).tubelet}"
+    )
+    print(
+        f"model: {cfg.model.arch}/{cfg.model.patch_size} at {size}, {kind}, decoder "
+        f"{cfg.model.decoder_depth}x{cfg.model.decoder_dim}"
+    )
     print(f"parameters: encoder {n_enc / 1e6:.2f} M, decoder {n_dec / 1e6:.2f} M")
-    print(f"forward+backward per sample (median of {args.steps}): SDPA {per_pair['sdpa']:.2f} ms | "
-          f"plain math {per_pair['math']:.2f} ms | math/SDPA {per_pair['math'] / per_pair['sdpa']:.2f}x")
-    print(json.dumps({"method": cfg.model.method, "encoder_params": n_enc, "decoder_params": n_dec,
-                      "ms_per_sample_sdpa": per_pair["sdpa"], "ms_per_sample_math": per_pair["math"],
-                      "device": device.type, "dtype": args.dtype}))
+    print(
+        f"forward+backward per sample (median of {args.steps}): SDPA {per_pair['sdpa']:.2f} ms | "
+        f"plain math {per_pair['math']:.2f} ms | math/SDPA {per_pair['math'] / per_pair['sdpa']:.2f}x"
+    )
+    print(
+        json.dumps(
+            {
+                "method": cfg.model.method,
+                "encoder_params": n_enc,
+                "decoder_params": n_dec,
+                "ms_per_sample_sdpa": per_pair["sdpa"],
+                "ms_per_sample_math": per_pair["math"],
+                "device": device.type,
+                "dtype": args.dtype,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

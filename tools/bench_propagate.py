@@ -33,7 +33,8 @@ TASK_SHAPES = {"davis": (480, 854, 4), "jhmdb": (240, 320, 16), "vip": (720, 128
 
 
 def main(argv=None):
-    from siammae.propagate import PROTOCOLS, TASK_PRESETS
+    from siammae.propagate.protocol import PROTOCOLS
+    from siammae.tasks import TASKS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="all", choices=["all", *TASK_SHAPES])
@@ -44,8 +45,11 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--davis", help="time whole commands on this DAVIS-format set instead (see above)")
     ap.add_argument("--weights", help="with --davis: the encoder's weights file (default: random, seed 0)")
-    ap.add_argument("--precisions", help="with --davis: siammae runs, comma-separated (default: fp32 and each of "
-                    "bf16 / fp16 the device computes natively)")
+    ap.add_argument(
+        "--precisions",
+        help="with --davis: siammae runs, comma-separated (default: fp32 and each of "
+        "bf16 / fp16 the device computes natively)",
+    )
     ap.add_argument("--reference", help="with --davis: a command to time beside ours; {davis} and {out} are filled in")
     ap.add_argument("--out", default="bench-propagate", help="with --davis: the runs' output folders")
     args = ap.parse_args(argv)
@@ -54,20 +58,30 @@ def main(argv=None):
     if args.task == "all":  # each task in its own process: its own peak memory
         import subprocess
 
-        same = ["--model", args.model, "--device", args.device, "--frames", str(args.frames),
-                "--batch-size", str(args.batch_size), *(["--protocol", args.protocol] if args.protocol else [])]
+        same = [
+            "--model",
+            args.model,
+            "--device",
+            args.device,
+            "--frames",
+            str(args.frames),
+            "--batch-size",
+            str(args.batch_size),
+            *(["--protocol", args.protocol] if args.protocol else []),
+        ]
         for task in TASK_SHAPES:
             subprocess.run([sys.executable, __file__, "--task", task, *same], check=True)
             print()
         return 0
-    return bench_task(args.task, PROTOCOLS[args.protocol or TASK_PRESETS[args.task]], args)
+    return bench_task(args.task, PROTOCOLS[args.protocol or TASKS[args.task].preset], args)
 
 
 def bench_task(task, protocol, args):
-    from siammae.affinity import LabelPropagator
-    from siammae.checkpoint import load_encoder
-    from siammae.jhmdb import decode_joints
-    from siammae.propagate import FeatureExtractor, soft_to_ids
+    from siammae.encoders import load_encoder
+    from siammae.propagate.affinity import LabelPropagator
+    from siammae.propagate.features import FeatureExtractor
+    from siammae.propagate.loop import soft_to_ids
+    from siammae.tasks.jhmdb import decode_joints
 
     device = torch.device(args.device)
     encoder, info = load_encoder(args.model, random_init=True)
@@ -114,12 +128,16 @@ def bench_task(task, protocol, args):
     both = 1 / (1 / feat_fps + 1 / prop_fps)
     print(f"task              {task} ({L} labels)")
     print(f"device            {name}")
-    print(f"model             {info.timm_model} (patch {extractor.patch}), protocol {protocol.name} "
-          f"(top-k {protocol.topk}, queue {protocol.queue}, radius {protocol.radius:g})")
+    print(
+        f"model             {info.timm_model} (patch {extractor.patch}), protocol {protocol.name} "
+        f"(top-k {protocol.topk}, queue {protocol.queue}, radius {protocol.radius:g})"
+    )
     print(f"frames            {H}x{W} -> network input {size[0]}x{size[1]}, grid {grid[0]}x{grid[1]} tokens")
     print(f"feature extraction {feat_fps:8.2f} frames/s  (batch {args.batch_size})")
-    print(f"propagation        {prop_fps:8.2f} frames/s  (queue full, incl. the read-out: {type(out).__name__} "
-          f"{tuple(out.shape)})")
+    print(
+        f"propagation        {prop_fps:8.2f} frames/s  (queue full, incl. the read-out: {type(out).__name__} "
+        f"{tuple(out.shape)})"
+    )
     print(f"together           {both:8.2f} frames/s")
     print(f"peak memory        {peak}")
     return 0
@@ -147,9 +165,9 @@ def bench_commands(args):
     import json
     from pathlib import Path
 
-    from siammae.measures import evaluate
-    from siammae.precision import PrecisionError, native_precisions, resolve_precision
-    from siammae.propagate import check_davis
+    from siammae.propagate.precision import PrecisionError, native_precisions, resolve_precision
+    from siammae.tasks.davis import check_davis
+    from siammae.tasks.jandf import evaluate
 
     seqs = check_davis(args.davis)
     frames = sum(len(s.frames) for s in seqs)
@@ -162,33 +180,82 @@ def bench_commands(args):
             resolve_precision(p, args.device)
     except PrecisionError as e:
         raise SystemExit(f"error: {e}") from None
-    runs = {f"siammae {p}": [sys.executable, "-m", "siammae", "propagate", "--davis", args.davis, *encoder,
-                             "--protocol", args.protocol or "siammae", "--precision", p, "--device", args.device,
-                             "--no-eval", "--no-diagnostics", "--quiet", "--out", str(out / f"siammae-{p}")]
-            for p in precisions}
+    runs = {
+        f"siammae {p}": [
+            sys.executable,
+            "-m",
+            "siammae",
+            "propagate",
+            "--davis",
+            args.davis,
+            *encoder,
+            "--protocol",
+            args.protocol or "siammae",
+            "--precision",
+            p,
+            "--device",
+            args.device,
+            "--no-eval",
+            "--no-diagnostics",
+            "--quiet",
+            "--out",
+            str(out / f"siammae-{p}"),
+        ]
+        for p in precisions
+    }
     if args.reference:
         runs["reference"] = args.reference.format(davis=args.davis, out=out / "reference")
     # The RSS of imports + weights alone, for siammae's working memory.
-    _, base_rss = run_measured([sys.executable, "-c", "import sys; from siammae.cli.propagate import open_encoder; "
-                                "import siammae.propagate; open_encoder(sys.argv[1], sys.argv[2] or None, None, sys.argv[3] == '1')",
-                                args.model, args.weights or "", "0" if args.weights else "1"], out / "baseline.log")
-    print(f"set {args.davis}: {len(seqs)} sequences, {frames} frames; {args.model}, protocol "
-          f"{args.protocol or 'siammae'}, {torch.get_num_threads()} threads; imports + weights alone {base_rss:.2f} GiB")
+    _, base_rss = run_measured(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from siammae.encoders import open_encoder; "
+            "import siammae.tasks.davis; open_encoder(sys.argv[1], sys.argv[2] or None, None, sys.argv[3] == '1')",
+            args.model,
+            args.weights or "",
+            "0" if args.weights else "1",
+        ],
+        out / "baseline.log",
+    )
+    print(
+        f"set {args.davis}: {len(seqs)} sequences, {frames} frames; {args.model}, protocol "
+        f"{args.protocol or 'siammae'}, {torch.get_num_threads()} threads; imports + weights alone {base_rss:.2f} GiB"
+    )
     print(f"{'run':16s} {'seconds':>8s} {'frames/s':>9s} {'J&F':>7s} {'peak RSS':>9s} {'working':>8s} {'speed-up':>9s}")
     rows = {}
     for name, cmd in runs.items():
         seconds, rss = run_measured(cmd, out / f"{name.replace(' ', '-')}.log")
         folder = out / ("reference" if name == "reference" else f"siammae-{name.split()[1]}")
         jf = evaluate(args.davis, folder, "val", [s.name for s in seqs]).global_row()["J&F-Mean"]
-        rows[name] = dict(seconds=round(seconds, 1), fps=round(frames / seconds, 3), jf=round(float(jf), 4),
-                          peak_rss_gib=round(rss, 3), working_gib=None if name == "reference" else round(rss - base_rss, 3))
+        rows[name] = dict(
+            seconds=round(seconds, 1),
+            fps=round(frames / seconds, 3),
+            jf=round(float(jf), 4),
+            peak_rss_gib=round(rss, 3),
+            working_gib=None if name == "reference" else round(rss - base_rss, 3),
+        )
     ref = rows.get("reference")
     for name, r in rows.items():
         work = "" if r["working_gib"] is None else f"{r['working_gib']:.2f}"
         speed = f"{ref['seconds'] / r['seconds']:.2f}x" if ref else ""
-        print(f"{name:16s} {r['seconds']:8.1f} {r['fps']:9.3f} {r['jf']:7.4f} {r['peak_rss_gib']:8.2f}G {work:>8s} {speed:>9s}")
-    (out / "bench.json").write_text(json.dumps(dict(davis=args.davis, frames=frames, model=args.model,
-                                                    weights=args.weights, reference=args.reference, rows=rows), indent=2))
+        print(
+            f"{name:16s} {r['seconds']:8.1f} {r['fps']:9.3f} {r['jf']:7.4f} {r['peak_rss_gib']:8.2f}G "
+            f"{work:>8s} {speed:>9s}"
+        )
+    (out / "bench.json").write_text(
+        json.dumps(
+            dict(
+                davis=args.davis,
+                frames=frames,
+                model=args.model,
+                weights=args.weights,
+                reference=args.reference,
+                rows=rows,
+            ),
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -8,8 +8,8 @@ For 1 and 2 worker processes (or --workers ...) it times, on the same videos:
           256, JPEG q90 4:2:0), start-up, listing and bookkeeping included.
 and prints both with the ratio shard/decode (the aim: within 2x on one core) and the
 speed-up from 1 to N workers. With --decoders decord,pyav the shard run is timed with each decoder
-(siammae.shard.decode), beside the same decord baseline. Medians of --repeat runs, interleaved. Wall time shows the speed-up
-but suffers from other load on the machine; CPU time (summed over the processes) does not, and
+(siammae.shard.decode), beside the same decord baseline. Medians of --repeat runs, interleaved. Wall time
+shows the speed-up but suffers from other load on the machine; CPU time (summed over the processes) does not, and
 equal CPU per video at 1 and N workers with a small main-process share means the work divides.
 
   python tools/bench_shard.py                     # 16 synthetic 10 s 320x240 x264 videos
@@ -45,8 +45,8 @@ def read_all(path: str) -> int:
 
 
 def make_videos(folder: Path, count: int, seconds: float, size, fps: float) -> None:
-    """Synthetic scenes (siammae.synth) encoded with x264, made once and kept in ``folder``."""
-    from siammae.synth import synth_videos
+    """Synthetic scenes (siammae.synth.scenes) encoded with x264, made once and kept in ``folder``."""
+    from siammae.synth.scenes import synth_videos
 
     frames = int(round(seconds * fps))
     marker = folder / f".made-{count}-{frames}-{size[0]}x{size[1]}-{fps:g}"
@@ -112,8 +112,11 @@ def main() -> None:
         make_videos(src, args.count, args.seconds, tuple(int(v) for v in args.size.split("x")), args.fps)
     paths = [v.path for v in find_videos(src).videos]
     read_all(paths[0])  # warm the page cache and the decoder libraries
-    print(f"{len(paths)} videos in {src}; {os.cpu_count()} cores; medians of {args.repeat} runs; "
-          f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"{len(paths)} videos in {src}; {os.cpu_count()} cores; medians of {args.repeat} runs; "
+        f"load average before: {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     # Interleaved (decode, shard, for each worker count, per repeat) so that load from other
     # processes on the machine hits both sides alike; the load average is printed with the figures.
@@ -134,10 +137,14 @@ def main() -> None:
                 f"workers {workers}, shard --decoder {decoder}: wall: decode {decode:6.2f} s "
                 f"({decode_all.frames / decode:5.0f} frames/s), shard {sharded:6.2f} s ({len(paths) / sharded:4.1f} "
                 f"videos/s, {shard_all.samples / sharded:5.1f} samples/s), shard/decode {sharded / decode:4.2f}x | "
-                f"CPU: decode {decode_cpu:6.2f} s, shard {shard_cpu:6.2f} s, shard/decode {shard_cpu / decode_cpu:4.2f}x",
+                f"CPU: decode {decode_cpu:6.2f} s, shard {shard_cpu:6.2f} s, "
+                f"shard/decode {shard_cpu / decode_cpu:4.2f}x",
                 flush=True,
             )
-    print(f"{decode_all.frames} frames decoded per pass; shard output {shard_all.samples} samples, {shard_all.bytes / 1e6:.1f} MB")
+    print(
+        f"{decode_all.frames} frames decoded per pass; shard output {shard_all.samples} samples, "
+        f"{shard_all.bytes / 1e6:.1f} MB"
+    )
     print(f"load average after: {os.getloadavg()[0]:.1f} (above the core count, other processes shared the cores)")
     base = min(args.workers)
     for workers in args.workers:

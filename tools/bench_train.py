@@ -26,15 +26,24 @@ sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from siammae.allocator import keep_freed_memory  # noqa: E402
-from siammae.config import CLIP_METHODS, load_config  # noqa: E402
-from siammae.model import build_model  # noqa: E402
-from siammae.pixels import normalize  # noqa: E402
-from siammae.schedule import param_groups  # noqa: E402
-from siammae.train import pick_precision  # noqa: E402
+from siammae.config import load_config  # noqa: E402
+from siammae.data.pixels import normalize  # noqa: E402
+from siammae.models import METHODS, build_model  # noqa: E402
+from siammae.train.loop import pick_precision  # noqa: E402
+from siammae.train.schedule import param_groups  # noqa: E402
 
 # Dense fp16/bf16 tensor-core peaks (TFLOP/s), by a substring of the device name.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0,
-               "RTX 4090": 165.0, "TITAN RTX": 130.0, "RTX A6000": 155.0}
+PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10": 125.0,
+    "V100": 125.0,
+    "RTX 4090": 165.0,
+    "TITAN RTX": 130.0,
+    "RTX A6000": 155.0,
+}
 
 
 def peak_tflops(device) -> float | None:
@@ -51,9 +60,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed steps (default 5 on CPU, 30 on GPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU (default: by name)")
-    parser.add_argument("--allocator-default", action="store_true",
-                        help="on the CPU, leave glibc's allocator as it is (the baseline for the trainer's "
-                             "keep_freed_memory; alternate runs with and without it)")
+    parser.add_argument(
+        "--allocator-default",
+        action="store_true",
+        help="on the CPU, leave glibc's allocator as it is (the baseline for the trainer's "
+        "keep_freed_memory; alternate runs with and without it)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="group.key=value")
     args = parser.parse_args()
 
@@ -71,7 +83,7 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    model = build_model(cfg.model, cfg.data.num_frames)
+    model = build_model(cfg)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=1e-4, betas=tuple(cfg.optim.betas))
     model, optimizer = accelerator.prepare(model, optimizer)
     size, T = cfg.model.img_size, cfg.data.num_frames
@@ -113,21 +125,35 @@ def main() -> None:
     achieved = flops_per_step * steps / elapsed / 1e12
     peak = args.peak_tflops or peak_tflops(device)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    report = dict(device=name, recipe=args.recipe, method=cfg.model.method, frames=T, arch=cfg.model.arch, patch=cfg.model.patch_size, img=size,
-                  decoder=f"{cfg.model.method if cfg.model.method in CLIP_METHODS else cfg.model.decoder} "
-                          f"{cfg.model.decoder_depth}x{cfg.model.decoder_dim}",
-                  precision=accelerator.mixed_precision, batch=batch, steps=steps,
-                  samples_per_s=round(pairs_per_s, 2), step_s=round(elapsed / steps, 4),
-                  gflops_per_sample=round(flops_per_step / batch / 1e9, 2), achieved_tflops=round(achieved, 3),
-                  mfu=round(achieved / peak, 4) if peak else None,
-                  max_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
-                  freed_memory_kept=kept)
+    report = dict(
+        device=name,
+        recipe=args.recipe,
+        method=cfg.model.method,
+        frames=T,
+        arch=cfg.model.arch,
+        patch=cfg.model.patch_size,
+        img=size,
+        decoder=f"{cfg.siammae.decoder if cfg.model.method == 'siammae' else cfg.model.method} "
+        f"{cfg.model.decoder_depth}x{cfg.model.decoder_dim}",
+        precision=accelerator.mixed_precision,
+        batch=batch,
+        steps=steps,
+        samples_per_s=round(pairs_per_s, 2),
+        step_s=round(elapsed / steps, 4),
+        gflops_per_sample=round(flops_per_step / batch / 1e9, 2),
+        achieved_tflops=round(achieved, 3),
+        mfu=round(achieved / peak, 4) if peak else None,
+        max_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
+        freed_memory_kept=kept,
+    )
     if note:
         print(f"note: {note}")
-    unit = f"clips of {T}" if cfg.model.method in CLIP_METHODS else "pairs"
-    print(f"{name}: {pairs_per_s:.1f} {unit}/s ({report['step_s']} s per step of {batch}), "
-          f"{report['gflops_per_sample']} GFLOP per sample (fwd+bwd), {achieved:.2f} TFLOP/s"
-          + (f", MFU {report['mfu']:.1%}" if report["mfu"] else ""))
+    unit = f"clips of {T}" if METHODS[cfg.model.method].clips else "pairs"
+    print(
+        f"{name}: {pairs_per_s:.1f} {unit}/s ({report['step_s']} s per step of {batch}), "
+        f"{report['gflops_per_sample']} GFLOP per sample (fwd+bwd), {achieved:.2f} TFLOP/s"
+        + (f", MFU {report['mfu']:.1%}" if report["mfu"] else "")
+    )
     print(json.dumps(report))
 
 

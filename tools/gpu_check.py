@@ -40,11 +40,11 @@ import torch  # noqa: E402
 from bench_train import peak_tflops  # noqa: E402
 
 from siammae.config import load_config  # noqa: E402
-from siammae.model import build_model  # noqa: E402
-from siammae.pixels import normalize  # noqa: E402
-from siammae.precision import native_precisions  # noqa: E402
-from siammae.schedule import param_groups  # noqa: E402
-from siammae.train import AUTOCAST_DTYPES  # noqa: E402
+from siammae.data.pixels import normalize  # noqa: E402
+from siammae.models import build_model  # noqa: E402
+from siammae.propagate.precision import native_precisions  # noqa: E402
+from siammae.train.loop import AUTOCAST_DTYPES  # noqa: E402
+from siammae.train.schedule import param_groups  # noqa: E402
 
 DTYPES = {"fp32": AUTOCAST_DTYPES["no"], "bf16": AUTOCAST_DTYPES["bf16"], "fp16": AUTOCAST_DTYPES["fp16"]}
 
@@ -66,25 +66,58 @@ class Sizes:
     cpu_sequences: int  # sequences of that set also propagated on the CPU
 
 
-GPU = Sizes(overrides=(), precisions=("fp32", "bf16", "fp16"), batch=128, steps=20, train_steps=200, train_batch=256,
-            train_videos=32, memory_batch=64, memory_cap=4096,
-            davis=dict(num_sequences=4, frames=30, size=(480, 854)), cpu_sequences=2)
-DRY = Sizes(overrides=("model.arch=vit_tiny", "model.img_size=64", "model.patch_size=8", "model.decoder_depth=2",
-                       "model.decoder_dim=128", "model.decoder_heads=4", "model.mask_ratio=[0.0,0.9]"),
-            precisions=("fp32", "bf16"), batch=2, steps=2, train_steps=4, train_batch=4, train_videos=3,
-            memory_batch=2, memory_cap=4, davis=dict(num_sequences=2, frames=4, size=(96, 160)), cpu_sequences=2)
+GPU = Sizes(
+    overrides=(),
+    precisions=("fp32", "bf16", "fp16"),
+    batch=128,
+    steps=20,
+    train_steps=200,
+    train_batch=256,
+    train_videos=32,
+    memory_batch=64,
+    memory_cap=4096,
+    davis=dict(num_sequences=4, frames=30, size=(480, 854)),
+    cpu_sequences=2,
+)
+DRY = Sizes(
+    overrides=(
+        "model.arch=vit_tiny",
+        "model.img_size=64",
+        "model.patch_size=8",
+        "model.decoder_depth=2",
+        "model.decoder_dim=128",
+        "model.decoder_heads=4",
+        "model.mask_ratio=[0.0,0.9]",
+    ),
+    precisions=("fp32", "bf16"),
+    batch=2,
+    steps=2,
+    train_steps=4,
+    train_batch=4,
+    train_videos=3,
+    memory_batch=2,
+    memory_cap=4,
+    davis=dict(num_sequences=2, frames=4, size=(96, 160)),
+    cpu_sequences=2,
+)
 
 
 def device_report(device) -> dict:
     import accelerate
     import timm
 
-    report = dict(torch=torch.__version__, timm=timm.__version__, accelerate=accelerate.__version__,
-                  cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None)
+    report = dict(
+        torch=torch.__version__,
+        timm=timm.__version__,
+        accelerate=accelerate.__version__,
+        cuda=torch.version.cuda,
+        cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None,
+    )
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        report.update(name=props.name, memory_gib=round(props.total_memory / 2**30, 1),
-                      capability=f"{props.major}.{props.minor}")
+        report.update(
+            name=props.name, memory_gib=round(props.total_memory / 2**30, 1), capability=f"{props.major}.{props.minor}"
+        )
     else:
         report.update(name=f"CPU ({torch.get_num_threads()} threads)")
     return report
@@ -132,7 +165,7 @@ def throughput(cfg, device, precision: str, sizes: Sizes, label: str) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.manual_seed(0)
-    model = build_model(cfg.model).to(device)
+    model = build_model(cfg).to(device)
     step = make_step(model, device, precision, sizes.batch)
     for _ in range(2):
         step()
@@ -151,16 +184,24 @@ def throughput(cfg, device, precision: str, sizes: Sizes, label: str) -> dict:
     peak = peak_tflops(device)
     if peak and precision == "fp32":
         peak = peak / 2  # TF32 tensor cores run at half the dense bf16 rate
-    return dict(model=label, precision=precision, batch=sizes.batch, pairs_per_s=round(sizes.batch * sizes.steps / elapsed, 1),
-                tflops=round(achieved, 2), mfu=round(achieved / peak, 4) if peak else None, sdpa_kernels=kernels,
-                flash=any("flash" in k for k in kernels))
+    return dict(
+        model=label,
+        precision=precision,
+        batch=sizes.batch,
+        pairs_per_s=round(sizes.batch * sizes.steps / elapsed, 1),
+        tflops=round(achieved, 2),
+        mfu=round(achieved / peak, 4) if peak else None,
+        sdpa_kernels=kernels,
+        flash=any("flash" in k for k in kernels),
+    )
 
 
 def memory(cfg, device, sizes: Sizes) -> dict:
     """Peak memory of a bf16 step at ``memory_batch``, then the largest batch (doubling) that fits."""
+
     def peak_of(batch):
         torch.manual_seed(0)
-        model = build_model(cfg.model).to(device)
+        model = build_model(cfg).to(device)
         step = make_step(model, device, "bf16", batch)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -172,8 +213,11 @@ def memory(cfg, device, sizes: Sizes) -> dict:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
         return rss / (2**30 if sys.platform == "darwin" else 2**20)  # CPU: process peak RSS
 
-    report = dict(kind="max_memory_allocated" if device.type == "cuda" else "process peak RSS (CPU)",
-                  batch=sizes.memory_batch, peak_gib=round(peak_of(sizes.memory_batch), 2))
+    report = dict(
+        kind="max_memory_allocated" if device.type == "cuda" else "process peak RSS (CPU)",
+        batch=sizes.memory_batch,
+        peak_gib=round(peak_of(sizes.memory_batch), 2),
+    )
     largest, batch = sizes.memory_batch, sizes.memory_batch * 2
     while batch <= sizes.memory_cap:
         try:
@@ -188,42 +232,82 @@ def memory(cfg, device, sizes: Sizes) -> dict:
 def training(work: Path, device, sizes: Sizes, dry: bool) -> dict:
     """Synthetic videos -> shards -> the trainer on the base recipe's model; data wait from metrics.jsonl."""
     from siammae.shard import EncodeSpec, SampleSpec, ShardConfig, shard
-    from siammae.synth import synth_videos
-    from siammae.train import pick_precision, train
+    from siammae.synth.scenes import synth_videos
+    from siammae.train import train
+    from siammae.train.loop import pick_precision
 
     videos, shards, run = work / "videos", work / "shards", work / "run"
     synth_videos(videos, num_videos=sizes.train_videos, frames=48 if dry else 96, size=(96, 128) if dry else (256, 340))
     config = ShardConfig(sample=SampleSpec(per_video=4 if dry else 32), encode=EncodeSpec(short_side=0 if dry else 256))
     shard(videos, shards, config, progress=False, log=lambda _: None)
-    overrides = [*sizes.overrides, f"data.shards={shards}", f"train.output_dir={run}", f"train.global_batch_size={sizes.train_batch}",
-                 f"train.samples={sizes.train_steps * sizes.train_batch}", "train.log_every=1" if dry else "train.log_every=10",
-                 f"train.save_every={sizes.train_steps}", "train.recon_every=0", "train.log_with=none",
-                 "data.shuffle_buffer=64" if dry else "data.shuffle_buffer=2000", *(["data.num_workers=1"] if dry else [])]
+    overrides = [
+        *sizes.overrides,
+        f"data.shards={shards}",
+        f"train.output_dir={run}",
+        f"train.global_batch_size={sizes.train_batch}",
+        f"train.samples={sizes.train_steps * sizes.train_batch}",
+        "train.log_every=1" if dry else "train.log_every=10",
+        f"train.save_every={sizes.train_steps}",
+        "train.recon_every=0",
+        "train.log_with=none",
+        "data.shuffle_buffer=64" if dry else "data.shuffle_buffer=2000",
+        *(["data.num_workers=1"] if dry else []),
+    ]
     cfg = load_config("base", overrides)
     summary = train(cfg)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steady = records[1:] or records  # the first window holds the loader's start-up
-    return dict(steps=summary["steps"], batch=sizes.train_batch, precision=pick_precision(cfg.train.mixed_precision, device)[0],
-                data_workers=cfg.data.num_workers, pairs_per_s=summary["pairs_per_s"],
-                data_wait_mean=round(sum(r["data_wait"] for r in steady) / len(steady), 4),
-                data_wait_max=round(max(r["data_wait"] for r in steady), 4),
-                overflow_steps=records[-1]["overflow"], nonfinite_steps=records[-1]["nonfinite"])
+    return dict(
+        steps=summary["steps"],
+        batch=sizes.train_batch,
+        precision=pick_precision(cfg.train.mixed_precision, device)[0],
+        data_workers=cfg.data.num_workers,
+        pairs_per_s=summary["pairs_per_s"],
+        data_wait_mean=round(sum(r["data_wait"] for r in steady) / len(steady), 4),
+        data_wait_max=round(max(r["data_wait"] for r in steady), 4),
+        overflow_steps=records[-1]["overflow"],
+        nonfinite_steps=records[-1]["nonfinite"],
+    )
 
 
 def propagate(davis: Path, out: Path, device: str, precision: str, sequences=None) -> dict:
     """``siammae propagate`` as a user runs it (random ViT-S/16, siammae preset); J&F and frames/s."""
-    from siammae.measures import evaluate
-    from siammae.propagate import check_davis
+    from siammae.tasks.davis import check_davis
+    from siammae.tasks.jandf import evaluate
 
     names = [s.name for s in check_davis(davis)][:sequences]
-    command = [sys.executable, "-m", "siammae", "propagate", "--davis", os.fspath(davis), "--checkpoint",
-               "vit_small_patch16_224", "--random-init", "--protocol", "siammae", "--device", device, "--precision",
-               precision, "--sequences", ",".join(names), "--no-eval", "--no-diagnostics", "--quiet", "--out",
-               os.fspath(out)]
-    subprocess.run(command, check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.fspath(REPO)))
+    command = [
+        sys.executable,
+        "-m",
+        "siammae",
+        "propagate",
+        "--davis",
+        os.fspath(davis),
+        "--checkpoint",
+        "vit_small_patch16_224",
+        "--random-init",
+        "--protocol",
+        "siammae",
+        "--device",
+        device,
+        "--precision",
+        precision,
+        "--sequences",
+        ",".join(names),
+        "--no-eval",
+        "--no-diagnostics",
+        "--quiet",
+        "--out",
+        os.fspath(out),
+    ]
+    subprocess.run(
+        command, check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.fspath(REPO))
+    )
     timing = json.loads((out / "propagation.json").read_text())["timing"]
     jf = evaluate(davis, out, "val", names).global_row()["J&F-Mean"]
-    return dict(device=device, precision=precision, frames=timing["frames"], frames_per_s=timing["fps"], jf=round(jf, 4))
+    return dict(
+        device=device, precision=precision, frames=timing["frames"], frames_per_s=timing["fps"], jf=round(jf, 4)
+    )
 
 
 def main() -> int:
@@ -251,20 +335,27 @@ def main() -> int:
         except Exception as e:  # noqa: BLE001 - every failure is recorded, the other checks still run
             report[name] = dict(error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-2000:])
             failed.append(name)
-        print(f"[{time.perf_counter() - started:6.1f} s] {name}: {'FAILED' if name in failed else 'ok'} "
-              f"({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+        print(
+            f"[{time.perf_counter() - started:6.1f} s] {name}: {'FAILED' if name in failed else 'ok'} "
+            f"({time.perf_counter() - t0:.1f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     check("device", lambda: device_report(device))
     base = load_config("base", sizes.overrides)
     models = [("vit_small_patch16_224" if not dry else "vit_tiny (dry run)", base)]
     if args.vits8:
         models.append(("vit_small_patch8_224", load_config("vits8", sizes.overrides)))
-    check("throughput", lambda: [throughput(cfg, device, p, sizes, label) for label, cfg in models for p in sizes.precisions])
+    check(
+        "throughput",
+        lambda: [throughput(cfg, device, p, sizes, label) for label, cfg in models for p in sizes.precisions],
+    )
     check("memory", lambda: memory(base, device, sizes))
     check("training", lambda: training(work / "training", device, sizes, dry))
 
     def propagation():
-        from siammae.synth import synth_davis
+        from siammae.synth.scenes import synth_davis
 
         davis = work / "davis"
         if not davis.is_dir():
@@ -277,8 +368,8 @@ def main() -> int:
     def cpu_vs_device():
         # The device's fp32 predictions are those of the propagation check, scored on the same subset.
         # (In the dry run both sides are the CPU: the check runs, it cannot disagree.)
-        from siammae.measures import evaluate
-        from siammae.propagate import check_davis
+        from siammae.tasks.davis import check_davis
+        from siammae.tasks.jandf import evaluate
 
         davis = work / "davis"
         cpu = propagate(davis, work / "prop-cpu", "cpu", "fp32", sizes.cpu_sequences)

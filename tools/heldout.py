@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve()
 
 
 def list_videos(videos_dir: Path) -> list:
-    from siammae.composite import find_sources
+    from siammae.synth.composite import find_sources
 
     return [s.path for s in find_sources(videos_dir)]
 
@@ -85,11 +85,10 @@ def set_name(variant: str, seed: int) -> str:
 
 def prepare_fold(args, k: int, train_videos: list, held: list) -> dict:
     """Shards of the training videos and the held-out sets of fold ``k`` (cached); -> paths."""
-    from siammae.composite import composite_davis
-    from siammae.diagnostics import copy_first_frame_jf
-    from siammae.propagate import check_davis
     from siammae.shard.run import ShardConfig, shard
     from siammae.shard.sampling import SampleSpec
+    from siammae.synth.composite import composite_davis
+    from siammae.tasks.davis import check_davis, copy_first_frame_jf
 
     fold = args.out / "folds" / f"fold{k}"
     link_videos(train_videos, fold / "train_videos")
@@ -110,15 +109,27 @@ def prepare_fold(args, k: int, train_videos: list, held: list) -> dict:
         if not (root / "composite.json").is_file():
             if root.exists():
                 shutil.rmtree(root)
-            composite_davis(fold / "heldout_videos", root, num_sequences=args.sequences, frames=args.frames,
-                            size=tuple(args.size), seed=seed, variant=variant)
+            composite_davis(
+                fold / "heldout_videos",
+                root,
+                num_sequences=args.sequences,
+                frames=args.frames,
+                size=tuple(args.size),
+                seed=seed,
+                variant=variant,
+            )
         sets[name] = root
         if name not in copy:
             copy[name] = copy_first_frame_jf(root, check_davis(root), fold / "copy_tmp")
             shutil.rmtree(fold / "copy_tmp")
     copy_path.write_text(json.dumps(copy, indent=1) + "\n")
-    return dict(shards=str(shards), sets={k: str(v) for k, v in sets.items()}, copy=copy,
-                train=[Path(v).name for v in train_videos], heldout=[Path(v).name for v in held])
+    return dict(
+        shards=str(shards),
+        sets={k: str(v) for k, v in sets.items()},
+        copy=copy,
+        train=[Path(v).name for v in train_videos],
+        heldout=[Path(v).name for v in held],
+    )
 
 
 # ----------------------------------------------------------------------------- one job (a subprocess)
@@ -129,10 +140,17 @@ def training_config(job: dict):
 
     steps, batch = job["steps"], job["batch"]
     overrides = list(job["overrides"]) + [
-        f"data.shards={job['shards']}", f"train.output_dir={job['run_dir']}",
-        f"train.samples={steps * batch}", f"train.global_batch_size={batch}", f"train.seed={job['seed']}",
-        f"train.save_every={job['eval_every']}", "train.keep_last=1", "train.recon_every=0",
-        "train.log_with=none", "train.resume=auto", 'train.mixed_precision="no"',
+        f"data.shards={job['shards']}",
+        f"train.output_dir={job['run_dir']}",
+        f"train.samples={steps * batch}",
+        f"train.global_batch_size={batch}",
+        f"train.seed={job['seed']}",
+        f"train.save_every={job['eval_every']}",
+        "train.keep_last=1",
+        "train.recon_every=0",
+        "train.log_with=none",
+        "train.resume=auto",
+        'train.mixed_precision="no"',
     ]
     return load_config(job["recipe"], overrides)
 
@@ -158,7 +176,7 @@ def run_training(job: dict) -> None:
     import torch
     from accelerate.utils import set_seed
 
-    from siammae.model import build_model
+    from siammae.models import build_model
     from siammae.train import train
 
     cfg = training_config(job)
@@ -171,7 +189,7 @@ def run_training(job: dict) -> None:
     encoders = Path(job["run_dir"]) / "encoders"
     if not (encoders / "step_0.safetensors").is_file():
         set_seed(cfg.train.seed)  # the trainer's own first draw: these are its initial weights
-        save_encoder(encoder_weights(build(cfg.model, cfg.data.num_frames)), encoders / "step_0.safetensors")
+        save_encoder(encoder_weights(build(cfg)), encoders / "step_0.safetensors")
 
     def on_step(step, model, _keys, accelerator):
         if step % job["eval_every"] == 0 or step == job["steps"]:
@@ -189,7 +207,7 @@ def random_encoder(job: dict) -> dict:
     """What ``siammae propagate --random-init`` evaluates for this recipe, drawn with the job's seed."""
     import torch
 
-    from siammae.model import build_encoder
+    from siammae.models.common import build_encoder
 
     torch.manual_seed(job["seed"])
     return build_encoder(training_config(job).model).state_dict()
@@ -199,11 +217,14 @@ def evaluate_encoders(job: dict) -> None:
     """Score every saved encoder of the job on every set it should be scored on (cached in scores.json)."""
     import torch
 
-    from siammae.checkpoint import EncoderInfo, create_vit, load_strict, read_weights
-    from siammae.diagnostics import encoder_diagnostics
-    from siammae.measures import evaluate
-    from siammae.model import timm_spec
-    from siammae.propagate import FeatureExtractor, check_davis, choose_protocol, propagate
+    from siammae.encoders import EncoderInfo, create_vit
+    from siammae.models.common import timm_spec
+    from siammae.propagate.diagnostics import encoder_diagnostics
+    from siammae.propagate.features import FeatureExtractor
+    from siammae.propagate.protocol import choose_protocol
+    from siammae.tasks.davis import check_davis, propagate
+    from siammae.tasks.jandf import evaluate
+    from siammae.weights import load_strict, read_weights
 
     cfg = training_config(job)
     info = EncoderInfo(timm_spec(cfg.model)[0], cfg.model.patch_size, cfg.model.img_size, "heldout")
@@ -238,8 +259,11 @@ def evaluate_encoders(job: dict) -> None:
             row = evaluate(root, tmp).global_row()
             entry = {"jf": row["J&F-Mean"], "j": row["J-Mean"], "f": row["F-Mean"]}
             if name == job["curve_sets"][0]:
-                entry.update(encoder_diagnostics(FeatureExtractor(vit, protocol, torch.device("cpu")),
-                                                 check_davis(root)))
+                entry.update(
+                    encoder_diagnostics(
+                        FeatureExtractor(vit, protocol, torch.device("cpu")), [seq.frames for seq in check_davis(root)]
+                    )
+                )
             scores.setdefault(step, {})[name] = entry
             shutil.rmtree(tmp, ignore_errors=True)
             scores_path.write_text(json.dumps(scores, indent=1) + "\n")
@@ -278,16 +302,19 @@ def run_jobs(jobs: list, parallel: int, threads: int) -> None:
     """Each job in its own process (Accelerate's state is one per process), ``parallel`` at a time."""
     todo = [j for j in jobs if not job_done(j)]
     running = []
-    print(f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done; running {len(todo)}, {parallel} at a time",
-          flush=True)
+    print(
+        f"{len(jobs) - len(todo)} of {len(jobs)} jobs already done; running {len(todo)}, {parallel} at a time",
+        flush=True,
+    )
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     while todo or running:
         while todo and len(running) < parallel:
             job = todo.pop(0)
             Path(job["run_dir"]).mkdir(parents=True, exist_ok=True)
             log = open(Path(job["run_dir"]) / "job.log", "a")
-            proc = subprocess.Popen([sys.executable, str(HERE), "--job", json.dumps(job)], stdout=log,
-                                    stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(
+                [sys.executable, str(HERE), "--job", json.dumps(job)], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
             running.append((proc, job, log, time.time()))
             print(f"  started {job['label']}", flush=True)
         time.sleep(2)
@@ -296,7 +323,9 @@ def run_jobs(jobs: list, parallel: int, threads: int) -> None:
             if proc.poll() is not None:
                 running.remove(item)
                 log.close()
-                state = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {job['run_dir']}/job.log)"
+                state = (
+                    "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {job['run_dir']}/job.log)"
+                )
                 print(f"  {state}: {job['label']} in {(time.time() - t0) / 60:.1f} min", flush=True)
 
 
@@ -305,8 +334,13 @@ def run_jobs(jobs: list, parallel: int, threads: int) -> None:
 
 def spread(values) -> dict:
     v = np.asarray(values, dtype=float)
-    return dict(mean=float(v.mean()), sd=float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                min=float(v.min()), max=float(v.max()), n=int(len(v)))
+    return dict(
+        mean=float(v.mean()),
+        sd=float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+        min=float(v.min()),
+        max=float(v.max()),
+        n=int(len(v)),
+    )
 
 
 def fmt(s: dict) -> str:
@@ -315,8 +349,16 @@ def fmt(s: dict) -> str:
 
 def summarise(args, folds: list, prepared: list) -> dict:
     """Leads per fold, variant and step, in J&F points."""
-    out = dict(name=args.name, recipe=args.recipe, overrides=args.set, peer=str(args.peer or ""), steps=args.steps,
-               folds=[], eval_size=args.eval_size, protocol=args.protocol)
+    out = dict(
+        name=args.name,
+        recipe=args.recipe,
+        overrides=args.set,
+        peer=str(args.peer or ""),
+        steps=args.steps,
+        folds=[],
+        eval_size=args.eval_size,
+        protocol=args.protocol,
+    )
     for k, fold in enumerate(prepared):
         entry = dict(fold=k, train=fold["train"], heldout=fold["heldout"], variants={}, curve={}, minutes=[])
         per_seed = {}
@@ -349,8 +391,13 @@ def summarise(args, folds: list, prepared: list) -> dict:
                             init.append(100 * scores["0"][name]["jf"])
             if leads:
                 copy = [100 * fold["copy"][set_name(variant, s)] for s in seeds]
-                entry["variants"][variant] = dict(lead=spread(leads), trained=spread(trained), random=spread(random),
-                                                  step0=spread(init) if init else None, copy=spread(copy))
+                entry["variants"][variant] = dict(
+                    lead=spread(leads),
+                    trained=spread(trained),
+                    random=spread(random),
+                    step0=spread(init) if init else None,
+                    copy=spread(copy),
+                )
         steps = sorted({int(s) for scores, _ in per_seed.values() for s in scores})
         for step in steps:
             leads, diag = [], []
@@ -364,29 +411,40 @@ def summarise(args, folds: list, prepared: list) -> dict:
                 if "mean_cosine" in first:
                     diag.append((first["mean_cosine"], first["effective_rank"]))
             if leads:
-                entry["curve"][step] = dict(lead=spread(leads), cosine=float(np.mean([d[0] for d in diag])) if diag else None,
-                                            rank=float(np.mean([d[1] for d in diag])) if diag else None)
+                entry["curve"][step] = dict(
+                    lead=spread(leads),
+                    cosine=float(np.mean([d[0] for d in diag])) if diag else None,
+                    rank=float(np.mean([d[1] for d in diag])) if diag else None,
+                )
         out["folds"].append(entry)
     # Over folds: the mean of the fold means (each fold weighs the same), per variant.
     overall = {}
     for variant in args.variants + args.final_variants:
         means = [f["variants"][variant]["lead"]["mean"] for f in out["folds"] if variant in f.get("variants", {})]
         if means:
-            overall[variant] = dict(mean_of_folds=float(np.mean(means)), worst_fold=float(np.min(means)),
-                                    folds=len(means))
+            overall[variant] = dict(
+                mean_of_folds=float(np.mean(means)), worst_fold=float(np.min(means)), folds=len(means)
+            )
     out["overall"] = overall
     return out
 
 
 def report_markdown(summary: dict, args) -> str:
-    lines = [f"# Held-out protocol: {summary['name']}", "",
-             f"recipe `{summary['recipe']}`" + (f" with `{' '.join(summary['overrides'])}`" if summary["overrides"] else "")
-             + (f"; peer model from `{summary['peer']}`" if summary["peer"] else "")
-             + f"; {summary['steps']} steps; evaluated at short side {summary['eval_size']} (`{summary['protocol']}` preset); "
-             f"training seeds {','.join(map(str, args.train_seeds))}, set seeds {','.join(map(str, args.set_seeds))}.",
-             "", "Lead = trained - random J&F (points), mean ± sd (min..max) over training seeds x set seeds; "
-             "random = `--random-init` of the same seed; step 0 = the run's own initial weights; copy = frame 0 "
-             "copied in place.", ""]
+    lines = [
+        f"# Held-out protocol: {summary['name']}",
+        "",
+        f"recipe `{summary['recipe']}`"
+        + (f" with `{' '.join(summary['overrides'])}`" if summary["overrides"] else "")
+        + (f"; peer model from `{summary['peer']}`" if summary["peer"] else "")
+        + f"; {summary['steps']} steps; evaluated at short side {summary['eval_size']} "
+        f"(`{summary['protocol']}` preset); "
+        f"training seeds {','.join(map(str, args.train_seeds))}, set seeds {','.join(map(str, args.set_seeds))}.",
+        "",
+        "Lead = trained - random J&F (points), mean ± sd (min..max) over training seeds x set seeds; "
+        "random = `--random-init` of the same seed; step 0 = the run's own initial weights; copy = frame 0 "
+        "copied in place.",
+        "",
+    ]
     variants = args.variants + args.final_variants
     lines.append("| fold (held out) | " + " | ".join(variants) + " |")
     lines.append("|---|" + "---|" * len(variants))
@@ -394,10 +452,18 @@ def report_markdown(summary: dict, args) -> str:
         cells = [fmt(f["variants"][v]["lead"]) if v in f["variants"] else "" for v in variants]
         lines.append(f"| {f['fold']} ({', '.join(f['heldout'])}) | " + " | ".join(cells) + " |")
     o = summary["overall"]
-    lines.append("| mean of folds (worst fold) | " + " | ".join(
-        f"{o[v]['mean_of_folds']:+.1f} ({o[v]['worst_fold']:+.1f})" if v in o else "" for v in variants) + " |")
-    lines += ["", "Absolute J&F: trained / random / step 0 / copy", "",
-              "| fold | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    lines.append(
+        "| mean of folds (worst fold) | "
+        + " | ".join(f"{o[v]['mean_of_folds']:+.1f} ({o[v]['worst_fold']:+.1f})" if v in o else "" for v in variants)
+        + " |"
+    )
+    lines += [
+        "",
+        "Absolute J&F: trained / random / step 0 / copy",
+        "",
+        "| fold | " + " | ".join(variants) + " |",
+        "|---|" + "---|" * len(variants),
+    ]
     for f in summary["folds"]:
         cells = []
         for v in variants:
@@ -408,8 +474,12 @@ def report_markdown(summary: dict, args) -> str:
             step0 = f"{e['step0']['mean']:.1f}" if e["step0"] else "-"
             cells.append(f"{e['trained']['mean']:.1f} / {e['random']['mean']:.1f} / {step0} / {e['copy']['mean']:.1f}")
         lines.append(f"| {f['fold']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Lead over steps ({', '.join(args.variants)} sets pooled), with token cosine / effective rank "
-              "on the first set:", ""]
+    lines += [
+        "",
+        f"Lead over steps ({', '.join(args.variants)} sets pooled), with token cosine / effective rank "
+        "on the first set:",
+        "",
+    ]
     steps = sorted({int(s) for f in summary["folds"] for s in f["curve"]})
     lines.append("| fold | " + " | ".join(str(s) for s in steps) + " |")
     lines.append("|---|" + "---|" * len(steps))
@@ -417,13 +487,19 @@ def report_markdown(summary: dict, args) -> str:
         cells = []
         for s in steps:
             c = f["curve"].get(s) or f["curve"].get(str(s))
-            cells.append(f"{c['lead']['mean']:+.1f} ({c['cosine']:.2f}/{c['rank']:.0f})" if c and c["cosine"] is not None
-                         else (f"{c['lead']['mean']:+.1f}" if c else ""))
+            cells.append(
+                f"{c['lead']['mean']:+.1f} ({c['cosine']:.2f}/{c['rank']:.0f})"
+                if c and c["cosine"] is not None
+                else (f"{c['lead']['mean']:+.1f}" if c else "")
+            )
         lines.append(f"| {f['fold']} | " + " | ".join(cells) + " |")
     minutes = [m for f in summary["folds"] for m in f["minutes"]]
     if minutes:
-        lines += ["", f"Training time per run: {min(minutes):.1f}-{max(minutes):.1f} min "
-                  f"({args.threads} thread(s) per run, {args.parallel} run(s) at a time)."]
+        lines += [
+            "",
+            f"Training time per run: {min(minutes):.1f}-{max(minutes):.1f} min "
+            f"({args.threads} thread(s) per run, {args.parallel} run(s) at a time).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -440,7 +516,7 @@ def plot_curves(summary: dict, path: Path) -> None:
             continue
         mean = [f["curve"][s]["lead"]["mean"] for s in steps]
         sd = [f["curve"][s]["lead"]["sd"] for s in steps]
-        line, = ax.plot(steps, mean, marker="o", label=f"fold {f['fold']} ({', '.join(f['heldout'])})")
+        (line,) = ax.plot(steps, mean, marker="o", label=f"fold {f['fold']} ({', '.join(f['heldout'])})")
         ax.fill_between(steps, np.subtract(mean, sd), np.add(mean, sd), color=line.get_color(), alpha=0.15)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("training step")
@@ -512,7 +588,7 @@ def main(argv=None) -> dict:
     if args.job:
         run_job(json.loads(args.job))
         return {}
-    from siammae.setvariants import VARIANTS
+    from siammae.synth.variants import VARIANTS
 
     for v in args.variants + args.final_variants:
         if v not in VARIANTS:
@@ -521,8 +597,10 @@ def main(argv=None) -> dict:
     folds = make_folds(list_videos(args.videos), args.max_folds)
     prepared = []
     for k, (train_videos, held) in enumerate(folds):
-        print(f"fold {k}: train on {len(train_videos)} video(s), hold out {', '.join(Path(h).name for h in held)}",
-              flush=True)
+        print(
+            f"fold {k}: train on {len(train_videos)} video(s), hold out {', '.join(Path(h).name for h in held)}",
+            flush=True,
+        )
         prepared.append(prepare_fold(args, k, train_videos, held))
     (args.out / "folds.json").write_text(json.dumps(prepared, indent=1) + "\n")
     if not args.report_only:
@@ -531,15 +609,33 @@ def main(argv=None) -> dict:
         final = [set_name(v, 0) for v in args.final_variants]
         for k, fold in enumerate(prepared):
             for seed in args.train_seeds:
-                common = dict(recipe=args.recipe, overrides=args.set, shards=fold["shards"], sets=fold["sets"],
-                              seed=seed, steps=args.steps, batch=args.batch, eval_every=args.eval_every,
-                              curve_sets=curve, final_sets=final, eval_size=args.eval_size,
-                              protocol=args.protocol, threads=args.threads)
+                common = dict(
+                    recipe=args.recipe,
+                    overrides=args.set,
+                    shards=fold["shards"],
+                    sets=fold["sets"],
+                    seed=seed,
+                    steps=args.steps,
+                    batch=args.batch,
+                    eval_every=args.eval_every,
+                    curve_sets=curve,
+                    final_sets=final,
+                    eval_size=args.eval_size,
+                    protocol=args.protocol,
+                    threads=args.threads,
+                )
                 rnd = args.out / "runs" / random_key(args) / f"fold{k}" / f"seed{seed}"
                 jobs.append(dict(common, random=True, run_dir=str(rnd), label=f"random fold {k} seed {seed}"))
                 run = args.out / "runs" / args.name / f"fold{k}" / f"seed{seed}"
-                jobs.append(dict(common, random=False, run_dir=str(run), peer=str(args.peer or ""),
-                                 label=f"{args.name} fold {k} seed {seed}"))
+                jobs.append(
+                    dict(
+                        common,
+                        random=False,
+                        run_dir=str(run),
+                        peer=str(args.peer or ""),
+                        label=f"{args.name} fold {k} seed {seed}",
+                    )
+                )
         run_jobs(jobs, args.parallel, args.threads)
     summary = summarise(args, folds, prepared)
     stem = f"{args.name}-{args.protocol}-{args.eval_size}"

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from siammae.errors import SiammaeError
-from siammae.model import Output, PretrainingModel, timm_spec
+from siammae.models.common import Output, PretrainingModel, timm_spec
 
 # Their model's encoder parts, by the names MAE (and timm) give them.
 ENCODER_KEYS = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
@@ -35,8 +35,10 @@ class PeerError(SiammaeError):
 
 def _import_siamese_mae(repo: Path):
     if not (repo / "models" / "SiamMAE.py").is_file():
-        raise PeerError(f"{repo}: not a CropMAE checkout (no models/SiamMAE.py); "
-                        "git clone https://github.com/alexandre-eymael/CropMAE")
+        raise PeerError(
+            f"{repo}: not a CropMAE checkout (no models/SiamMAE.py); "
+            "git clone https://github.com/alexandre-eymael/CropMAE"
+        )
     sys.path.insert(0, str(repo))
     try:
         from models.SiamMAE import SiameseMAE
@@ -69,21 +71,30 @@ class CropMAEPeer(PretrainingModel):
 
 
 def builder(repo: str | Path):
-    """``build(model_cfg, num_frames)`` for :func:`siammae.train.train`: their SiamMAE at our recipe's size."""
+    """``build(cfg)`` for :func:`siammae.train.train`: their SiamMAE at our recipe's size."""
     import timm
 
     siamese_mae = _import_siamese_mae(Path(repo).expanduser().resolve())
 
-    def build(model_cfg, num_frames: int = 2) -> CropMAEPeer:
-        if num_frames != 2 or model_cfg.method != "siammae":
+    def build(cfg) -> CropMAEPeer:
+        model_cfg = cfg.model
+        if cfg.data.num_frames != 2 or model_cfg.method != "siammae":
             raise PeerError("the CropMAE peer is a SiamMAE on frame pairs (method siammae, data.num_frames 2)")
         name, kwargs = timm_spec(model_cfg)
         vit = timm.create_model(name, device="meta", **kwargs)  # only for its width, depth and heads
-        net = siamese_mae(img_size=model_cfg.img_size, patch_size=model_cfg.patch_size, embed_dim=vit.embed_dim,
-                          depth=len(vit.blocks), num_heads=vit.blocks[0].attn.num_heads,
-                          decoder_embed_dim=model_cfg.decoder_dim, decoder_depth=model_cfg.decoder_depth,
-                          decoder_num_heads=model_cfg.decoder_heads, mlp_ratio=4,
-                          norm_layer=partial(nn.LayerNorm, eps=1e-6), norm_pix_loss=model_cfg.norm_pix_loss)
+        net = siamese_mae(
+            img_size=model_cfg.img_size,
+            patch_size=model_cfg.patch_size,
+            embed_dim=vit.embed_dim,
+            depth=len(vit.blocks),
+            num_heads=vit.blocks[0].attn.num_heads,
+            decoder_embed_dim=model_cfg.decoder_dim,
+            decoder_depth=model_cfg.decoder_depth,
+            decoder_num_heads=model_cfg.decoder_heads,
+            mlp_ratio=4,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            norm_pix_loss=model_cfg.norm_pix_loss,
+        )
         return CropMAEPeer(net, model_cfg.mask_ratio[-1])
 
     return build

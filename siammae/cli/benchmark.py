@@ -1,31 +1,34 @@
 """``siammae benchmark``: one encoder on DAVIS-2017, JHMDB and VIP (whichever are given), one table.
 
-A thin wrapper over :mod:`siammae.benchmark`; torch is imported inside the command.
+A thin wrapper over :mod:`siammae.tasks.benchmark`; torch is imported inside the command.
 """
 
 import click
 
 from siammae.cli import Command
-from siammae.cli.propagate import (
-    compute_options,
-    dataset_options,
-    encoder_options,
-    open_encoder,
-    pick_device,
-)
+from siammae.cli.propagate import compute_options, dataset_options, dataset_roots, encoder_options, pick_device
+from siammae.tasks import TASKS
 
 
 @click.command(cls=Command)
 @dataset_options
 @encoder_options(required=False)
-@click.option("--random-init", is_flag=True, help="Use random weights (a baseline, seed 0); needs a timm name or run folder.")
+@click.option(
+    "--random-init", is_flag=True, help="Use random weights (a baseline, seed 0); needs a timm name or run folder."
+)
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder: OUT/benchmark.json and OUT/<task>/.")
 @compute_options
-@click.option("--compare", nargs=2, type=click.Path(exists=True), metavar="A B",
-              help="Instead of running: two benchmark.json files (or their folders) side by side, and B - A.")
+@click.option(
+    "--compare",
+    nargs=2,
+    type=click.Path(exists=True),
+    metavar="A B",
+    help="Instead of running: two benchmark.json files (or their folders) side by side, and B - A.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def benchmark(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix, random_init, out, device, batch_size,
-              precision, compare, quiet):
+def benchmark(
+    checkpoint, weights, weights_prefix, random_init, out, device, batch_size, precision, compare, quiet, **kwargs
+):
     """Label propagation on every dataset given, each with its task's preset (the paper's Table 4b
     values; for DAVIS the run's eval settings as `siammae propagate` uses them), then one table:
     J&F, J, F | PCK@0.1, PCK@0.2 | mIoU. OUT/benchmark.json records the encoder, a hash of its weights,
@@ -35,34 +38,33 @@ def benchmark(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
     siammae benchmark --checkpoint runs/siammae --davis DAVIS --jhmdb JHMDB --vip VIP --out bench/siammae
     siammae benchmark --compare bench/random bench/siammae
     """
-    from siammae.benchmark import compare as compare_records
-    from siammae.benchmark import read_record
+    from siammae.tasks.benchmark import compare as compare_records
+    from siammae.tasks.benchmark import read_record
 
+    roots, load = dataset_roots(kwargs)
     if compare:
         click.echo(compare_records(*(read_record(p) for p in compare)))
         return
     if checkpoint is None or out is None:
         raise click.UsageError("--checkpoint and --out are needed (or --compare A B)")
-    roots = {t: r for t, r in (("davis", davis), ("jhmdb", jhmdb), ("vip", vip)) if r}
     if not roots:
-        raise click.UsageError("give at least one dataset: --davis, --jhmdb, --vip")
-    from siammae.precision import resolve_precision
+        raise click.UsageError(f"give at least one dataset: {', '.join(f'--{t}' for t in TASKS)}")
+    from siammae.propagate.precision import resolve_precision
 
     compute = dict(device=pick_device(device), batch_size=batch_size, precision=precision)
     resolve_precision(precision, compute["device"])  # a format the device lacks: an error before any work
-    run(roots, checkpoint, weights, weights_prefix, random_init, out, compute, quiet, jhmdb_list)
+    run(roots, load, (checkpoint, weights, weights_prefix, random_init), out, compute, quiet)
 
 
-def run(roots, checkpoint, weights, weights_prefix, random_init, out, compute, quiet, jhmdb_list):
-    from siammae.benchmark import format_table, run_benchmark
-    from siammae.propagate import choose_protocol
-    from siammae.tasks import load_dataset
+def run(roots, load, encoder_args, out, compute, quiet):
+    from siammae.encoders import open_encoder
+    from siammae.tasks.benchmark import format_table, run_benchmark
 
     # Every dataset is checked (and loaded once) before the weights load and the first task runs.
-    data = {task: load_dataset(task, root, list_file=jhmdb_list) for task, root in roots.items()}
-    encoder, info = open_encoder(checkpoint, weights, weights_prefix, random_init)
+    data = {task: TASKS[task].load(root, **load[task]) for task, root in roots.items()}
+    encoder, info = open_encoder(*encoder_args)
     run_eval = info.config.eval if info.config is not None else None
-    protocols = {task: choose_protocol(run_eval=run_eval, task=task) for task in roots}
+    protocols = {task: TASKS[task].protocol(run_eval=run_eval) for task in roots}
     options = {task: dict(compute, progress=not quiet) for task in roots}
     record = run_benchmark(encoder, info.to_dict(), roots, data, protocols, out, options, log=click.echo)
     click.echo(format_table([record]))

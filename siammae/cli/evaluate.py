@@ -1,6 +1,6 @@
 """``siammae evaluate``: DAVIS-2017 J&F of a folder of predicted masks, as the official evaluator.
 
-A thin wrapper over :mod:`siammae.measures`; numpy/scipy are imported inside the command.
+A thin wrapper over :mod:`siammae.tasks.jandf`; numpy/scipy are imported inside the command.
 """
 
 import click
@@ -14,8 +14,8 @@ def run_evaluation(davis, results, split, sequences, resolution):
     Shared with ``siammae propagate``."""
     from tqdm import tqdm
 
-    from siammae.davis import select_sequences
-    from siammae.measures import evaluate, format_table, write_csvs
+    from siammae.tasks.davis_files import select_sequences
+    from siammae.tasks.jandf import evaluate, format_table, write_csvs
 
     names = select_sequences(davis, split, sequences)
     with tqdm(total=len(names), unit="seq", desc="evaluate", dynamic_ncols=True) as bar:
@@ -31,10 +31,19 @@ def parse_sequences(value):
 
 
 @click.command(cls=Command)
-@click.option("--davis", "davis", required=True, type=click.Path(exists=True, file_okay=False),
-              help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/).")
-@click.option("--results", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Folder with <seq>/<frame>.png predictions; the CSVs are written here.")
+@click.option(
+    "--davis",
+    "davis",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/).",
+)
+@click.option(
+    "--results",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Folder with <seq>/<frame>.png predictions; the CSVs are written here.",
+)
 @click.option("--split", default="val", show_default=True, help="ImageSets/2017/<split>.txt.")
 @click.option("--sequences", default=None, help="Comma-separated subset of the split's sequences.")
 @click.option("--resolution", default="480p", show_default=True, help="480p or Full-Resolution.")

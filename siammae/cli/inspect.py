@@ -11,13 +11,17 @@ from siammae.cli import Command
 def _spread(values, unit=""):
     if not values:
         return "-"
-    return f"min {values['min']:g}{unit}, median {values['median']:g}{unit}, mean {values['mean']:g}{unit}, max {values['max']:g}{unit}"
+    return ", ".join(f"{k} {values[k]:g}{unit}" for k in ("min", "median", "mean", "max"))
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--sheet", type=click.Path(dir_okay=False), help="Also draw a contact sheet of a few samples into this PNG.")
-@click.option("--count", type=click.IntRange(1, 200), default=8, show_default=True, help="Samples on the contact sheet.")
+@click.option(
+    "--sheet", type=click.Path(dir_okay=False), help="Also draw a contact sheet of a few samples into this PNG."
+)
+@click.option(
+    "--count", type=click.IntRange(1, 200), default=8, show_default=True, help="Samples on the contact sheet."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Which samples the sheet shows.")
 @click.option("--quick", is_flag=True, help="Check JPEG headers and end markers instead of decoding every JPEG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -44,12 +48,17 @@ def inspect(shards, sheet, count, seed, quick, as_json, progress):
     if as_json:
         click.echo(json.dumps(summary, indent=1))
     else:
-        click.echo(f"{summary['samples']} samples of {summary['videos']} videos in {summary['shards']} shards "
-                   f"({summary['bytes'] / 1e6:.1f} MB, {summary['jpegs']} JPEGs {'checked' if quick else 'decoded'})")  # fmt: skip
+        checked = "checked" if quick else "decoded"
+        click.echo(
+            f"{summary['samples']} samples of {summary['videos']} videos in {summary['shards']} shards "
+            f"({summary['bytes'] / 1e6:.1f} MB, {summary['jpegs']} JPEGs {checked})"
+        )
         click.echo(f"frames per sample: {summary['frames_per_sample']}")
         click.echo(f"gap (frames):  {_spread(summary['gap_frames'])}")
         click.echo(f"gap (seconds): {_spread(summary['gap_seconds'], ' s')}")
-        click.echo(f"frame sizes: {summary['frame_sizes']}; source sizes: {summary['source_sizes']}; fps: {summary['fps']}")
+        click.echo(
+            f"frame sizes: {summary['frame_sizes']}; source sizes: {summary['source_sizes']}; fps: {summary['fps']}"
+        )
         click.echo(f"labels: {summary['labels']} {summary['top_labels'] or ''}; splits: {summary['splits']}")
         if sheet and report.picked:
             click.echo(f"contact sheet: {sheet}")

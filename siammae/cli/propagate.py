@@ -1,7 +1,9 @@
-"""``siammae propagate``: DAVIS-2017 label propagation with a frozen encoder, then J&F.
+"""``siammae propagate``: label propagation with a frozen encoder on one task's dataset, then its scores.
 
-A thin wrapper over :mod:`siammae.checkpoint`, :mod:`siammae.propagate` and :mod:`siammae.measures`;
-torch is imported inside the command so ``--help`` is instant.
+A thin wrapper over :mod:`siammae.encoders`, :mod:`siammae.tasks` and :mod:`siammae.propagate`. The
+protocol options are the :class:`~siammae.propagate.protocol.Protocol` fields themselves and the
+dataset options come from the task registry; torch is imported inside the command so ``--help`` is
+instant.
 """
 
 import json
@@ -11,43 +13,46 @@ import click
 
 from siammae.cli import Command
 from siammae.cli.evaluate import parse_sequences, run_evaluation
+from siammae.propagate.protocol import PROTOCOLS, command_line_knobs
+from siammae.tasks import TASKS
 
-PROTOCOL_NAMES = ["siammae", "dino", "crw", "siammae-jhmdb", "siammae-vip"]
+
+def _apply(f, options):
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
 def encoder_options(f=None, *, required=True):
     """--checkpoint / --weights / --weights-prefix, shared with ``export`` and ``benchmark``."""
     if f is None:
         return lambda g: encoder_options(g, required=required)
-    options = [
-        click.option("--checkpoint", required=required,
-                     help="A training run folder (newest complete checkpoint), a checkpoint folder or file, "
-                          "an exported encoder.safetensors, a timm ViT name (with --weights or --random-init), "
-                          "or published weights by name: a timm pretrained tag (vit_small_patch16_224.dino), "
-                          "hf-hub:owner/repo or local-dir:PATH (from the Hugging Face cache when offline)."),
-        click.option("--weights", type=click.Path(exists=True, dir_okay=False),
-                     help="Weights file (.safetensors, or .pth/.pt/.bin read with weights_only=True) for a "
-                          "timm model name given as --checkpoint, e.g. DINO or MAE weights."),
-        click.option("--weights-prefix", default=None,
-                     help="Keep only keys with this prefix (stripped). Default: 'encoder.' of a SiamMAE "
-                          "or CMAE checkpoint (CMAE's online encoder; 'target_encoder.' for its momentum "
-                          "encoder) or 'backbone.' of a DINO one when present, else all keys."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def open_encoder(checkpoint, weights, weights_prefix, random_init):
-    """The encoder and its description; random weights are drawn with seed 0, so a random baseline is
-    the same network on every run (and ``benchmark --compare`` can say so)."""
-    import torch
-
-    from siammae.checkpoint import load_encoder
-
-    if random_init:
-        torch.manual_seed(0)
-    return load_encoder(checkpoint, weights=weights, random_init=random_init, prefix=weights_prefix)
+    return _apply(
+        f,
+        [
+            click.option(
+                "--checkpoint",
+                required=required,
+                help="A training run folder (newest complete checkpoint), a checkpoint folder or file, "
+                "an exported encoder.safetensors, a timm ViT name (with --weights or --random-init), "
+                "or published weights by name: a timm pretrained tag (vit_small_patch16_224.dino), "
+                "hf-hub:owner/repo or local-dir:PATH (from the Hugging Face cache when offline).",
+            ),
+            click.option(
+                "--weights",
+                type=click.Path(exists=True, dir_okay=False),
+                help="Weights file (.safetensors, or .pth/.pt/.bin read with weights_only=True) for a "
+                "timm model name given as --checkpoint, e.g. DINO or MAE weights.",
+            ),
+            click.option(
+                "--weights-prefix",
+                default=None,
+                help="Keep only keys with this prefix (stripped). Default: 'encoder.' of a SiamMAE "
+                "or CMAE checkpoint (CMAE's online encoder; 'target_encoder.' for its momentum "
+                "encoder) or 'backbone.' of a DINO one when present, else all keys.",
+            ),
+        ],
+    )
 
 
 def pick_device(name):
@@ -62,79 +67,140 @@ def pick_device(name):
 
 def compute_options(f):
     """--device / --batch-size / --precision, shared with ``benchmark``."""
-    options = [
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Frames per forward pass. Default: as many as fit an activation budget (32 MB on the "
-                          "CPU: one 480p frame, the fastest there; 2 GB on a GPU)."),
-        click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32",
-                     show_default=True,
-                     help="Number format of the encoder's forward pass (autocast); affinity and labels stay "
-                          "fp32. auto: bf16 on a CPU with AVX512-BF16/AMX or a CUDA GPU with bf16, fp16 on "
-                          "other GPUs, else fp32. A format the device lacks natively is an error."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    return _apply(
+        f,
+        [
+            click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+            click.option(
+                "--batch-size",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Frames per forward pass. Default: as many as fit an activation budget (32 MB on the "
+                "CPU: one 480p frame, the fastest there; 2 GB on a GPU).",
+            ),
+            click.option(
+                "--precision",
+                type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
+                default="fp32",
+                show_default=True,
+                help="Number format of the encoder's forward pass (autocast); affinity and labels stay "
+                "fp32. auto: bf16 on a CPU with AVX512-BF16/AMX or a CUDA GPU with bf16, fp16 on "
+                "other GPUs, else fp32. A format the device lacks natively is an error.",
+            ),
+        ],
+    )
 
 
 def dataset_options(f):
-    """--davis / --jhmdb (+ --jhmdb-list) / --vip, shared with ``benchmark``."""
-    options = [
-        click.option("--davis", type=click.Path(exists=True, file_okay=False),
-                     help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/): masks, J&F."),
-        click.option("--jhmdb", type=click.Path(exists=True, file_okay=False),
-                     help="JHMDB root (Rename_Images/, joint_positions/): 15 joints, PCK@0.1 and @0.2."),
-        click.option("--jhmdb-list", type=click.Path(exists=True, dir_okay=False),
-                     help="JHMDB video list (default: the standard test list of split 1 in the root)."),
-        click.option("--vip", type=click.Path(exists=True, file_okay=False),
-                     help="VIP root (VIP_Fine/ with Images/, Annotations/Category_ids/, lists/): 20 parts, mIoU."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    """--<task> ROOT for every registered task, and each task's own options; shared with ``benchmark``."""
+    options = []
+    for task in TASKS.values():
+        options.append(
+            click.option(f"--{task.name}", type=click.Path(exists=True, file_okay=False), help=task.dataset_help)
+        )
+        options += [
+            click.option(flag, param, type=click.Path(exists=True, dir_okay=False), help=text)
+            for flag, param, text in task.options
+        ]
+    return _apply(f, options)
+
+
+def dataset_roots(kwargs: dict) -> tuple[dict, dict]:
+    """Take the dataset options out of the command's ``kwargs``: (task -> root, task -> its load options)."""
+    roots, load = {}, {}
+    for task in TASKS.values():
+        root = kwargs.pop(task.name)
+        own = {param: kwargs.pop(param) for _, param, _ in task.options}
+        if root:
+            roots[task.name], load[task.name] = root, {k: v for k, v in own.items() if v is not None}
+    return roots, load
+
+
+def protocol_options(f):
+    """One option per :func:`~siammae.propagate.protocol.command_line_knobs` field of the protocol."""
+    options = []
+    for field in command_line_knobs():
+        flag = field.metadata["flag"] or f"--{field.name.replace('_', '-')}"
+        help_ = field.metadata["help"]
+        if field.type in (bool, "bool"):
+            options.append(click.option(f"{flag}/--no-{flag[2:]}", field.name, default=None, help=help_))
+        elif field.metadata["choices"]:
+            options.append(click.option(flag, field.name, type=click.Choice(field.metadata["choices"]), help=help_))
+        else:
+            kind = {"int": int, "float": float}.get(field.type if isinstance(field.type, str) else field.type.__name__)
+            options.append(click.option(flag, field.name, type=kind, help=help_))
+    return _apply(f, options)
 
 
 @click.command(cls=Command)
 @dataset_options
 @encoder_options
-@click.option("--random-init", is_flag=True, help="Use random weights (a baseline, seed 0); needs a timm name or run folder.")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Output folder: predictions, the score files, propagation.json (DAVIS) or scores.json.")
+@click.option(
+    "--random-init", is_flag=True, help="Use random weights (a baseline, seed 0); needs a timm name or run folder."
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output folder: predictions, the score files, propagation.json (DAVIS) or scores.json.",
+)
 @click.option("--split", default="val", show_default=True, help="DAVIS: ImageSets/2017/<split>.txt.")
 @click.option("--sequences", default=None, help="DAVIS: comma-separated subset of the split's sequences.")
 @click.option("--resolution", default="480p", show_default=True, help="DAVIS: 480p or Full-Resolution.")
-@click.option("--protocol", type=click.Choice(PROTOCOL_NAMES), default=None,
-              help="Preset: siammae (paper Table 4b for DAVIS, temperature 0.7), dino, crw, siammae-jhmdb "
-                   "(Table 4b, 320x320), siammae-vip (Table 4b, long side 880). Default: for DAVIS the run's "
-                   "eval.protocol, else siammae; siammae-jhmdb / siammae-vip for the others. Flags below "
-                   "override single knobs.")
-@click.option("--topk", type=click.IntRange(min=1), help="Context tokens each target token averages.")
-@click.option("--queue", type=click.IntRange(min=0), help="Previous predicted frames kept as context.")
-@click.option("--radius", type=click.FloatRange(min=0), help="Local window radius in tokens (0: none).")
-@click.option("--window", type=click.Choice(["disk", "square"]), help="Window shape.")
-@click.option("--window-on-first/--no-window-on-first", default=None, help="Restrict the first frame too.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Softmax temperature.")
-@click.option("--size", "short_side", type=click.IntRange(min=0),
-              help="Short side of the network input in pixels (0: native).")
-@click.option("--multiple", type=click.IntRange(min=0), help="Long side made a multiple of this (0: patch).")
-@click.option("--first-labels", type=click.Choice(["area", "nearest"]), help="First mask onto the token grid.")
-@click.option("--keep-small/--no-keep-small", default=None, help="Every first-frame object keeps >= 1 token.")
-@click.option("--minmax/--no-minmax", default=None, help="Min-max rescale soft labels before argmax (DINO).")
+@click.option(
+    "--protocol",
+    type=click.Choice(list(PROTOCOLS)),
+    default=None,
+    help="Preset: siammae (paper Table 4b for DAVIS, temperature 0.7), dino, crw, siammae-jhmdb "
+    "(Table 4b, 320x320), siammae-vip (Table 4b, long side 880). Default: for DAVIS the run's "
+    "eval.protocol, else siammae; siammae-jhmdb / siammae-vip for the others. Flags below "
+    "override single knobs.",
+)
+@protocol_options
 @compute_options
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="DAVIS: sequences propagated at once by worker processes, each with its share of the CPU "
-                   "threads (several GPUs: accelerate launch -m siammae.propagate ...).")
-@click.option("--overlay", type=click.IntRange(min=0), default=0, is_flag=False, flag_value=8,
-              help="Write OUT/overlays/<seq>.png, N frames with their predicted masks (--overlay alone: 8).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="DAVIS: sequences propagated at once by worker processes, each with its share of the CPU "
+    "threads (several GPUs: accelerate launch -m siammae.propagate ...).",
+)
+@click.option(
+    "--overlay",
+    type=click.IntRange(min=0),
+    default=0,
+    is_flag=False,
+    flag_value=8,
+    help="Write OUT/overlays/<seq>.png, N frames with their predicted masks (--overlay alone: 8).",
+)
 @click.option("--no-eval", is_flag=True, help="Do not compute J&F afterwards.")
-@click.option("--no-diagnostics", is_flag=True,
-              help="Skip the feature diagnostics (4 more frames per sequence through the encoder).")
+@click.option(
+    "--no-diagnostics",
+    is_flag=True,
+    help="Skip the feature diagnostics (4 more frames per sequence through the encoder).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix, random_init, out, split, sequences,
-              resolution, protocol, topk, queue, radius, window, window_on_first, temperature, short_side, multiple,
-              first_labels, keep_small, minmax, device, batch_size, precision, workers, overlay, no_eval, no_diagnostics,
-              quiet):
+def propagate(
+    checkpoint,
+    weights,
+    weights_prefix,
+    random_init,
+    out,
+    split,
+    sequences,
+    resolution,
+    protocol,
+    device,
+    batch_size,
+    precision,
+    workers,
+    overlay,
+    no_eval,
+    no_diagnostics,
+    quiet,
+    **kwargs,
+):
     """Propagate the first frame's labels through the videos of one dataset, then score them:
     DAVIS-2017 masks (J&F), JHMDB joints (PCK) or VIP human parts (mIoU).
 
@@ -148,84 +214,101 @@ def propagate(davis, jhmdb, jhmdb_list, vip, checkpoint, weights, weights_prefix
         --protocol dino --out out/dino
     siammae propagate --jhmdb JHMDB --checkpoint runs/siammae --out out/jhmdb
     """
-    roots = {t: r for t, r in (("davis", davis), ("jhmdb", jhmdb), ("vip", vip)) if r}
+    roots, load = dataset_roots(kwargs)
+    knobs = kwargs  # what is left: the protocol's knobs
     if len(roots) != 1:
-        raise click.UsageError("give one dataset: --davis, --jhmdb or --vip (all three: siammae benchmark)")
-    knobs = dict(topk=topk, queue=queue, radius=radius, window=window, window_on_first=window_on_first,
-                 temperature=temperature, short_side=short_side, multiple=multiple, first_labels=first_labels,
-                 keep_small=keep_small, minmax=minmax)
-    if not davis:
-        (task, root), = roots.items()
+        raise click.UsageError(f"give one dataset: {', '.join(f'--{t}' for t in TASKS)} (all: siammae benchmark)")
+    ((task, root),) = roots.items()
+    encoder_args = (checkpoint, weights, weights_prefix, random_init)
+    if task != "davis":
         source = click.get_current_context().get_parameter_source
-        davis_only = [f"--{n.replace('_', '-')}" for n in ("split", "sequences", "resolution", "overlay", "no_eval",
-                                                           "workers", "no_diagnostics") if source(n).name != "DEFAULT"]
+        davis_only = [
+            f"--{n.replace('_', '-')}"
+            for n in ("split", "sequences", "resolution", "overlay", "no_eval", "workers", "no_diagnostics")
+            if source(n).name != "DEFAULT"
+        ]
         if davis_only:
             raise click.UsageError(f"{', '.join(davis_only)}: DAVIS options, not for --{task}")
-        return propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs,
-                              pick_device(device), dict(batch_size=batch_size, precision=precision), quiet, jhmdb_list)
-    from siammae.davis import require_annotations
-    from siammae.parallel import launched_processes
-    from siammae.precision import resolve_precision
-    from siammae.propagate import check_davis, choose_protocol
-    from siammae.propagate import propagate as run
+        return propagate_task(
+            task,
+            root,
+            load[task],
+            encoder_args,
+            out,
+            protocol,
+            knobs,
+            pick_device(device),
+            dict(batch_size=batch_size, precision=precision),
+            quiet,
+        )
+    from siammae.encoders import open_encoder
+    from siammae.files import write_atomic
+    from siammae.propagate.diagnostics import describe
+    from siammae.propagate.parallel import launched_processes
+    from siammae.propagate.precision import resolve_precision
+    from siammae.tasks.davis import check_davis, feature_diagnostics
+    from siammae.tasks.davis import propagate as run
+    from siammae.tasks.davis_files import require_annotations
 
     device = pick_device(device)
     resolve_precision(precision, device)  # a format the device lacks: an error before any work
-    seqs = check_davis(davis, split, parse_sequences(sequences), resolution)  # before loading weights
+    seqs = check_davis(root, split, parse_sequences(sequences), resolution)  # before loading weights
     if not no_eval:
         require_annotations(seqs, hint="pass --no-eval to only propagate (e.g. test-dev)")
-    encoder, info = open_encoder(checkpoint, weights, weights_prefix, random_init)
-    chosen = choose_protocol(protocol, info.config.eval if info.config is not None else None, **knobs)
-    record = run(encoder, davis, out, chosen, split=split, sequences=parse_sequences(sequences),
-                 resolution=resolution, device=device, batch_size=batch_size, overlay=overlay,
-                 progress=not quiet, settings=dict(encoder=info.to_dict()), precision=precision, workers=workers,
-                 processes=launched_processes())
+    encoder, info = open_encoder(*encoder_args)
+    chosen = TASKS["davis"].protocol(protocol, info.config.eval if info.config is not None else None, **knobs)
+    record = run(
+        encoder,
+        root,
+        out,
+        chosen,
+        split=split,
+        sequences=parse_sequences(sequences),
+        resolution=resolution,
+        device=device,
+        batch_size=batch_size,
+        overlay=overlay,
+        progress=not quiet,
+        settings=dict(encoder=info.to_dict()),
+        precision=precision,
+        workers=workers,
+        processes=launched_processes(),
+    )
     if record is None:  # another process of `accelerate launch`: the main one merges and scores
         return
     t = record["timing"]
-    from siammae.diagnostics import describe
-    from siammae.files import write_atomic
-    click.echo(f"propagated {len(record['sequences'])} sequences, {t['frames']} frames in {t['seconds']:.1f} s "
-               f"({t['fps']:.2f} frames/s, {record['precision']}) with protocol {chosen.name} -> {out}")
+    click.echo(
+        f"propagated {len(record['sequences'])} sequences, {t['frames']} frames in {t['seconds']:.1f} s "
+        f"({t['fps']:.2f} frames/s, {record['precision']}) with protocol {chosen.name} -> {out}"
+    )
     if not no_diagnostics:
-        diag = feature_diagnostics(encoder, seqs, chosen, device, record["precision"], davis, split, resolution,
-                                   with_copy=not no_eval)
+        diag = feature_diagnostics(
+            encoder, seqs, chosen, device, record["precision"], root, split, resolution, with_copy=not no_eval
+        )
         click.echo(describe(diag))
         record["diagnostics"] = diag
         write_atomic(Path(out) / "propagation.json", json.dumps(record, indent=2) + "\n")
     if not no_eval:
-        run_evaluation(davis, out, split, record["sequences"], resolution)
+        run_evaluation(root, out, split, record["sequences"], resolution)
 
 
-def feature_diagnostics(encoder, seqs, protocol, device, precision, davis, split, resolution, with_copy: bool) -> dict:
-    """The encoder's token figures (and the copy-in-place J&F), added to OUT/propagation.json by the caller."""
-    import tempfile
-
-    from siammae.diagnostics import copy_first_frame_jf, encoder_diagnostics
-    from siammae.propagate import FeatureExtractor
-
-    diag = encoder_diagnostics(FeatureExtractor(encoder, protocol, device, precision), seqs)
-    if with_copy:
-        with tempfile.TemporaryDirectory(prefix="siammae-copy-") as tmp:
-            diag["copy_jf"] = round(copy_first_frame_jf(davis, seqs, tmp, split, resolution), 4)
-    return diag
-
-
-def propagate_task(task, root, checkpoint, weights, weights_prefix, random_init, out, protocol, knobs, device,
-                   compute, quiet, jhmdb_list):
+def propagate_task(task, root, load, encoder_args, out, protocol, knobs, device, compute, quiet):
     """``siammae propagate --jhmdb`` / ``--vip``: the task's preset, then the flags; scores printed."""
-    from siammae.precision import resolve_precision
-    from siammae.propagate import choose_protocol
-    from siammae.tasks import load_dataset, run_task
+    from siammae.encoders import open_encoder
+    from siammae.propagate.precision import resolve_precision
 
     resolve_precision(compute["precision"], device)
-    chosen = choose_protocol(protocol, task=task, **knobs)  # the settings and every file are checked
-    data = load_dataset(task, root, list_file=jhmdb_list)  # before the weights load
-    encoder, info = open_encoder(checkpoint, weights, weights_prefix, random_init)
-    record = run_task(task, encoder, root, out, chosen, data=data, device=device, progress=not quiet, **compute)
+    chosen = TASKS[task].protocol(protocol, **knobs)  # the settings and every file are checked
+    data = TASKS[task].load(root, **load)  # before the weights load
+    encoder, info = open_encoder(*encoder_args)
+    record = TASKS[task].run(encoder, root, out, chosen, data=data, device=device, progress=not quiet, **compute)
     t = record["timing"]
-    click.echo(f"propagated {t['frames']} frames in {t['seconds']:.1f} s ({t['fps']:.2f} frames/s, "
-               f"{record['precision']}) with protocol {chosen.name} -> {out}")
-    click.echo(f"{task}: " + ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in record["scores"].items())
-               + f"  (files: {', '.join(record['files'])})")
-
+    click.echo(
+        f"propagated {t['frames']} frames in {t['seconds']:.1f} s ({t['fps']:.2f} frames/s, "
+        f"{record['precision']}) with protocol {chosen.name} -> {out}"
+    )
+    click.echo(
+        f"{task}: "
+        + ", ".join(f"{k} {'n/a' if v is None else f'{v:.4f}'}" for k, v in record["scores"].items())
+        + f"  (files: {', '.join(record['files'])})"
+    )

@@ -5,11 +5,11 @@ imported inside the command.
 """
 
 import os
-import re
 
 import click
 
 from siammae.cli import Command
+from siammae.cli.types import BytesType, RangeType
 
 SCHEMA = """\b
 Sample format (WebDataset; the trainer reads exactly this):
@@ -23,42 +23,6 @@ Sample format (WebDataset; the trainer reads exactly this):
 Also OUT/failed.jsonl (src, path, reason, error per failed video;
 reason: missing, empty, unreadable, too_short, crash, error),
 OUT/stats.json, and bookkeeping in OUT/.shard/ (resume reads it)."""
-
-
-class RangeType(click.ParamType):
-    """``MIN-MAX`` -> (MIN, MAX) with 1 <= MIN <= MAX."""
-
-    name = "MIN-MAX"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", str(value))
-        if not match:
-            self.fail(f"{value!r} is not a range like 4-48", param, ctx)
-        lo = int(match.group(1))
-        hi = int(match.group(2) or lo)
-        if not 1 <= lo <= hi:
-            self.fail(f"{value!r}: need 1 <= MIN <= MAX", param, ctx)
-        return lo, hi
-
-
-class BytesType(click.ParamType):
-    """``500MB``, ``1GB``, ``2GiB`` or a plain byte count -> int."""
-
-    name = "SIZE"
-    UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?)?[bB]?\s*", str(value))
-        if not match:
-            self.fail(f"{value!r} is not a size like 500MB or 1GiB", param, ctx)
-        size = int(float(match.group(1)) * self.UNITS[(match.group(2) or "").lower()])
-        if size < 1024:
-            self.fail(f"{value!r}: shards need at least 1 KB", param, ctx)
-        return size
 
 
 @click.command(cls=Command, epilog=SCHEMA, context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,10 +43,23 @@ class BytesType(click.ParamType):
     help="Shard only the videos of this file: one 'path [label]' per line (tab-separated if paths have "
     "spaces), relative to SRC or absolute.",
 )
-@click.option("--split", help="kinetics: CSV names, comma-separated (train,val); ucf101: train|test; classes: a split folder.")
-@click.option("--fold", type=click.IntRange(1, 3), default=1, show_default=True, help="UCF-101 split fold (train/testlist0N).")
-@click.option("--frames", "frames", type=click.IntRange(2, 64), default=2, show_default=True, help="Frames per sample (2 = pairs).")
-@click.option("--per-video", type=click.IntRange(1, 10000), default=8, show_default=True, help="Samples drawn from each video.")
+@click.option(
+    "--split", help="kinetics: CSV names, comma-separated (train,val); ucf101: train|test; classes: a split folder."
+)
+@click.option(
+    "--fold", type=click.IntRange(1, 3), default=1, show_default=True, help="UCF-101 split fold (train/testlist0N)."
+)
+@click.option(
+    "--frames",
+    "frames",
+    type=click.IntRange(2, 64),
+    default=2,
+    show_default=True,
+    help="Frames per sample (2 = pairs).",
+)
+@click.option(
+    "--per-video", type=click.IntRange(1, 10000), default=8, show_default=True, help="Samples drawn from each video."
+)
 @click.option(
     "--gap",
     type=RangeType(),
@@ -90,28 +67,67 @@ class BytesType(click.ParamType):
     show_default=True,
     help="Frame gap first->last, drawn uniformly, in frames at --ref-fps; scaled to each video's fps.",
 )
-@click.option("--ref-fps", type=click.FloatRange(min=1), default=30.0, show_default=True, help="Frame rate --gap is given at.")
-@click.option("--short-side", type=click.IntRange(0, 4096), default=256, show_default=True, help="Resize frames to this short side, aspect kept (0: keep).")
+@click.option(
+    "--ref-fps", type=click.FloatRange(min=1), default=30.0, show_default=True, help="Frame rate --gap is given at."
+)
+@click.option(
+    "--short-side",
+    type=click.IntRange(0, 4096),
+    default=256,
+    show_default=True,
+    help="Resize frames to this short side, aspect kept (0: keep).",
+)
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
-@click.option("--subsampling", type=click.Choice(["420", "422", "444"]), default="420", show_default=True, help="JPEG chroma subsampling.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Same inputs + seed -> same keys, frames and pixels.")
-@click.option("--shard-samples", type=click.IntRange(1), default=2000, show_default=True, help="Most samples per shard.")
+@click.option(
+    "--subsampling",
+    type=click.Choice(["420", "422", "444"]),
+    default="420",
+    show_default=True,
+    help="JPEG chroma subsampling.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Same inputs + seed -> same keys, frames and pixels."
+)
+@click.option(
+    "--shard-samples", type=click.IntRange(1), default=2000, show_default=True, help="Most samples per shard."
+)
 @click.option("--shard-size", type=BytesType(), default="1GB", show_default=True, help="Most bytes per shard.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Worker processes [default: all cores].")
-@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
-              help="Video decoder: decord (x86-64 wheels only), pyav (any platform); auto: decord if installed, "
-                   "else pyav.")
-@click.option("--max-videos-per-worker", type=click.IntRange(1), default=200, show_default=True,
-              help="Replace each worker process after this many videos, at its next shard boundary (decoders "
-                   "leak; long runs stay small).")
-@click.option("--part", type=click.IntRange(0), default=0, show_default=True, help="This machine's part (e.g. $SLURM_ARRAY_TASK_ID).")
-@click.option("--num-parts", type=click.IntRange(1), default=1, show_default=True, help="Machines sharing the collection.")
-@click.option("--strict", is_flag=True, help="Stop at the first video that fails (default: record it in failed.jsonl, go on).")
-@click.option("--retry-failed", is_flag=True, help="Try the videos of failed.jsonl again (by default a rerun skips them).")
+@click.option(
+    "--decoder",
+    type=click.Choice(["auto", "decord", "pyav"]),
+    default="auto",
+    show_default=True,
+    help="Video decoder: decord (x86-64 wheels only), pyav (any platform); auto: decord if installed, else pyav.",
+)
+@click.option(
+    "--max-videos-per-worker",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Replace each worker process after this many videos, at its next shard boundary (decoders "
+    "leak; long runs stay small).",
+)
+@click.option(
+    "--part",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="This machine's part (e.g. $SLURM_ARRAY_TASK_ID).",
+)
+@click.option(
+    "--num-parts", type=click.IntRange(1), default=1, show_default=True, help="Machines sharing the collection."
+)
+@click.option(
+    "--strict", is_flag=True, help="Stop at the first video that fails (default: record it in failed.jsonl, go on)."
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Try the videos of failed.jsonl again (by default a rerun skips them)."
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 def shard(src, out, layout, list_file, split, fold, frames, per_video, gap, ref_fps, short_side, quality,
-          subsampling, seed, shard_samples, shard_size, workers, decoder, max_videos_per_worker, part, num_parts, strict,
-          retry_failed, progress):  # fmt: skip
+          subsampling, seed, shard_samples, shard_size, workers, decoder, max_videos_per_worker, part, num_parts,
+          strict, retry_failed, progress):  # fmt: skip
     """Decode videos once into WebDataset shards of JPEG frame pairs (or clips).
 
     Each video gives --per-video samples; each sample's gap is drawn from --gap (frames at

@@ -1,52 +1,17 @@
 """``siammae synth``: synthetic training videos and DAVIS-2017-format sets, for smoke tests and the demo.
 
-Thin wrappers over :mod:`siammae.synth`; numpy and friends are imported inside the commands so that
-``--help`` stays instant.
+Thin wrappers over :mod:`siammae.synth.scenes` and :mod:`siammae.synth.composite`; numpy and friends
+are imported inside the commands so that ``--help`` stays instant.
 """
 
 import click
 
 from siammae.cli import Group
-from siammae.setvariants import VARIANTS
-
-
-class SizeType(click.ParamType):
-    """``HxW`` (for example ``128x224``) -> (H, W), both positive and even (4:2:0 video needs that)."""
-
-    name = "HxW"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            h, w = (int(part) for part in str(value).lower().split("x"))
-        except ValueError:
-            self.fail(f"{value!r} is not a size HxW (HEIGHTxWIDTH), e.g. 128x224", param, ctx)
-        if h < 16 or w < 16 or h % 2 or w % 2:
-            self.fail(f"{value!r}: height and width must be even and at least 16", param, ctx)
-        return h, w
-
-
-class RangeType(click.ParamType):
-    """``A-B`` or ``A`` -> (A, B) with 1 <= A <= B <= 254 (mask ids are uint8; 255 means void)."""
-
-    name = "MIN-MAX"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            parts = [int(part) for part in str(value).split("-")]
-        except ValueError:
-            self.fail(f"{value!r} is not a count or a range like 2-4", param, ctx)
-        lo, hi = (parts[0], parts[0]) if len(parts) == 1 else parts if len(parts) == 2 else (0, -1)
-        if not 1 <= lo <= hi <= 254:
-            self.fail(f"{value!r}: need 1 <= MIN <= MAX <= 254", param, ctx)
-        return lo, hi
-
+from siammae.cli.types import RangeType, SizeType
+from siammae.synth.variants import VARIANTS
 
 SPLIT_HELP = (
-    "Texture and shape families to draw from: 'train' and 'val' are disjoint (see siammae.synth); "
+    "Texture and shape families to draw from: 'train' and 'val' are disjoint (see siammae.synth.scenes); "
     "'all' uses both."
 )
 
@@ -74,21 +39,34 @@ def synth():
 
 @synth.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--num", "num_videos", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Number of videos.")
+@click.option(
+    "--num", "num_videos", type=click.IntRange(min=1), default=16, show_default=True, help="Number of videos."
+)
 @click.option("--frames", type=click.IntRange(min=1), default=96, show_default=True, help="Frames per video.")
 @click.option("--size", type=SizeType(), default="128x160", show_default=True, help="Frame size HxW (even).")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
-              help="Frame rate written into the files.")
+@click.option(
+    "--fps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Frame rate written into the files.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--objects", type=RangeType(), default="2-5", show_default=True, help="Objects per video.")
-@click.option("--split", type=click.Choice(["train", "val", "all"]), default="train", show_default=True,
-              help=SPLIT_HELP)
-@click.option("--format", "suffix", type=click.Choice([".mp4", ".mkv", ".avi", ".webm"]), default=".mp4",
-              show_default=True, help="Container: .mp4/.mkv are H.264, .avi MPEG-4 part 2, .webm VP9.")
+@click.option("--objects", type=RangeType(254, "2-4"), default="2-5", show_default=True, help="Objects per video.")
+@click.option(
+    "--split", type=click.Choice(["train", "val", "all"]), default="train", show_default=True, help=SPLIT_HELP
+)
+@click.option(
+    "--format",
+    "suffix",
+    type=click.Choice([".mp4", ".mkv", ".avi", ".webm"]),
+    default=".mp4",
+    show_default=True,
+    help="Container: .mp4/.mkv are H.264, .avi MPEG-4 part 2, .webm VP9.",
+)
 def videos(out, num_videos, frames, size, fps, seed, objects, split, suffix):
     """Write NUM synthetic videos OUT/video_0000.mp4 ... (existing files of those names are replaced)."""
-    from siammae.synth import synth_videos
+    from siammae.synth.scenes import synth_videos
 
     bar, step = _progress(num_videos, "video")
     with bar:
@@ -99,29 +77,60 @@ def videos(out, num_videos, frames, size, fps, seed, objects, split, suffix):
 
 @synth.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--sequences", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Sequences listed in ImageSets/2017/val.txt.")
-@click.option("--train-sequences", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Extra sequences listed in train.txt (which is written empty otherwise).")
-@click.option("--frames", type=click.IntRange(min=3), default=32, show_default=True,
-              help="Frames per sequence (the evaluator skips the first and last).")
-@click.option("--size", type=SizeType(), default="128x224", show_default=True,
-              help="Frame size HxW; the folder is still called 480p, as tools expect.")
+@click.option(
+    "--sequences",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Sequences listed in ImageSets/2017/val.txt.",
+)
+@click.option(
+    "--train-sequences",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Extra sequences listed in train.txt (which is written empty otherwise).",
+)
+@click.option(
+    "--frames",
+    type=click.IntRange(min=3),
+    default=32,
+    show_default=True,
+    help="Frames per sequence (the evaluator skips the first and last).",
+)
+@click.option(
+    "--size",
+    type=SizeType(),
+    default="128x224",
+    show_default=True,
+    help="Frame size HxW; the folder is still called 480p, as tools expect.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--objects", type=RangeType(), default="2-4", show_default=True, help="Objects per sequence.")
-@click.option("--split", type=click.Choice(["train", "val", "all"]), default="val", show_default=True,
-              help=SPLIT_HELP)
-@click.option("--from-videos", "videos_dir", type=click.Path(exists=True, file_okay=False),
-              help="Composite real video instead: backgrounds are runs of these videos' frames, objects are "
-                   "regions cut from their frames (exact masks). --size then defaults to 480x854, "
-                   "--objects to 2-3.")
-@click.option("--hard", is_flag=True,
-              help="With --from-videos: cut each object from its own background video, so colour alone does "
-                   "not tell them apart (= --variant hard).")
-@click.option("--variant", type=click.Choice(list(VARIANTS)), default="default", show_default=True,
-              help="With --from-videos: how objects are made. hard: cut from their own background video; "
-                   "colour: colours matched to the background around them; fast: 3x the motion; nonrigid: "
-                   "bending over time; scale: growing to twice the size over the sequence.")
+@click.option("--objects", type=RangeType(254, "2-4"), default="2-4", show_default=True, help="Objects per sequence.")
+@click.option("--split", type=click.Choice(["train", "val", "all"]), default="val", show_default=True, help=SPLIT_HELP)
+@click.option(
+    "--from-videos",
+    "videos_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Composite real video instead: backgrounds are runs of these videos' frames, objects are "
+    "regions cut from their frames (exact masks). --size then defaults to 480x854, "
+    "--objects to 2-3.",
+)
+@click.option(
+    "--hard",
+    is_flag=True,
+    help="With --from-videos: cut each object from its own background video, so colour alone does "
+    "not tell them apart (= --variant hard).",
+)
+@click.option(
+    "--variant",
+    type=click.Choice(list(VARIANTS)),
+    default="default",
+    show_default=True,
+    help="With --from-videos: how objects are made. hard: cut from their own background video; "
+    "colour: colours matched to the background around them; fast: 3x the motion; nonrigid: "
+    "bending over time; scale: growing to twice the size over the sequence.",
+)
 def davis(out, sequences, train_sequences, frames, size, seed, objects, split, videos_dir, hard, variant):
     """Write a DAVIS-2017-format set to OUT: synthetic, or composited from real videos (--from-videos).
 
@@ -133,7 +142,7 @@ def davis(out, sequences, train_sequences, frames, size, seed, objects, split, v
     """
     src = click.get_current_context().get_parameter_source
     if videos_dir is not None:
-        from siammae.composite import composite_davis
+        from siammae.synth.composite import composite_davis
 
         if train_sequences or src("split").name != "DEFAULT":
             raise click.UsageError("--train-sequences and --split are for synthetic sets, not --from-videos")
@@ -144,15 +153,26 @@ def davis(out, sequences, train_sequences, frames, size, seed, objects, split, v
         variant = "hard" if hard else variant
         bar, step = _progress(sequences, "seq")
         with bar:
-            names = composite_davis(videos_dir, out, num_sequences=sequences, frames=frames, size=size,
-                                    seed=seed, objects=objects, progress=step, variant=variant)
-        click.echo(f"wrote {len(names)} sequences of {frames} frames at {size[0]}x{size[1]} composited from "
-                   f"{videos_dir} (variant {variant}) to {out}")
+            names = composite_davis(
+                videos_dir,
+                out,
+                num_sequences=sequences,
+                frames=frames,
+                size=size,
+                seed=seed,
+                objects=objects,
+                progress=step,
+                variant=variant,
+            )
+        click.echo(
+            f"wrote {len(names)} sequences of {frames} frames at {size[0]}x{size[1]} composited from "
+            f"{videos_dir} (variant {variant}) to {out}"
+        )
         return
     for flag, given in (("--hard", hard), ("--variant", src("variant").name != "DEFAULT")):
         if given:
             raise click.UsageError(f"{flag} needs --from-videos")
-    from siammae.synth import synth_davis
+    from siammae.synth.scenes import synth_davis
 
     bar, step = _progress(sequences + train_sequences, "seq")
     with bar:

@@ -4,8 +4,7 @@ siammae.train`` or torchrun for several)."""
 import click
 
 
-@click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []},
-               add_help_option=False)
+@click.command(context_settings={"ignore_unknown_options": True, "help_option_names": []}, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def train(args):
     """Pre-train on WebDataset shards: RECIPE [group.key=value ...] (see --help). Running it again

@@ -5,9 +5,9 @@ presentation order) and pixels within a few levels (both convert with FFmpeg's l
 
 - ``decord`` (x86-64 wheels only; the fast path): given the wanted indices in ascending order it
   decodes forward from the current position inside a keyframe run and seeks only when the next wanted
-  frame lies in a later run (measured: 16 sorted frames of a 300-frame x264 video cost half a full
-  sequential decode). Frames are fetched a few at a time and resized at once, so a worker holds at
-  most ``MAX_BATCH_BYTES`` of full-size frames whatever the video's length or resolution.
+  frame lies in a later run (docs/benchmarks.md, "Sharding"). Frames are fetched a few at a time and
+  resized at once, so a worker holds at most ``MAX_BATCH_BYTES`` of full-size frames whatever the
+  video's length or resolution.
 - ``pyav`` (PyAV, wheels for every platform: ARM servers, Apple silicon): decodes forward from the
   start to the last wanted frame, converting only the wanted ones, one frame held at a time.
 
@@ -179,8 +179,10 @@ def choose_decoder(name: str = "auto") -> str:
             raise SiammaeError("no video decoder installed: pip install av (any platform) or decord (x86-64)")
         return "decord" if "decord" in installed else "pyav"
     if {"decord": "decord", "pyav": "av"}[name] not in installed:
-        raise SiammaeError(f"--decoder {name}: the package is not installed: pip install "
-                           f"{'decord (x86-64 wheels only)' if name == 'decord' else 'av'}")
+        raise SiammaeError(
+            f"--decoder {name}: the package is not installed: pip install "
+            f"{'decord (x86-64 wheels only)' if name == 'decord' else 'av'}"
+        )
     return name
 
 
@@ -209,8 +211,9 @@ def _first_line(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def open_video(path: str, short_side: int, transcode: bool = False, tmp_dir: Optional[str] = None,
-               decoder: str = "auto"):
+def open_video(
+    path: str, short_side: int, transcode: bool = False, tmp_dir: Optional[str] = None, decoder: str = "auto"
+):
     """A reader (``DECODERS[decoder]``, ``auto``: :func:`choose_decoder`) for ``path``: the file
     directly, or (``transcode=True``) an ffmpeg re-encode of it at the output size. Raises
     :class:`DecodeError`."""

@@ -174,7 +174,11 @@ def inspect_shards(
             record = _check_sample(report, where, current, members, decode)
             report.samples += 1
             if keep and record is not None:
-                item = {"key": current, "record": record, "jpegs": [members.get(frame_member(i)) for i in range(len(record["frames"]))]}
+                item = {
+                    "key": current,
+                    "record": record,
+                    "jpegs": [members.get(frame_member(i)) for i in range(len(record["frames"]))],
+                }
                 if len(report.picked) < keep:
                     report.picked.append(item)
                 elif (slot := rng.randrange(report.samples)) < keep:

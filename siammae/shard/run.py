@@ -114,7 +114,9 @@ def _check_config(folder: ShardFolder, config: ShardConfig) -> None:
             previous = None
         if previous != identity:
             old, new = _flatten(previous or {}), _flatten(identity)
-            changed = ", ".join(f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            changed = ", ".join(
+                f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+            )
             raise ShardError(
                 f"{folder.root} holds shards made with other options ({changed}); "
                 "rerun with the same options or choose a new --out"
@@ -152,7 +154,16 @@ def merge_records(out: str | os.PathLike) -> dict:
                 pass
     failed.sort(key=lambda r: r.get("src", ""))
     totals = _output_totals(folder)
-    keys = ["videos_listed", "videos_missing", "videos_done", "videos_failed", "videos_skipped", "samples", "shards", "bytes"]
+    keys = [
+        "videos_listed",
+        "videos_missing",
+        "videos_done",
+        "videos_failed",
+        "videos_skipped",
+        "samples",
+        "shards",
+        "bytes",
+    ]
     stats = {key: sum(p.get(key, 0) for p in parts.values()) for key in keys}
     stats["seconds"] = round(max([p.get("seconds", 0) for p in parts.values()] or [0]), 2)
     stats["peak_worker_rss_mib"] = max([p.get("peak_worker_rss_mib", 0) for p in parts.values()] or [0])
@@ -203,7 +214,11 @@ def shard(
     started = time.time()
     listing = find_videos(src, layout, split, fold, list_file)
     if not listing.videos:
-        extra = f" ({listing.missing} listed entries have no file, e.g. {listing.missing_examples[0]})" if listing.missing else ""
+        extra = (
+            f" ({listing.missing} listed entries have no file, e.g. {listing.missing_examples[0]})"
+            if listing.missing
+            else ""
+        )
         raise ShardError(f"no videos found in {src} (layout {listing.layout}){extra}")
 
     run = PartRun(ShardFolder(out), part, num_parts, config, workers, strict, retry_failed, progress, log, started)
@@ -291,4 +306,3 @@ def _todo(run: PartRun, videos: List[Video]) -> List[Video]:
     todo = [v for v in videos if v.src not in done and v.src not in failed_before]
     todo.sort(key=lambda v: _hash(v.src))
     return todo
-

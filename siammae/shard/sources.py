@@ -27,9 +27,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from siammae.errors import SiammaeError
 
-VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .avi .mkv .webm .mov .m4v .mpg .mpeg .flv .wmv .3gp .ogv .ts .mts .vob .asf".split()
-)
+VIDEO_EXTENSIONS = frozenset(".mp4 .avi .mkv .webm .mov .m4v .mpg .mpeg .flv .wmv .3gp .ogv .ts .mts .vob .asf".split())
 SPLIT_NAMES = frozenset("train training val valid validate validation test testing".split())
 LAYOUTS = ("auto", "kinetics", "ucf101", "classes", "folder", "list")
 
@@ -131,7 +129,9 @@ def read_kinetics(root: Path, splits: Optional[Sequence[str]] = None) -> Listing
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or not {"youtube_id", "time_start", "time_end"} <= set(reader.fieldnames):
-                raise SourceError(f"{csv_path}: expected columns youtube_id,time_start,time_end (got {reader.fieldnames})")
+                raise SourceError(
+                    f"{csv_path}: expected columns youtube_id,time_start,time_end (got {reader.fieldnames})"
+                )
             for line, row in enumerate(reader, start=2):
                 try:
                     stem = kinetics_stem(row["youtube_id"], row["time_start"], row["time_end"])

@@ -20,11 +20,13 @@ import os
 import re
 import tarfile
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from siammae.files import write_atomic
 from siammae.shard.folder import PartFolder, ShardFolder
-from siammae.shard.samples import Sample
+
+if TYPE_CHECKING:  # the samples come from siammae.shard.samples; only their type is named here
+    from siammae.shard.samples import Sample
 
 _BLOCK = 512
 

@@ -1,0 +1,442 @@
+"""The training input pipeline: WebDataset shards of frame pairs -> uint8 batches (B, T, 3, H, W).
+
+One declarative chain (:func:`make_dataset`) around one named step (:func:`make_sample`):
+
+    resampled shards, split by rank and worker   (every rank runs the same number of steps, no
+                                                  end-of-epoch hang: the stream never ends and the
+                                                  loader is cut with ``.with_epoch``)
+    -> tar members grouped into samples            (read errors and truncated shards: skipped, counted)
+    -> shuffle buffer of compressed samples         (cheap: bytes, not pixels)
+    -> make_sample: decode JPEGs (simplejpeg) and draw ``repeated_sampling`` views per decoded
+       sample (MAE-ST, SiamMAE Tab. 4a), each one random-resized crop box and one flip for every frame
+    -> batches: each view cropped, resized and flipped (OpenCV) straight into its uint8 batch
+                                                    (normalisation happens on the device)
+
+Shard format (written by ``siammae shard``): per sample ``__key__``, ``f0.jpg`` .. ``f{K-1}.jpg`` in time
+order and a ``json`` record. Only ``f0.jpg`` .. ``f{T-1}.jpg`` are read (T = ``data.num_frames``).
+
+Randomness is a pure function of (seed, rank, worker): the shard draws, the shuffle buffer and the crops
+of a data segment replay exactly when the trainer restarts that segment with the same seed, which is
+what makes a resumed run take the same steps as an uninterrupted one.
+
+The WebDataset loader is *not* handed to ``accelerator.prepare`` (it would re-shard the already
+rank-split stream); the trainer moves batches to the device itself.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+from typing import List, NamedTuple, Optional, Sequence
+
+import cv2
+import numpy as np
+import simplejpeg
+import torch
+import webdataset as wds
+
+from siammae.errors import SiammaeError
+
+# A worker that reads this many samples in a row without producing one view stops with an error: a
+# shard list of unreadable files or shards without the frames asked for would otherwise spin forever.
+MAX_FAILURES_IN_A_ROW = 500
+
+
+class DataError(SiammaeError):
+    """A shard specification that gives no usable shards; the message is one line for the user."""
+
+
+# ----------------------------------------------------------------------------- shard lists
+
+
+def _is_remote(spec: str) -> bool:
+    return "://" in spec or spec.startswith("pipe:")
+
+
+def resolve_shards(specs: Sequence[str] | str) -> List[str]:
+    """``data.shards`` -> a list of shard URLs.
+
+    Each entry may be a folder (every ``*.tar`` directly in it), a glob (``shards/*.tar``), a brace
+    pattern (``shards/train-{000000..000099}.tar``), a file, or a remote URL (``pipe:``, ``s3://``,
+    kept as is). Missing files and an empty result raise :class:`DataError` before any model is built.
+    """
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if not specs:
+        raise DataError("data.shards is empty: give a folder of .tar shards (data.shards=PATH)")
+    urls: List[str] = []
+    for spec in specs:
+        spec = os.path.expanduser(str(spec))
+        if _is_remote(spec):
+            urls.extend(wds.shardlists.expand_urls(spec))
+        elif os.path.isdir(spec):
+            found = sorted(glob.glob(os.path.join(glob.escape(spec), "*.tar")))
+            if not found:
+                raise DataError(f"data.shards: folder '{spec}' holds no .tar files")
+            urls.extend(found)
+        elif any(c in spec for c in "*?["):
+            found = sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+            if not found:
+                raise DataError(f"data.shards: pattern '{spec}' matches no files")
+            urls.extend(found)
+        elif "{" in spec:
+            expanded = wds.shardlists.expand_urls(spec)
+            missing = [p for p in expanded if not os.path.isfile(p)]
+            if missing:
+                raise DataError(
+                    f"data.shards: {len(missing)} of {len(expanded)} shards of '{spec}' are missing, "
+                    f"e.g. '{missing[0]}'"
+                )
+            urls.extend(expanded)
+        elif os.path.isfile(spec):
+            urls.append(spec)
+        else:
+            raise DataError(f"data.shards: '{spec}' does not exist")
+    return urls
+
+
+def check_clip_length(urls: Sequence[str], num_frames: int) -> None:
+    """Shards whose samples hold fewer frames than ``data.num_frames`` are one line before any work
+    (every sample would fail to decode). Looks at the first sample of the first local shard; remote and
+    unreadable shards are left to the loader, which skips and counts what it cannot read."""
+    import tarfile
+
+    local = next((u for u in urls if not _is_remote(u)), None)
+    if local is None:
+        return
+    members = []  # (key, suffix) of the first sample
+    try:
+        with tarfile.open(local) as tar:
+            for member in tar:
+                key, _, suffix = member.name.partition(".")
+                if members and key != members[0][0]:
+                    break
+                members.append((key, suffix))
+    except (tarfile.TarError, OSError):
+        return
+    frames = sum(1 for _, suffix in members if suffix.startswith("f") and suffix.endswith(".jpg"))
+    if 0 < frames < num_frames:
+        raise DataError(
+            f"data.num_frames={num_frames}, but the samples of '{local}' hold {frames} frames: "
+            f"make shards of clips with siammae shard --frames {num_frames}"
+        )
+
+
+def shards_for(urls: Sequence[str], rank: int, world: int, worker: int, workers: int) -> List[str]:
+    """The shards one (rank, worker) draws from: disjoint between ranks when there are at least as many
+    shards as ranks, and between the workers of a rank when there are enough for them too. With fewer
+    shards everyone draws from the larger set (still a different random stream per rank and worker)."""
+    mine = list(urls[rank::world]) if len(urls) >= world else list(urls)
+    return mine[worker::workers] if len(mine) >= workers else mine
+
+
+def stream_rng(seed, rank: int, worker: int, what: str) -> random.Random:
+    """A random generator for one stage of one worker's stream; the same inputs give the same stream
+    in any process (a string seed is hashed with SHA-512, unaffected by PYTHONHASHSEED)."""
+    return random.Random(f"siammae-data/{seed}/{rank}/{worker}/{what}")
+
+
+def _worker() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+# ----------------------------------------------------------------------------- counting skipped samples
+
+# Per process (each DataLoader worker is its own process): errors since the last batch left this worker,
+# errors in a row without a good sample, and how many were reported on stderr.
+_skipped = {"since_batch": 0, "in_a_row": 0, "reported": 0}
+
+
+def skip_and_count(exn: Exception) -> bool:
+    """WebDataset handler: count the error, report the first few, carry on (no sleep, unlike
+    ``wds.warn_and_continue``, which sleeps 0.5 s per error and would stall the worker)."""
+    _skipped["since_batch"] += 1
+    _skipped["in_a_row"] += 1
+    if _skipped["reported"] < 5:
+        _skipped["reported"] += 1
+        print(f"siammae.data: skipping unreadable data: {type(exn).__name__}: {exn}", file=sys.stderr)
+    if _skipped["in_a_row"] >= MAX_FAILURES_IN_A_ROW:
+        raise DataError(
+            f"{MAX_FAILURES_IN_A_ROW} samples in a row could not be used (last: {type(exn).__name__}: {exn}); "
+            "check data.shards and data.num_frames against the shards"
+        ) from exn
+    return True
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def random_resized_crop(rng: random.Random, height: int, width: int, scale, ratio) -> tuple[int, int, int, int]:
+    """A crop box (top, left, h, w) covering ``scale`` of the area with aspect ratio in ``ratio``
+    (log-uniform); after 10 misses, the largest central crop with a ratio in range (the usual rule)."""
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+# A crop at least this many times the output side is shrunk with area averaging instead of bilinear
+# sampling, which would alias (it reads 2x2 source pixels per output pixel and skips the rest).
+AREA_FACTOR = 2.0
+
+
+def crop_resize(frames: Sequence[np.ndarray], box, size: int, flip: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """T frames (H, W, 3) uint8 -> ``out``, (T, size, size, 3) uint8: one crop box, one resize and one
+    flip for all frames, written into ``out`` (allocated when not given; the batch stage passes its slot).
+
+    Bilinear with pixel centres aligned (``align_corners=False``), done as one affine map from output
+    to crop pixels with the flip folded into it: with OpenCV 5.1 ``warpAffine`` is faster than
+    ``resize`` plus ``flip``, and resizing is the largest cost of the pipeline after JPEG decoding;
+    older releases' ``warpAffine`` was slower and rounded the sample positions to 1/32 pixel, hence the
+    pinned version (docs/benchmarks.md, "Loading"). No low-pass filter below ``AREA_FACTOR``x
+    downscaling, where bilinear aliasing is slight (crops of 256-px frames at scale [0.5, 1] are
+    0.8x-1.5x the 224-px output); area averaging above it.
+    """
+    top, left, h, w = box
+    if out is None:
+        out = np.empty((len(frames), size, size, 3), dtype=np.uint8)
+    if max(h, w) >= AREA_FACTOR * size:
+        for t, frame in enumerate(frames):
+            cv2.resize(frame[top : top + h, left : left + w], (size, size), dst=out[t], interpolation=cv2.INTER_AREA)
+            if flip:
+                cv2.flip(out[t], 1, dst=out[t])
+        return out
+    sx, sy = w / size, h / size
+    # Output pixel (x, y) samples the crop at (sx * x + (sx - 1) / 2, sy * y + (sy - 1) / 2), mirrored in
+    # x when flipped; edge pixels repeat at the crop's border, as resize does.
+    x_row = [-sx, 0.0, sx * (size - 1) + (sx - 1) / 2] if flip else [sx, 0.0, (sx - 1) / 2]
+    to_crop = np.array([x_row, [0.0, sy, (sy - 1) / 2]])
+    for t, frame in enumerate(frames):
+        cv2.warpAffine(
+            frame[top : top + h, left : left + w],
+            to_crop,
+            (size, size),
+            dst=out[t],
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+    return out
+
+
+def to_chw(x: torch.Tensor) -> torch.Tensor:
+    """(..., H, W, 3) -> (..., 3, H, W) as a view: the bytes stay channels-last (cheap to copy to the
+    device; normalisation and the patch embedding accept any strides)."""
+    return x.movedim(-1, -3)
+
+
+class View(NamedTuple):
+    """One augmented view of a decoded sample, not yet cut out: the T decoded frames (H, W, 3) uint8 and
+    the crop box (top, left, h, w) and flip that apply to all of them (``first_box``, when given, is the
+    first frame's own box: CMAE's pixel shift). The batch stage cuts it straight into its batch, which
+    saves copying every view once more (docs/benchmarks.md, "Loading")."""
+
+    frames: List[np.ndarray]
+    box: tuple
+    flip: bool
+    key: str
+    first_box: Optional[tuple] = None
+
+
+def shifted_box(rng: random.Random, box, shift: int, height: int, width: int) -> tuple:
+    """``box`` moved by uniform integers in [-shift, shift] in y and x, then kept inside the frame."""
+    top, left, h, w = box
+    top = min(max(0, top + rng.randint(-shift, shift)), height - h)
+    left = min(max(0, left + rng.randint(-shift, shift)), width - w)
+    return top, left, h, w
+
+
+def make_sample(
+    sample: dict,
+    rng: random.Random,
+    *,
+    num_frames: int,
+    repeats: int,
+    scale=(0.5, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    view_shift: int = 0,
+) -> List[View]:
+    """One shard sample -> ``repeats`` views of its first ``num_frames`` frames.
+
+    Every view draws one crop box and one flip for all T frames, so the frames stay aligned (the
+    correspondence the model learns is in the motion, not in the augmentation); with ``view_shift``
+    the first frame's box alone moves by up to that many pixels (CMAE's pixel shift).
+    Raises on a missing or undecodable frame; the caller counts and skips the sample.
+    """
+    frames = [simplejpeg.decode_jpeg(sample[f"f{t}.jpg"], colorspace="RGB") for t in range(num_frames)]
+    height, width = frames[0].shape[:2]
+    if any(f.shape[:2] != (height, width) for f in frames):
+        raise ValueError(f"frames of different sizes in sample {sample.get('__key__')}")
+    key = f"{sample.get('__url__')}#{sample.get('__key__')}"
+    views = []
+    for _ in range(repeats):
+        box, flip = random_resized_crop(rng, height, width, scale, ratio), rng.random() < hflip
+        first = shifted_box(rng, box, view_shift, height, width) if view_shift else None
+        views.append(View(frames, box, flip, key, first))
+    return views
+
+
+# ----------------------------------------------------------------------------- pipeline stages
+
+
+def resampled_shards(urls: Sequence[str], seed, rank: int, world: int):
+    """Pipeline source: an endless stream of ``dict(url=...)`` drawn with replacement from this rank's
+    and worker's shards (WebDataset's ``resampled=True`` with an explicit node/worker split and a
+    reproducible seed; its own resampler seeds from the clock)."""
+
+    def source():
+        worker, workers = _worker()
+        mine = shards_for(urls, rank, world, worker, workers)
+        rng = stream_rng(seed, rank, worker, "shards")
+        while True:
+            yield dict(url=mine[rng.randrange(len(mine))])
+
+    return source
+
+
+def shuffle(bufsize: int, seed, rank: int):
+    """A shuffle buffer of ``bufsize`` samples per worker (compressed bytes: put before decoding)."""
+
+    def stage(src):
+        rng = stream_rng(seed, rank, _worker()[0], "shuffle")
+        buf = []
+        for sample in src:
+            if len(buf) < bufsize:
+                buf.append(sample)
+                continue
+            i = rng.randrange(bufsize)
+            buf[i], sample = sample, buf[i]
+            yield sample
+        rng.shuffle(buf)
+        yield from buf
+
+    return stage
+
+
+def augment(data_cfg, seed, rank: int):
+    """Decode each sample and draw its ``data_cfg.repeated_sampling`` views; bad samples are counted."""
+
+    def stage(src):
+        rng = stream_rng(seed, rank, _worker()[0], "augment")
+        for sample in src:
+            try:
+                views = make_sample(
+                    sample,
+                    rng,
+                    num_frames=data_cfg.num_frames,
+                    repeats=data_cfg.repeated_sampling,
+                    scale=data_cfg.crop_scale,
+                    ratio=data_cfg.crop_ratio,
+                    hflip=data_cfg.hflip,
+                    view_shift=data_cfg.view_shift,
+                )
+            except Exception as exn:  # corrupt JPEG, missing frame (truncated shard), ...
+                exn.args = (f"{exn} (sample '{sample.get('__key__')}' of {sample.get('__url__')})",)
+                skip_and_count(exn)
+                continue
+            _skipped["in_a_row"] = 0
+            yield from views
+
+    return stage
+
+
+def batches(batch_size: int, size: int):
+    """Views -> ``dict(frames=uint8 (B, T, 3, size, size), keys=[url#key] * B, skipped=int, worker=int)``,
+    each view cut straight into its slot of the batch.
+
+    ``skipped`` is the number of errors this worker skipped since its previous batch, so the sum over
+    all batches a rank receives is that rank's count, whatever the number of workers.
+    """
+
+    def stage(src):
+        # One thread: parallelism comes from the DataLoader workers; OpenCV's own pool would
+        # oversubscribe the cores they and the trainer share.
+        cv2.setNumThreads(1)
+        worker = _worker()[0]
+        out, keys = None, []
+        for view in src:
+            if out is None:  # a new array per batch: the consumer may still hold the previous one
+                out = np.empty((batch_size, len(view.frames), size, size, 3), dtype=np.uint8)
+            slot = out[len(keys)]
+            if view.first_box is None:
+                crop_resize(view.frames, view.box, size, view.flip, out=slot)
+            else:
+                crop_resize(view.frames[:1], view.first_box, size, view.flip, out=slot[:1])
+                crop_resize(view.frames[1:], view.box, size, view.flip, out=slot[1:])
+            keys.append(view.key)
+            if len(keys) == batch_size:
+                skipped, _skipped["since_batch"] = _skipped["since_batch"], 0
+                yield dict(frames=to_chw(torch.from_numpy(out)), keys=keys, skipped=skipped, worker=worker)
+                out, keys = None, []
+
+    return stage
+
+
+def make_dataset(
+    urls: Sequence[str], data_cfg, *, size: int, batch_size: int, seed, rank: int = 0, world: int = 1
+) -> wds.DataPipeline:
+    """The endless pipeline of one rank: shards -> samples -> shuffled -> views -> uint8 batches."""
+    return wds.DataPipeline(
+        resampled_shards(urls, seed, rank, world),
+        wds.tarfile_to_samples(handler=skip_and_count),
+        shuffle(data_cfg.shuffle_buffer, seed, rank),
+        augment(data_cfg, seed, rank),
+        batches(batch_size, size),
+    )
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Workers leave SIGTERM/SIGINT to the trainer: a cluster that signals every process of a job
+    would otherwise kill them first, and the trainer could not finish its step and save (see
+    ``siammae.train``). They exit with the trainer all the same."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_loader(
+    urls: Sequence[str],
+    data_cfg,
+    *,
+    size: int,
+    batch_size: int,
+    num_batches: int,
+    seed,
+    rank: int = 0,
+    world: int = 1,
+    num_workers: int | None = None,
+) -> wds.WebLoader:
+    """A loader yielding exactly ``num_batches`` per-rank batches (``.with_epoch`` on the loader, not on
+    the dataset, where it would count per worker), so every rank takes the same number of steps.
+
+    ``seed`` fixes the whole stream: the trainer passes one per data segment (see ``siammae.train``).
+    """
+    workers = data_cfg.num_workers if num_workers is None else num_workers
+    dataset = make_dataset(urls, data_cfg, size=size, batch_size=batch_size, seed=seed, rank=rank, world=world)
+    extra = dict(prefetch_factor=2, worker_init_fn=_ignore_stop_signals) if workers > 0 else {}
+    loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(), **extra)
+    return loader.with_epoch(num_batches)
+
+
+def describe(urls: Sequence[str]) -> str:
+    """'12 shards in /data/shards' for log lines."""
+    folders = sorted({str(Path(u).parent) for u in urls if not _is_remote(u)})
+    where = folders[0] if len(folders) == 1 else f"{len(folders)} folders" if folders else "remote"
+    return f"{len(urls)} shard{'s' if len(urls) != 1 else ''} in {where}"

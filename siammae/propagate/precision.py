@@ -1,0 +1,70 @@
+"""Which number format the encoder's forward pass runs in during propagation (``--precision``).
+
+Only the ViT forward changes: it runs under ``torch.autocast`` in bf16 or fp16 (the weights stay fp32,
+LayerNorm and softmax stay fp32 inside autocast); the tokens are returned as fp32 and the affinity,
+top-k and soft labels are fp32 whatever the precision.
+
+``auto`` picks bf16 where the hardware multiplies bf16 natively (CUDA with bf16 support; a CPU with
+AVX512-BF16 or AMX, where it is faster than fp32 at the same tokens: docs/benchmarks.md), fp16 on a
+CUDA GPU without bf16, and fp32 elsewhere. Asking for a format the device cannot compute natively is
+an error rather than a silent emulation many times slower than fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from siammae.errors import SiammaeError
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class PrecisionError(SiammaeError):
+    """A precision the device cannot compute natively; one line for the user."""
+
+
+def cpu_has(precision: str) -> bool:
+    """Native bf16 / fp16 matmuls on this CPU (AVX512-BF16 or AMX tiles; AMX-FP16)."""
+    cpu = torch.cpu
+    probes = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"), "fp16": ("_is_amx_fp16_supported",)}
+    return any(getattr(cpu, probe, lambda: False)() for probe in probes[precision])
+
+
+def native(precision: str, device: torch.device) -> bool:
+    """Whether ``device`` computes ``precision`` (bf16 / fp16) natively."""
+    if device.type == "cuda":
+        return precision == "fp16" or torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has(precision)
+
+
+def native_precisions(device) -> list:
+    """fp32 and each reduced precision ``device`` computes natively, e.g. ["fp32", "bf16", "fp16"] on a
+    recent GPU, ["fp32"] on a CPU without AVX512-BF16 / AMX: what a benchmark can compare there."""
+    device = torch.device(device)
+    return ["fp32"] + [p for p in ("bf16", "fp16") if native(p, device)]
+
+
+def resolve_precision(precision: str, device) -> str:
+    """``precision`` (one of :data:`PRECISIONS`) on ``device`` -> fp32, bf16 or fp16."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"precision '{precision}': choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        candidates = ("bf16", "fp16") if device.type == "cuda" else ("bf16",)
+        return next((p for p in candidates if native(p, device)), "fp32")
+    if precision != "fp32" and not native(precision, device):
+        raise PrecisionError(
+            f"precision {precision}: {device.type} device '{device}' has no native {precision} "
+            f"matmul (it would run emulated, slower than fp32); use fp32 or auto"
+        )
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """The context the forward pass runs in: autocast to bf16/fp16, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=DTYPES[precision])

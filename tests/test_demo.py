@@ -171,6 +171,14 @@ def test_cli_runs_the_demo_on_a_folder_of_real_videos(tmp_path):
     assert not (tmp_path / "d" / "videos").exists()  # the user's videos are used where they are
     evals = [json.loads(line) for line in (tmp_path / "d" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals if "eval_jf" in r] == [0, 2]
+    # Three composited sets (seeds 1, 2, 3), the lead on each and its spread; no pass/fail verdict.
+    assert len(report["leads"]) == 3 and report["lead"]["sets"] == 3
+    first = 100 * (report["results"]["trained"]["J&F-Mean"] - report["results"]["random"]["J&F-Mean"])
+    assert report["leads"][0] == pytest.approx(first, abs=0.01)
+    assert json.loads((tmp_path / "d" / "davis-s3" / "composite.json").read_text())["settings"]["seed"] == 3
+    assert "check passed" not in result.output and "CHECK FAILED" not in result.output
+    assert "lead of the trained encoder" in result.output
+    assert result.exit_code == 0, result.output
     r = CliRunner().invoke(demo, ["--out", str(tmp_path / "e"), "--hard"])
     assert r.exit_code == 2 and "--hard needs --videos" in r.output
 

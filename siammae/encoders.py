@@ -120,29 +120,13 @@ def create_vit(info: EncoderInfo, dynamic: bool = True, empty: bool = True) -> n
 
 def _from_config(cfg, source: str, weights: Optional[Path], sd: Optional[dict], dynamic: bool):
     method = METHODS[cfg.model.method]
+    step = checkpoint_step(Path(weights)) if weights else None
+    info = EncoderInfo(timm_spec(cfg.model)[0], cfg.model.patch_size, cfg.model.img_size, source,
+                       str(weights) if weights else None, step, cfg)  # fmt: skip
     if method.clips:  # a clip encoder, used on single frames
         model = method.frame_encoder(cfg, sd)
-        info = EncoderInfo(
-            f"{cfg.model.method}:{cfg.model.arch}",
-            cfg.model.patch_size,
-            cfg.model.img_size,
-            source,
-            str(weights) if weights else None,
-            checkpoint_step(Path(weights)) if weights else None,
-            cfg,
-            frame_input=model.frame_input,
-        )
+        info.timm_model, info.frame_input = f"{cfg.model.method}:{cfg.model.arch}", model.frame_input
         return model, info
-    name, _ = timm_spec(cfg.model)
-    info = EncoderInfo(
-        name,
-        cfg.model.patch_size,
-        cfg.model.img_size,
-        source,
-        str(weights) if weights else None,
-        checkpoint_step(Path(weights)) if weights else None,
-        cfg,
-    )
     if sd is None:  # random init: the run's own encoder (sin-cos positions), rebuilt dynamic
         enc = build_encoder(cfg.model)
         sd = enc.state_dict()

@@ -96,10 +96,7 @@ def probe(path: str | os.PathLike, timeout: float = 60) -> StreamInfo:
 
 
 def transcode(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
-    size: Optional[Tuple[int, int]] = None,
-    timeout: float = 600,
+    src: str | os.PathLike, dst: str | os.PathLike, size: Optional[Tuple[int, int]] = None, timeout: float = 600
 ) -> None:
     """Re-encode the first video stream of ``src`` into ``dst`` (H.264, near-lossless, short GOP).
 

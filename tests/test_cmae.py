@@ -180,17 +180,8 @@ def cmae_runs(tmp_path_factory):
     write_shards(shards, num_shards=4, per_shard=8, width=64, height=48)
 
     def trainer(out, record, exit_at=0):
-        args = [
-            str(FIXTURES),
-            str(record),
-            str(exit_at),
-            "cmae_tiny",
-            f"data.shards={shards}",
-            f"train.output_dir={out}",
-            *SMALL,
-            "data.num_workers=0",
-            "train.log_with=none",
-        ]
+        args = [str(FIXTURES), str(record), str(exit_at), "cmae_tiny", f"data.shards={shards}",
+                f"train.output_dir={out}", *SMALL, "data.num_workers=0", "train.log_with=none"]  # fmt: skip
         return run(args, check=exit_at == 0)
 
     trainer(base / "straight", base / "rec_straight")

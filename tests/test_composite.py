@@ -81,22 +81,8 @@ def test_composite_davis_layout_provenance_and_determinism(videos, tmp_path, cap
 
 def test_cli_from_videos_hard_and_errors(videos, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(
-        synth_group,
-        [
-            "davis",
-            str(tmp_path / "d"),
-            "--from-videos",
-            str(videos),
-            "--hard",
-            "--sequences",
-            "2",
-            "--frames",
-            "4",
-            "--size",
-            "48x80",
-        ],
-    )
+    options = "--hard --sequences 2 --frames 4 --size 48x80".split()
+    r = runner.invoke(synth_group, ["davis", str(tmp_path / "d"), "--from-videos", str(videos), *options])
     assert r.exit_code == 0, r.output
     assert check_davis_layout(tmp_path / "d", 4, (48, 80)) == ["real-hard-000", "real-hard-001"]
     r = runner.invoke(synth_group, ["davis", str(tmp_path / "e"), "--hard"])
@@ -189,23 +175,8 @@ def test_warp_bends_shape_and_texture_together_and_zero_warp_changes_nothing():
 
 def test_cli_variant_and_its_errors(videos, tmp_path):
     runner = CliRunner()
-    r = runner.invoke(
-        synth_group,
-        [
-            "davis",
-            str(tmp_path / "d"),
-            "--from-videos",
-            str(videos),
-            "--variant",
-            "colour",
-            "--sequences",
-            "1",
-            "--frames",
-            "4",
-            "--size",
-            "48x80",
-        ],
-    )
+    options = "--variant colour --sequences 1 --frames 4 --size 48x80".split()
+    r = runner.invoke(synth_group, ["davis", str(tmp_path / "d"), "--from-videos", str(videos), *options])
     assert r.exit_code == 0, r.output
     assert check_davis_layout(tmp_path / "d", 4, (48, 80)) == ["real-colour-000"]
     info = json.loads((tmp_path / "d" / "composite.json").read_text())

@@ -12,18 +12,8 @@ from siammae.synth.demo import MARGIN, DemoSize, comparison_table, run_demo, ver
 pytest.importorskip("decord")
 
 # Every stage, at sizes that take seconds: 4 videos, 3 training steps, 2 sequences of 6 frames.
-SMALL = DemoSize(
-    steps=3,
-    batch=4,
-    videos=4,
-    video_frames=24,
-    video_size=(64, 80),
-    sequences=2,
-    sequence_frames=6,
-    sequence_size=(48, 64),
-    overlays=1,
-    seed=3,
-)
+SMALL = DemoSize(steps=3, batch=4, videos=4, video_frames=24, video_size=(64, 80), sequences=2, sequence_frames=6,
+                 sequence_size=(48, 64), overlays=1, seed=3)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -93,27 +83,9 @@ def test_verdict_needs_the_trained_encoder_ahead_by_the_margin():
 def test_cli_runs_the_shortened_demo(tmp_path):
     from siammae.cli.demo import demo
 
-    args = [
-        "--out",
-        str(tmp_path / "d"),
-        "--steps",
-        "2",
-        "--batch",
-        "4",
-        "--num-videos",
-        "3",
-        "--video-frames",
-        "20",
-        "--video-size",
-        "64x80",
-        "--sequences",
-        "1",
-        "--sequence-frames",
-        "4",
-        "--sequence-size",
-        "48x64",
-        "--quiet",
-    ]
+    args = ["--out", str(tmp_path / "d"), "--steps", "2", "--batch", "4", "--num-videos", "3", "--video-frames", "20",
+            "--video-size", "64x80", "--sequences", "1", "--sequence-frames", "4", "--sequence-size", "48x64",
+            "--quiet"]  # fmt: skip
     result = CliRunner().invoke(demo, args)
     assert "J&F-Mean" in result.output, result.output
     assert (tmp_path / "d" / "demo.json").is_file()
@@ -142,26 +114,9 @@ def test_cli_runs_the_demo_on_a_folder_of_real_videos(tmp_path):
     from siammae.synth.scenes import synth_videos
 
     synth_videos(tmp_path / "mine", num_videos=2, frames=16, size=(48, 64), seed=4)
-    args = [
-        "--out",
-        str(tmp_path / "d"),
-        "--videos",
-        str(tmp_path / "mine"),
-        "--hard",
-        "--steps",
-        "2",
-        "--batch",
-        "4",
-        "--pairs-per-video",
-        "4",
-        "--sequences",
-        "1",
-        "--sequence-frames",
-        "4",
-        "--sequence-size",
-        "48x80",
-        "--quiet",
-    ]
+    args = ["--out", str(tmp_path / "d"), "--videos", str(tmp_path / "mine"), "--hard", "--steps", "2", "--batch", "4",
+            "--pairs-per-video", "4", "--sequences", "1", "--sequence-frames", "4", "--sequence-size", "48x80",
+            "--quiet"]  # fmt: skip
     result = CliRunner().invoke(demo, args)
     assert "J&F-Mean" in result.output, result.output
     report = json.loads((tmp_path / "d" / "demo.json").read_text())
@@ -187,29 +142,9 @@ def test_cli_runs_the_demo_on_a_folder_of_real_videos(tmp_path):
 def test_cli_runs_the_shortened_demo_of_another_method(tmp_path, method):
     from siammae.cli.demo import demo
 
-    args = [
-        "--out",
-        str(tmp_path / "d"),
-        "--steps",
-        "2",
-        "--batch",
-        "4",
-        "--num-videos",
-        "3",
-        "--video-frames",
-        "20",
-        "--video-size",
-        "64x80",
-        "--sequences",
-        "1",
-        "--sequence-frames",
-        "4",
-        "--sequence-size",
-        "48x64",
-        "--quiet",
-        "--method",
-        method,
-    ]
+    args = ["--out", str(tmp_path / "d"), "--steps", "2", "--batch", "4", "--num-videos", "3", "--video-frames", "20",
+            "--video-size", "64x80", "--sequences", "1", "--sequence-frames", "4", "--sequence-size", "48x64",
+            "--quiet", "--method", method]  # fmt: skip
     result = CliRunner().invoke(demo, args)
     assert result.exit_code == 0, result.output
     assert "J&F-Mean" in result.output and f"{method}_tiny" in result.output

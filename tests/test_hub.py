@@ -47,14 +47,8 @@ def random_vit(name: str, path: Path) -> dict:
 def test_a_timm_pretrained_tag_loads_from_the_cache_offline(tmp_path):
     sd = random_vit("vit_small_patch16_224", tmp_path / "w.safetensors")
     hf_cache(tmp_path / "hf", "timm/vit_small_patch16_224.dino", {"model.safetensors": tmp_path / "w.safetensors"})
-    proc = siammae_cli(
-        tmp_path / "hf",
-        "export",
-        "--checkpoint",
-        "vit_small_patch16_224.dino",
-        "--out",
-        str(tmp_path / "e.safetensors"),
-    )
+    proc = siammae_cli(tmp_path / "hf", "export", "--checkpoint", "vit_small_patch16_224.dino", "--out",
+                       str(tmp_path / "e.safetensors"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = load_file(tmp_path / "e.safetensors")
     assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
@@ -62,14 +56,8 @@ def test_a_timm_pretrained_tag_loads_from_the_cache_offline(tmp_path):
 
 def test_weights_missing_offline_name_what_to_download_and_where(tmp_path):
     (tmp_path / "hf").mkdir()
-    proc = siammae_cli(
-        tmp_path / "hf",
-        "export",
-        "--checkpoint",
-        "vit_small_patch16_224.dino",
-        "--out",
-        str(tmp_path / "e.safetensors"),
-    )
+    proc = siammae_cli(tmp_path / "hf", "export", "--checkpoint", "vit_small_patch16_224.dino", "--out",
+                       str(tmp_path / "e.safetensors"))  # fmt: skip
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: cannot load 'vit_small_patch16_224.dino'"), proc.stderr
@@ -78,18 +66,9 @@ def test_weights_missing_offline_name_what_to_download_and_where(tmp_path):
 
 def test_timm_hub_export_reads_back_as_local_dir_and_from_the_hub(tmp_path):
     sd = random_vit("vit_tiny_patch16_224", tmp_path / "w.safetensors")
-    proc = siammae_cli(
-        tmp_path / "hf",
-        "export",
-        "--checkpoint",
-        "vit_tiny_patch16_224",
-        "--weights",
-        str(tmp_path / "w.safetensors"),
-        "--format",
-        "timm-hub",
-        "--out",
-        str(tmp_path / "hub"),
-    )
+    proc = siammae_cli(tmp_path / "hf", "export", "--checkpoint", "vit_tiny_patch16_224", "--weights",
+                       str(tmp_path / "w.safetensors"), "--format", "timm-hub", "--out",
+                       str(tmp_path / "hub"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["config.json", "model.safetensors"]
     # timm itself reads the folder back, and so does --checkpoint local-dir:
@@ -100,14 +79,8 @@ def test_timm_hub_export_reads_back_as_local_dir_and_from_the_hub(tmp_path):
     assert all(torch.equal(encoder.state_dict()[k], sd[k]) for k in sd)
     # The same folder uploaded as a Hub repository.
     hf_cache(tmp_path / "hf", "someone/siammae-vitt", {p.name: p for p in (tmp_path / "hub").iterdir()})
-    proc = siammae_cli(
-        tmp_path / "hf",
-        "export",
-        "--checkpoint",
-        "hf-hub:someone/siammae-vitt",
-        "--out",
-        str(tmp_path / "e.safetensors"),
-    )
+    proc = siammae_cli(tmp_path / "hf", "export", "--checkpoint", "hf-hub:someone/siammae-vitt", "--out",
+                       str(tmp_path / "e.safetensors"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     got = load_file(tmp_path / "e.safetensors")
     assert all(torch.equal(got[k], sd[k]) for k in sd)

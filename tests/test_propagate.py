@@ -194,25 +194,9 @@ def test_propagate_command_end_to_end(tmp_path):
     frames, labels = moving_object_video(np.random.default_rng(1), T=5, H=64, W=96, S=24)
     write_sequence(tmp_path / "davis", "a", frames, labels)
     write_sequence(tmp_path / "davis", "b", frames[::-1], labels[::-1])
-    args = [
-        "--davis",
-        str(tmp_path / "davis"),
-        "--checkpoint",
-        "vit_tiny_patch16_224",
-        "--random-init",
-        "--out",
-        str(tmp_path / "out"),
-        "--size",
-        "0",
-        "--sequences",
-        "b",
-        "--topk",
-        "3",
-        "--quiet",
-        "--device",
-        "cpu",
-        "--overlay",
-    ]
+    args = ["--davis", str(tmp_path / "davis"), "--checkpoint", "vit_tiny_patch16_224", "--random-init", "--out",
+            str(tmp_path / "out"), "--size", "0", "--sequences", "b", "--topk", "3", "--quiet", "--device", "cpu",
+            "--overlay"]  # fmt: skip
     r = CliRunner().invoke(propagate_cmd, args)
     assert r.exit_code == 0, r.output
     assert "J&F-Mean" in r.output
@@ -272,20 +256,8 @@ def test_missing_davis_parts_are_refused_before_work(tmp_path, missing):
 def test_first_annotation_only_propagates_with_no_eval(tmp_path):
     frames, labels = moving_object_video(np.random.default_rng(3), T=4, H=48, W=80, S=8)
     write_sequence(tmp_path / "davis", "a", frames, labels, first_only=True)  # like test-dev
-    args = [
-        "--davis",
-        str(tmp_path / "davis"),
-        "--checkpoint",
-        "vit_tiny_patch16_224",
-        "--random-init",
-        "--out",
-        str(tmp_path / "out"),
-        "--size",
-        "0",
-        "--quiet",
-        "--device",
-        "cpu",
-    ]
+    args = ["--davis", str(tmp_path / "davis"), "--checkpoint", "vit_tiny_patch16_224", "--random-init", "--out",
+            str(tmp_path / "out"), "--size", "0", "--quiet", "--device", "cpu"]  # fmt: skip
     assert CliRunner().invoke(propagate_cmd, args + ["--no-eval"]).exit_code == 0
     assert len(list((tmp_path / "out" / "a").glob("*.png"))) == 4
     r = CliRunner().invoke(propagate_cmd, args)

@@ -76,19 +76,8 @@ def test_workers_write_the_same_files_as_one_process(davis, single, tmp_path):
 
 
 def test_accelerate_launch_splits_sequences_and_merges(davis, single, tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--cpu",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        "29541",
-        "-m",
-        "siammae.propagate",
-        *command(davis, tmp_path),
-    ]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--main_process_port",
+           "29541", "-m", "siammae.propagate", *command(davis, tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got, record = files(tmp_path)

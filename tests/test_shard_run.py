@@ -289,14 +289,8 @@ def test_workers_that_cannot_start_stop_the_run_instead_of_respawning(tmp_path):
         "pool.ShardWriter = broken\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
-    command = [
-        sys.executable,
-        str(REPO / "tools" / "shard"),
-        "--src",
-        str(tmp_path / "src"),
-        "--out",
-        str(tmp_path / "out"),
-    ]
+    command = [sys.executable, str(REPO / "tools" / "shard"), "--src", str(tmp_path / "src"), "--out",
+               str(tmp_path / "out")]  # fmt: skip
     done = subprocess.run(
         [*command, "--workers", "2", "--no-progress"], env=env, capture_output=True, text=True, timeout=60
     )

@@ -162,16 +162,8 @@ def test_propagate_and_benchmark_commands_on_all_three_tasks(tmp_path):
     )
     assert r.exit_code == 2 and "give one dataset" in r.output
 
-    args = [
-        "benchmark",
-        "--davis",
-        str(tmp_path / "davis"),
-        "--jhmdb",
-        str(tmp_path / "jhmdb"),
-        "--vip",
-        str(tmp_path / "vip"),
-        *encoder,
-    ]
+    args = ["benchmark", "--davis", str(tmp_path / "davis"), "--jhmdb", str(tmp_path / "jhmdb"), "--vip",
+            str(tmp_path / "vip"), *encoder]  # fmt: skip
     r = run(main, [*args, "--out", str(tmp_path / "b1")])
     assert r.exit_code == 0, r.output
     for column in ["davis J&F", "jhmdb PCK@0.1", "jhmdb PCK@0.2", "vip mIoU"]:

@@ -282,29 +282,10 @@ def test_gradient_accumulation_matches_one_big_batch(straight, shards, tmp_path)
 
 def test_two_processes_same_steps_different_shards_identical_weights(shards, tmp_path):
     record = tmp_path / "record"
-    overrides = [
-        "tiny",
-        f"data.shards={shards}",
-        f"train.output_dir={tmp_path / 'run'}",
-        *SMALL,
-        "train.samples=32",
-        "data.num_workers=0",
-        "train.log_with=none",
-    ]
-    run(
-        [
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            str(FIXTURES),
-            str(record),
-            "0",
-            *overrides,
-        ]
-    )
+    overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={tmp_path / 'run'}", *SMALL, "train.samples=32",
+                 "data.num_workers=0", "train.log_with=none"]  # fmt: skip
+    launcher = "-m torch.distributed.run --nproc_per_node 2 --master_port 29533".split()
+    run([*launcher, str(FIXTURES), str(record), "0", *overrides])
     r0, r1 = read_records(record, 0), read_records(record, 1)
     assert [r["step"] for r in r0] == [r["step"] for r in r1] == [1, 2, 3, 4]
     assert r0[0]["world"] == 2
@@ -403,33 +384,11 @@ def test_a_missing_eval_folder_fails_before_any_work(shards, tmp_path):
 
 def test_two_processes_evaluate_on_rank_0_only_and_neither_hangs(shards, small_davis, tmp_path):
     out = tmp_path / "run"
-    overrides = [
-        "tiny",
-        f"data.shards={shards}",
-        f"train.output_dir={out}",
-        *SMALL,
-        "train.samples=32",
-        "data.num_workers=0",
-        "train.log_with=none",
-        f"eval.davis={small_davis}",
-        "eval.every=2",
-        "eval.size=48",
-        "eval.sequences=1",
-    ]
-    run(
-        [
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29534",
-            "-m",
-            "siammae.train",
-            *overrides,
-        ],
-        timeout=240,
-    )
+    overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={out}", *SMALL, "train.samples=32",
+                 "data.num_workers=0", "train.log_with=none", f"eval.davis={small_davis}", "eval.every=2",
+                 "eval.size=48", "eval.sequences=1"]  # fmt: skip
+    launcher = "-m torch.distributed.run --nproc_per_node 2 --master_port 29534".split()
+    run([*launcher, "-m", "siammae.train", *overrides], timeout=240)
     assert [r["step"] for r in metrics(out) if "eval_jf" in r] == [0, 2, 4]
     assert (out / "checkpoints" / "checkpoint_4").is_dir()
 
@@ -488,15 +447,8 @@ def test_the_recipe_wins_over_accelerate_launch_and_says_so(monkeypatch):
 def test_wandb_logs_offline_with_the_config_as_hyperparameters(shards, tmp_path):
     pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb to run this test)")
     out = tmp_path / "run"
-    overrides = [
-        "tiny",
-        f"data.shards={shards}",
-        f"train.output_dir={out}",
-        *SMALL,
-        "train.samples=32",
-        "data.num_workers=0",
-        "train.log_with=all",
-    ]
+    overrides = ["tiny", f"data.shards={shards}", f"train.output_dir={out}", *SMALL, "train.samples=32",
+                 "data.num_workers=0", "train.log_with=all"]  # fmt: skip
     e = dict(env(), WANDB_MODE="offline", WANDB_SILENT="true")
     proc = subprocess.run(
         [sys.executable, "-m", "siammae.train", *overrides],

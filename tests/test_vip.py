@@ -47,10 +47,8 @@ def test_classes_are_the_twenty_reference_parts():
 
 def test_round_trip_from_either_root(tmp_path):
     frames, labels = moving_parts(3, size=(32, 48))
-    written = [
-        write_vip(tmp_path, "videos7", frames, labels),
-        write_vip(tmp_path, "videos12", *small_video(3, annotated=[0, 2])),
-    ]
+    written = [write_vip(tmp_path, "videos7", frames, labels),
+               write_vip(tmp_path, "videos12", *small_video(3, annotated=[0, 2]))]  # fmt: skip
     fine = tmp_path / "VIP_Fine"
     assert (fine / "Images" / "videos7" / "000000000001.jpg").is_file()
     assert (fine / "Annotations" / "Category_ids" / "videos7" / "000000000003.png").is_file()

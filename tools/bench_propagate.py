@@ -58,17 +58,8 @@ def main(argv=None):
     if args.task == "all":  # each task in its own process: its own peak memory
         import subprocess
 
-        same = [
-            "--model",
-            args.model,
-            "--device",
-            args.device,
-            "--frames",
-            str(args.frames),
-            "--batch-size",
-            str(args.batch_size),
-            *(["--protocol", args.protocol] if args.protocol else []),
-        ]
+        same = ["--model", args.model, "--device", args.device, "--frames", str(args.frames), "--batch-size",
+                str(args.batch_size), *(["--protocol", args.protocol] if args.protocol else [])]  # fmt: skip
         for task in TASK_SHAPES:
             subprocess.run([sys.executable, __file__, "--task", task, *same], check=True)
             print()

@@ -66,40 +66,15 @@ class Sizes:
     cpu_sequences: int  # sequences of that set also propagated on the CPU
 
 
-GPU = Sizes(
-    overrides=(),
-    precisions=("fp32", "bf16", "fp16"),
-    batch=128,
-    steps=20,
-    train_steps=200,
-    train_batch=256,
-    train_videos=32,
-    memory_batch=64,
-    memory_cap=4096,
-    davis=dict(num_sequences=4, frames=30, size=(480, 854)),
-    cpu_sequences=2,
-)
-DRY = Sizes(
-    overrides=(
-        "model.arch=vit_tiny",
-        "model.img_size=64",
-        "model.patch_size=8",
-        "model.decoder_depth=2",
-        "model.decoder_dim=128",
-        "model.decoder_heads=4",
-        "model.mask_ratio=[0.0,0.9]",
-    ),
-    precisions=("fp32", "bf16"),
-    batch=2,
-    steps=2,
-    train_steps=4,
-    train_batch=4,
-    train_videos=3,
-    memory_batch=2,
-    memory_cap=4,
-    davis=dict(num_sequences=2, frames=4, size=(96, 160)),
-    cpu_sequences=2,
-)
+# fmt: off
+GPU = Sizes(overrides=(), precisions=("fp32", "bf16", "fp16"), batch=128, steps=20, train_steps=200, train_batch=256,
+            train_videos=32, memory_batch=64, memory_cap=4096, davis=dict(num_sequences=4, frames=30, size=(480, 854)),
+            cpu_sequences=2)
+DRY = Sizes(overrides=("model.arch=vit_tiny", "model.img_size=64", "model.patch_size=8", "model.decoder_depth=2",
+                       "model.decoder_dim=128", "model.decoder_heads=4", "model.mask_ratio=[0.0,0.9]"),
+            precisions=("fp32", "bf16"), batch=2, steps=2, train_steps=4, train_batch=4, train_videos=3, memory_batch=2,
+            memory_cap=4, davis=dict(num_sequences=2, frames=4, size=(96, 160)), cpu_sequences=2)
+# fmt: on
 
 
 def device_report(device) -> dict:
@@ -240,19 +215,13 @@ def training(work: Path, device, sizes: Sizes, dry: bool) -> dict:
     synth_videos(videos, num_videos=sizes.train_videos, frames=48 if dry else 96, size=(96, 128) if dry else (256, 340))
     config = ShardConfig(sample=SampleSpec(per_video=4 if dry else 32), encode=EncodeSpec(short_side=0 if dry else 256))
     shard(videos, shards, config, progress=False, log=lambda _: None)
-    overrides = [
-        *sizes.overrides,
-        f"data.shards={shards}",
-        f"train.output_dir={run}",
-        f"train.global_batch_size={sizes.train_batch}",
-        f"train.samples={sizes.train_steps * sizes.train_batch}",
-        "train.log_every=1" if dry else "train.log_every=10",
-        f"train.save_every={sizes.train_steps}",
-        "train.recon_every=0",
-        "train.log_with=none",
-        "data.shuffle_buffer=64" if dry else "data.shuffle_buffer=2000",
-        *(["data.num_workers=1"] if dry else []),
-    ]
+    overrides = [*sizes.overrides, f"data.shards={shards}", f"train.output_dir={run}",
+                 f"train.global_batch_size={sizes.train_batch}",
+                 f"train.samples={sizes.train_steps * sizes.train_batch}",
+                 "train.log_every=1" if dry else "train.log_every=10", f"train.save_every={sizes.train_steps}",
+                 "train.recon_every=0", "train.log_with=none",
+                 "data.shuffle_buffer=64" if dry else "data.shuffle_buffer=2000",
+                 *(["data.num_workers=1"] if dry else [])]  # fmt: skip
     cfg = load_config("base", overrides)
     summary = train(cfg)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -276,30 +245,10 @@ def propagate(davis: Path, out: Path, device: str, precision: str, sequences=Non
     from siammae.tasks.jandf import evaluate
 
     names = [s.name for s in check_davis(davis)][:sequences]
-    command = [
-        sys.executable,
-        "-m",
-        "siammae",
-        "propagate",
-        "--davis",
-        os.fspath(davis),
-        "--checkpoint",
-        "vit_small_patch16_224",
-        "--random-init",
-        "--protocol",
-        "siammae",
-        "--device",
-        device,
-        "--precision",
-        precision,
-        "--sequences",
-        ",".join(names),
-        "--no-eval",
-        "--no-diagnostics",
-        "--quiet",
-        "--out",
-        os.fspath(out),
-    ]
+    command = [sys.executable, "-m", "siammae", "propagate", "--davis", os.fspath(davis), "--checkpoint",
+               "vit_small_patch16_224", "--random-init", "--protocol", "siammae", "--device", device, "--precision",
+               precision, "--sequences", ",".join(names), "--no-eval", "--no-diagnostics", "--quiet", "--out",
+               os.fspath(out)]  # fmt: skip
     subprocess.run(
         command, check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.fspath(REPO))
     )

@@ -10,25 +10,20 @@ from siammae.cli.propagate import compute_options, dataset_options, dataset_root
 from siammae.tasks import TASKS
 
 
+# fmt: off
 @click.command(cls=Command)
 @dataset_options
 @encoder_options(required=False)
-@click.option(
-    "--random-init", is_flag=True, help="Use random weights (a baseline, seed 0); needs a timm name or run folder."
-)
+@click.option("--random-init", is_flag=True,
+              help="Use random weights (a baseline, seed 0); needs a timm name or run folder.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder: OUT/benchmark.json and OUT/<task>/.")
 @compute_options
-@click.option(
-    "--compare",
-    nargs=2,
-    type=click.Path(exists=True),
-    metavar="A B",
-    help="Instead of running: two benchmark.json files (or their folders) side by side, and B - A.",
-)
+@click.option("--compare", nargs=2, type=click.Path(exists=True), metavar="A B",
+              help="Instead of running: two benchmark.json files (or their folders) side by side, and B - A.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def benchmark(
-    checkpoint, weights, weights_prefix, random_init, out, device, batch_size, precision, compare, quiet, **kwargs
-):
+def benchmark(checkpoint, weights, weights_prefix, random_init, out, device, batch_size, precision, compare, quiet,
+              **kwargs):
+# fmt: on
     """Label propagation on every dataset given, each with its task's preset (the paper's Table 4b
     values; for DAVIS the run's eval settings as `siammae propagate` uses them), then one table:
     J&F, J, F | PCK@0.1, PCK@0.2 | mIoU. OUT/benchmark.json records the encoder, a hash of its weights,

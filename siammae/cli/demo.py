@@ -7,104 +7,44 @@ from siammae.cli.types import RangeType, SizeType
 from siammae.models import METHODS
 
 
+# fmt: off
 @click.command(cls=Command)
-@click.option(
-    "--out",
-    default="runs/demo",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Folder for everything the demo makes (videos, shards, run, DAVIS set, scores, pictures).",
-)
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for everything the demo makes (videos, shards, run, DAVIS set, scores, pictures).")
 @click.option("--steps", default=600, show_default=True, type=click.IntRange(min=1), help="Training steps.")
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(min=1), help="Pairs per step.")
-@click.option(
-    "--videos",
-    "videos_dir",
-    type=click.Path(exists=True, file_okay=False),
-    help="Run on these real videos instead of synthetic ones: shard them, composite a DAVIS-format "
-    "set from them, train and compare (defaults then as siammae.synth.demo.REAL: 1200 steps, 400 pairs a "
-    "video 1-4 frames apart, 6 sequences of 30 frames at 480x854 propagated at short side 128; "
-    "12-16 min on 2 cores).",
-)
+@click.option("--videos", "videos_dir", type=click.Path(exists=True, file_okay=False),
+              help="Run on these real videos instead of synthetic ones: shard them, composite a DAVIS-format "
+              "set from them, train and compare (defaults then as siammae.synth.demo.REAL: 1200 steps, 400 pairs a "
+              "video 1-4 frames apart, 6 sequences of 30 frames at 480x854 propagated at short side 128; "
+              "12-16 min on 2 cores).")
 @click.option("--hard", is_flag=True, help="With --videos: cut each object from its own background video.")
-@click.option(
-    "--num-videos", default=64, show_default=True, type=click.IntRange(min=1), help="Synthetic training videos to make."
-)
-@click.option(
-    "--video-frames",
-    default=96,
-    show_default=True,
-    type=click.IntRange(min=8),
-    help="Frames per training video (30 fps).",
-)
-@click.option(
-    "--pairs-per-video",
-    default=32,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Frame pairs sharded from each training video.",
-)
-@click.option(
-    "--gap",
-    default="1-4",
-    show_default=True,
-    type=RangeType(),
-    help="Frames between the two frames of a training pair (the synthetic objects move fast: "
-    "see siammae/synth/demo.py).",
-)
+@click.option("--num-videos", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Synthetic training videos to make.")
+@click.option("--video-frames", default=96, show_default=True, type=click.IntRange(min=8),
+              help="Frames per training video (30 fps).")
+@click.option("--pairs-per-video", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Frame pairs sharded from each training video.")
+@click.option("--gap", default="1-4", show_default=True, type=RangeType(),
+              help="Frames between the two frames of a training pair (the synthetic objects move fast: "
+              "see siammae/synth/demo.py).")
 @click.option("--video-size", default="96x128", show_default=True, type=SizeType(), help="Training video frame size.")
-@click.option(
-    "--sequences",
-    default=12,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Validation sequences in the synthetic DAVIS set.",
-)
-@click.option(
-    "--sequence-frames",
-    default=32,
-    show_default=True,
-    type=click.IntRange(min=2),
-    help="Frames per validation sequence.",
-)
-@click.option(
-    "--sequence-size",
-    default="96x160",
-    show_default=True,
-    type=SizeType(),
-    help="Validation frame size (propagated at this size).",
-)
+@click.option("--sequences", default=12, show_default=True, type=click.IntRange(min=1),
+              help="Validation sequences in the synthetic DAVIS set.")
+@click.option("--sequence-frames", default=32, show_default=True, type=click.IntRange(min=2),
+              help="Frames per validation sequence.")
+@click.option("--sequence-size", default="96x160", show_default=True, type=SizeType(),
+              help="Validation frame size (propagated at this size).")
 @click.option("--seed", default=0, show_default=True, help="Seed of every generator and of training.")
-@click.option(
-    "--method",
-    type=click.Choice(list(METHODS)),
-    default="siammae",
-    show_default=True,
-    help="What to pre-train: SiamMAE on frame pairs (the tiny recipe), CMAE on frame pairs (cmae_tiny), "
-    "or VideoMAE / MAE-ST on clips of 4 frames (videomae_tiny, maest_tiny); the same data, "
-    "evaluation and comparison.",
-)
-@click.option(
-    "--quiet", is_flag=True, help="No progress bars for the data and propagation stages (the trainer keeps its bar)."
-)
-def demo(
-    out,
-    steps,
-    batch,
-    videos_dir,
-    hard,
-    num_videos,
-    video_frames,
-    pairs_per_video,
-    gap,
-    video_size,
-    sequences,
-    sequence_frames,
-    sequence_size,
-    seed,
-    method,
-    quiet,
-):
+@click.option("--method", type=click.Choice(list(METHODS)), default="siammae", show_default=True,
+              help="What to pre-train: SiamMAE on frame pairs (the tiny recipe), CMAE on frame pairs (cmae_tiny), "
+              "or VideoMAE / MAE-ST on clips of 4 frames (videomae_tiny, maest_tiny); the same data, "
+              "evaluation and comparison.")
+@click.option("--quiet", is_flag=True,
+              help="No progress bars for the data and propagation stages (the trainer keeps its bar).")
+def demo(out, steps, batch, videos_dir, hard, num_videos, video_frames, pairs_per_video, gap, video_size, sequences,
+         sequence_frames, sequence_size, seed, method, quiet):
+# fmt: on
     """Make synthetic videos (or take yours: --videos DIR), shard them, make a DAVIS-2017-format set,
     pre-train the tiny recipe on the CPU while tracking J&F, and compare J&F of the trained encoder
     against a random one.

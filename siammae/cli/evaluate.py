@@ -30,23 +30,16 @@ def parse_sequences(value):
     return [s.strip() for s in value.split(",") if s.strip()] if value else None
 
 
+# fmt: off
 @click.command(cls=Command)
-@click.option(
-    "--davis",
-    "davis",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/).",
-)
-@click.option(
-    "--results",
-    required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Folder with <seq>/<frame>.png predictions; the CSVs are written here.",
-)
+@click.option("--davis", "davis", required=True, type=click.Path(exists=True, file_okay=False),
+              help="DAVIS-2017 root (JPEGImages/, Annotations/, ImageSets/).")
+@click.option("--results", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder with <seq>/<frame>.png predictions; the CSVs are written here.")
 @click.option("--split", default="val", show_default=True, help="ImageSets/2017/<split>.txt.")
 @click.option("--sequences", default=None, help="Comma-separated subset of the split's sequences.")
 @click.option("--resolution", default="480p", show_default=True, help="480p or Full-Resolution.")
+# fmt: on
 def evaluate(davis, results, split, sequences, resolution):
     """J and F exactly as the official DAVIS-2017 semi-supervised evaluator.
 

@@ -6,23 +6,15 @@ from siammae.cli import Command
 from siammae.cli.propagate import encoder_options
 
 
+# fmt: off
 @click.command(cls=Command)
 @encoder_options
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(),
-    help="Output .safetensors file (--format siammae) or folder (--format timm-hub).",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["siammae", "timm-hub"]),
-    default="siammae",
-    show_default=True,
-    help="siammae: one .safetensors file with metadata; timm-hub: a folder with config.json + "
-    "model.safetensors, as timm saves for the Hugging Face Hub.",
-)
+@click.option("--out", required=True, type=click.Path(),
+              help="Output .safetensors file (--format siammae) or folder (--format timm-hub).")
+@click.option("--format", "fmt", type=click.Choice(["siammae", "timm-hub"]), default="siammae", show_default=True,
+              help="siammae: one .safetensors file with metadata; timm-hub: a folder with config.json + "
+              "model.safetensors, as timm saves for the Hugging Face Hub.")
+# fmt: on
 def export(checkpoint, weights, weights_prefix, out, fmt):
     """Write the encoder in timm's layout, with the timm model name and patch/image size as metadata.
 

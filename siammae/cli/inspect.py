@@ -14,18 +14,18 @@ def _spread(values, unit=""):
     return ", ".join(f"{k} {values[k]:g}{unit}" for k in ("min", "median", "mean", "max"))
 
 
+# fmt: off
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option(
-    "--sheet", type=click.Path(dir_okay=False), help="Also draw a contact sheet of a few samples into this PNG."
-)
-@click.option(
-    "--count", type=click.IntRange(1, 200), default=8, show_default=True, help="Samples on the contact sheet."
-)
+@click.option("--sheet", type=click.Path(dir_okay=False),
+              help="Also draw a contact sheet of a few samples into this PNG.")
+@click.option("--count", type=click.IntRange(1, 200), default=8, show_default=True,
+              help="Samples on the contact sheet.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Which samples the sheet shows.")
 @click.option("--quick", is_flag=True, help="Check JPEG headers and end markers instead of decoding every JPEG.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar over shards.")
+# fmt: on
 def inspect(shards, sheet, count, seed, quick, as_json, progress):
     """Count, verify and summarise WebDataset shards (folders of *.tar or tar files).
 

@@ -132,75 +132,36 @@ def protocol_options(f):
     return _apply(f, options)
 
 
+# fmt: off
 @click.command(cls=Command)
 @dataset_options
 @encoder_options
-@click.option(
-    "--random-init", is_flag=True, help="Use random weights (a baseline, seed 0); needs a timm name or run folder."
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Output folder: predictions, the score files, propagation.json (DAVIS) or scores.json.",
-)
+@click.option("--random-init", is_flag=True,
+              help="Use random weights (a baseline, seed 0); needs a timm name or run folder.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder: predictions, the score files, propagation.json (DAVIS) or scores.json.")
 @click.option("--split", default="val", show_default=True, help="DAVIS: ImageSets/2017/<split>.txt.")
 @click.option("--sequences", default=None, help="DAVIS: comma-separated subset of the split's sequences.")
 @click.option("--resolution", default="480p", show_default=True, help="DAVIS: 480p or Full-Resolution.")
-@click.option(
-    "--protocol",
-    type=click.Choice(list(PROTOCOLS)),
-    default=None,
-    help="Preset: siammae (paper Table 4b for DAVIS, temperature 0.7), dino, crw, siammae-jhmdb "
-    "(Table 4b, 320x320), siammae-vip (Table 4b, long side 880). Default: for DAVIS the run's "
-    "eval.protocol, else siammae; siammae-jhmdb / siammae-vip for the others. Flags below "
-    "override single knobs.",
-)
+@click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default=None,
+              help="Preset: siammae (paper Table 4b for DAVIS, temperature 0.7), dino, crw, siammae-jhmdb "
+              "(Table 4b, 320x320), siammae-vip (Table 4b, long side 880). Default: for DAVIS the run's "
+              "eval.protocol, else siammae; siammae-jhmdb / siammae-vip for the others. Flags below "
+              "override single knobs.")
 @protocol_options
 @compute_options
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="DAVIS: sequences propagated at once by worker processes, each with its share of the CPU "
-    "threads (several GPUs: accelerate launch -m siammae.propagate ...).",
-)
-@click.option(
-    "--overlay",
-    type=click.IntRange(min=0),
-    default=0,
-    is_flag=False,
-    flag_value=8,
-    help="Write OUT/overlays/<seq>.png, N frames with their predicted masks (--overlay alone: 8).",
-)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="DAVIS: sequences propagated at once by worker processes, each with its share of the CPU "
+              "threads (several GPUs: accelerate launch -m siammae.propagate ...).")
+@click.option("--overlay", type=click.IntRange(min=0), default=0, is_flag=False, flag_value=8,
+              help="Write OUT/overlays/<seq>.png, N frames with their predicted masks (--overlay alone: 8).")
 @click.option("--no-eval", is_flag=True, help="Do not compute J&F afterwards.")
-@click.option(
-    "--no-diagnostics",
-    is_flag=True,
-    help="Skip the feature diagnostics (4 more frames per sequence through the encoder).",
-)
+@click.option("--no-diagnostics", is_flag=True,
+              help="Skip the feature diagnostics (4 more frames per sequence through the encoder).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def propagate(
-    checkpoint,
-    weights,
-    weights_prefix,
-    random_init,
-    out,
-    split,
-    sequences,
-    resolution,
-    protocol,
-    device,
-    batch_size,
-    precision,
-    workers,
-    overlay,
-    no_eval,
-    no_diagnostics,
-    quiet,
-    **kwargs,
-):
+def propagate(checkpoint, weights, weights_prefix, random_init, out, split, sequences, resolution, protocol, device,
+              batch_size, precision, workers, overlay, no_eval, no_diagnostics, quiet, **kwargs):
+# fmt: on
     """Propagate the first frame's labels through the videos of one dataset, then score them:
     DAVIS-2017 masks (J&F), JHMDB joints (PCK) or VIP human parts (mIoU).
 

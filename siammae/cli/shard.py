@@ -25,106 +25,57 @@ reason: missing, empty, unreadable, too_short, crash, error),
 OUT/stats.json, and bookkeeping in OUT/.shard/ (resume reads it)."""
 
 
+# fmt: off
 @click.command(cls=Command, epilog=SCHEMA, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of videos (SRC).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for the shards (OUT).")
-@click.option(
-    "--layout",
-    type=click.Choice(["auto", "kinetics", "ucf101", "classes", "folder"]),
-    default="auto",
-    show_default=True,
-    help="kinetics: SRC/annotations/*.csv + SRC/<split>/, replacement/ preferred; ucf101: "
-    "SRC/ucfTrainTestlist/ + class folders; classes: SRC/[<split>/]<label>/*; folder: every video, recursive.",
-)
-@click.option(
-    "--list",
-    "list_file",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Shard only the videos of this file: one 'path [label]' per line (tab-separated if paths have "
-    "spaces), relative to SRC or absolute.",
-)
-@click.option(
-    "--split", help="kinetics: CSV names, comma-separated (train,val); ucf101: train|test; classes: a split folder."
-)
-@click.option(
-    "--fold", type=click.IntRange(1, 3), default=1, show_default=True, help="UCF-101 split fold (train/testlist0N)."
-)
-@click.option(
-    "--frames",
-    "frames",
-    type=click.IntRange(2, 64),
-    default=2,
-    show_default=True,
-    help="Frames per sample (2 = pairs).",
-)
-@click.option(
-    "--per-video", type=click.IntRange(1, 10000), default=8, show_default=True, help="Samples drawn from each video."
-)
-@click.option(
-    "--gap",
-    type=RangeType(),
-    default="4-48",
-    show_default=True,
-    help="Frame gap first->last, drawn uniformly, in frames at --ref-fps; scaled to each video's fps.",
-)
-@click.option(
-    "--ref-fps", type=click.FloatRange(min=1), default=30.0, show_default=True, help="Frame rate --gap is given at."
-)
-@click.option(
-    "--short-side",
-    type=click.IntRange(0, 4096),
-    default=256,
-    show_default=True,
-    help="Resize frames to this short side, aspect kept (0: keep).",
-)
+@click.option("--layout", type=click.Choice(["auto", "kinetics", "ucf101", "classes", "folder"]), default="auto",
+              show_default=True,
+              help="kinetics: SRC/annotations/*.csv + SRC/<split>/, replacement/ preferred; ucf101: "
+              "SRC/ucfTrainTestlist/ + class folders; classes: SRC/[<split>/]<label>/*; folder: every video, "
+              "recursive.")
+@click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False),
+              help="Shard only the videos of this file: one 'path [label]' per line (tab-separated if paths have "
+              "spaces), relative to SRC or absolute.")
+@click.option("--split",
+              help="kinetics: CSV names, comma-separated (train,val); ucf101: train|test; classes: a split folder.")
+@click.option("--fold", type=click.IntRange(1, 3), default=1, show_default=True,
+              help="UCF-101 split fold (train/testlist0N).")
+@click.option("--frames", "frames", type=click.IntRange(2, 64), default=2, show_default=True,
+              help="Frames per sample (2 = pairs).")
+@click.option("--per-video", type=click.IntRange(1, 10000), default=8, show_default=True,
+              help="Samples drawn from each video.")
+@click.option("--gap", type=RangeType(), default="4-48", show_default=True,
+              help="Frame gap first->last, drawn uniformly, in frames at --ref-fps; scaled to each video's fps.")
+@click.option("--ref-fps", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="Frame rate --gap is given at.")
+@click.option("--short-side", type=click.IntRange(0, 4096), default=256, show_default=True,
+              help="Resize frames to this short side, aspect kept (0: keep).")
 @click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True, help="JPEG quality.")
-@click.option(
-    "--subsampling",
-    type=click.Choice(["420", "422", "444"]),
-    default="420",
-    show_default=True,
-    help="JPEG chroma subsampling.",
-)
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Same inputs + seed -> same keys, frames and pixels."
-)
-@click.option(
-    "--shard-samples", type=click.IntRange(1), default=2000, show_default=True, help="Most samples per shard."
-)
+@click.option("--subsampling", type=click.Choice(["420", "422", "444"]), default="420", show_default=True,
+              help="JPEG chroma subsampling.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Same inputs + seed -> same keys, frames and pixels.")
+@click.option("--shard-samples", type=click.IntRange(1), default=2000, show_default=True,
+              help="Most samples per shard.")
 @click.option("--shard-size", type=BytesType(), default="1GB", show_default=True, help="Most bytes per shard.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Worker processes [default: all cores].")
-@click.option(
-    "--decoder",
-    type=click.Choice(["auto", "decord", "pyav"]),
-    default="auto",
-    show_default=True,
-    help="Video decoder: decord (x86-64 wheels only), pyav (any platform); auto: decord if installed, else pyav.",
-)
-@click.option(
-    "--max-videos-per-worker",
-    type=click.IntRange(1),
-    default=200,
-    show_default=True,
-    help="Replace each worker process after this many videos, at its next shard boundary (decoders "
-    "leak; long runs stay small).",
-)
-@click.option(
-    "--part",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="This machine's part (e.g. $SLURM_ARRAY_TASK_ID).",
-)
-@click.option(
-    "--num-parts", type=click.IntRange(1), default=1, show_default=True, help="Machines sharing the collection."
-)
-@click.option(
-    "--strict", is_flag=True, help="Stop at the first video that fails (default: record it in failed.jsonl, go on)."
-)
-@click.option(
-    "--retry-failed", is_flag=True, help="Try the videos of failed.jsonl again (by default a rerun skips them)."
-)
+@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
+              help="Video decoder: decord (x86-64 wheels only), pyav (any platform); auto: decord if installed, "
+              "else pyav.")
+@click.option("--max-videos-per-worker", type=click.IntRange(1), default=200, show_default=True,
+              help="Replace each worker process after this many videos, at its next shard boundary (decoders "
+              "leak; long runs stay small).")
+@click.option("--part", type=click.IntRange(0), default=0, show_default=True,
+              help="This machine's part (e.g. $SLURM_ARRAY_TASK_ID).")
+@click.option("--num-parts", type=click.IntRange(1), default=1, show_default=True,
+              help="Machines sharing the collection.")
+@click.option("--strict", is_flag=True,
+              help="Stop at the first video that fails (default: record it in failed.jsonl, go on).")
+@click.option("--retry-failed", is_flag=True,
+              help="Try the videos of failed.jsonl again (by default a rerun skips them).")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+# fmt: on
 def shard(src, out, layout, list_file, split, fold, frames, per_video, gap, ref_fps, short_side, quality,
           subsampling, seed, shard_samples, shard_size, workers, decoder, max_videos_per_worker, part, num_parts,
           strict, retry_failed, progress):  # fmt: skip

@@ -37,33 +37,22 @@ def synth():
     """
 
 
+# fmt: off
 @synth.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option(
-    "--num", "num_videos", type=click.IntRange(min=1), default=16, show_default=True, help="Number of videos."
-)
+@click.option("--num", "num_videos", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Number of videos.")
 @click.option("--frames", type=click.IntRange(min=1), default=96, show_default=True, help="Frames per video.")
 @click.option("--size", type=SizeType(), default="128x160", show_default=True, help="Frame size HxW (even).")
-@click.option(
-    "--fps",
-    type=click.FloatRange(min=0, min_open=True),
-    default=30.0,
-    show_default=True,
-    help="Frame rate written into the files.",
-)
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Frame rate written into the files.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--objects", type=RangeType(254, "2-4"), default="2-5", show_default=True, help="Objects per video.")
-@click.option(
-    "--split", type=click.Choice(["train", "val", "all"]), default="train", show_default=True, help=SPLIT_HELP
-)
-@click.option(
-    "--format",
-    "suffix",
-    type=click.Choice([".mp4", ".mkv", ".avi", ".webm"]),
-    default=".mp4",
-    show_default=True,
-    help="Container: .mp4/.mkv are H.264, .avi MPEG-4 part 2, .webm VP9.",
-)
+@click.option("--split", type=click.Choice(["train", "val", "all"]), default="train", show_default=True,
+              help=SPLIT_HELP)
+@click.option("--format", "suffix", type=click.Choice([".mp4", ".mkv", ".avi", ".webm"]), default=".mp4",
+              show_default=True, help="Container: .mp4/.mkv are H.264, .avi MPEG-4 part 2, .webm VP9.")
+# fmt: on
 def videos(out, num_videos, frames, size, fps, seed, objects, split, suffix):
     """Write NUM synthetic videos OUT/video_0000.mp4 ... (existing files of those names are replaced)."""
     from siammae.synth.scenes import synth_videos
@@ -75,62 +64,32 @@ def videos(out, num_videos, frames, size, fps, seed, objects, split, suffix):
     click.echo(f"wrote {len(paths)} videos of {frames} frames at {size[0]}x{size[1]} to {out}")
 
 
+# fmt: off
 @synth.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option(
-    "--sequences",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Sequences listed in ImageSets/2017/val.txt.",
-)
-@click.option(
-    "--train-sequences",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Extra sequences listed in train.txt (which is written empty otherwise).",
-)
-@click.option(
-    "--frames",
-    type=click.IntRange(min=3),
-    default=32,
-    show_default=True,
-    help="Frames per sequence (the evaluator skips the first and last).",
-)
-@click.option(
-    "--size",
-    type=SizeType(),
-    default="128x224",
-    show_default=True,
-    help="Frame size HxW; the folder is still called 480p, as tools expect.",
-)
+@click.option("--sequences", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Sequences listed in ImageSets/2017/val.txt.")
+@click.option("--train-sequences", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Extra sequences listed in train.txt (which is written empty otherwise).")
+@click.option("--frames", type=click.IntRange(min=3), default=32, show_default=True,
+              help="Frames per sequence (the evaluator skips the first and last).")
+@click.option("--size", type=SizeType(), default="128x224", show_default=True,
+              help="Frame size HxW; the folder is still called 480p, as tools expect.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--objects", type=RangeType(254, "2-4"), default="2-4", show_default=True, help="Objects per sequence.")
 @click.option("--split", type=click.Choice(["train", "val", "all"]), default="val", show_default=True, help=SPLIT_HELP)
-@click.option(
-    "--from-videos",
-    "videos_dir",
-    type=click.Path(exists=True, file_okay=False),
-    help="Composite real video instead: backgrounds are runs of these videos' frames, objects are "
-    "regions cut from their frames (exact masks). --size then defaults to 480x854, "
-    "--objects to 2-3.",
-)
-@click.option(
-    "--hard",
-    is_flag=True,
-    help="With --from-videos: cut each object from its own background video, so colour alone does "
-    "not tell them apart (= --variant hard).",
-)
-@click.option(
-    "--variant",
-    type=click.Choice(list(VARIANTS)),
-    default="default",
-    show_default=True,
-    help="With --from-videos: how objects are made. hard: cut from their own background video; "
-    "colour: colours matched to the background around them; fast: 3x the motion; nonrigid: "
-    "bending over time; scale: growing to twice the size over the sequence.",
-)
+@click.option("--from-videos", "videos_dir", type=click.Path(exists=True, file_okay=False),
+              help="Composite real video instead: backgrounds are runs of these videos' frames, objects are "
+              "regions cut from their frames (exact masks). --size then defaults to 480x854, "
+              "--objects to 2-3.")
+@click.option("--hard", is_flag=True,
+              help="With --from-videos: cut each object from its own background video, so colour alone does "
+              "not tell them apart (= --variant hard).")
+@click.option("--variant", type=click.Choice(list(VARIANTS)), default="default", show_default=True,
+              help="With --from-videos: how objects are made. hard: cut from their own background video; "
+              "colour: colours matched to the background around them; fast: 3x the motion; nonrigid: "
+              "bending over time; scale: growing to twice the size over the sequence.")
+# fmt: on
 def davis(out, sequences, train_sequences, frames, size, seed, objects, split, videos_dir, hard, variant):
     """Write a DAVIS-2017-format set to OUT: synthetic, or composited from real videos (--from-videos).
 

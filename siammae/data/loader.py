@@ -338,16 +338,9 @@ def augment(data_cfg, seed, rank: int):
         rng = stream_rng(seed, rank, _worker()[0], "augment")
         for sample in src:
             try:
-                views = make_sample(
-                    sample,
-                    rng,
-                    num_frames=data_cfg.num_frames,
-                    repeats=data_cfg.repeated_sampling,
-                    scale=data_cfg.crop_scale,
-                    ratio=data_cfg.crop_ratio,
-                    hflip=data_cfg.hflip,
-                    view_shift=data_cfg.view_shift,
-                )
+                views = make_sample(sample, rng, num_frames=data_cfg.num_frames, repeats=data_cfg.repeated_sampling,
+                                    scale=data_cfg.crop_scale, ratio=data_cfg.crop_ratio, hflip=data_cfg.hflip,
+                                    view_shift=data_cfg.view_shift)  # fmt: skip
             except Exception as exn:  # corrupt JPEG, missing frame (truncated shard), ...
                 exn.args = (f"{exn} (sample '{sample.get('__key__')}' of {sample.get('__url__')})",)
                 skip_and_count(exn)

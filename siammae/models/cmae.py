@@ -26,23 +26,15 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from siammae.models.common import (
-    Decoder,
-    LastFramePixels,
-    Output,
-    PretrainingModel,
-    build_encoder,
-    encode_frame,
-    init_as_linear,
-    init_mae,
-)
+from siammae.models import common
+from siammae.models.common import Decoder, LastFramePixels, Output, PretrainingModel
 from siammae.models.kernels import sdpa_backend
 from siammae.models.layers import self_attention_block, set_fused_attention
 from siammae.models.masking import MASKINGS, visible_indices
@@ -50,20 +42,21 @@ from siammae.models.masking import MASKINGS, visible_indices
 HEAD_HIDDEN, HEAD_DIM = 1536, 256  # the public configuration's projection / prediction heads
 
 
+def _key(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class Options:
     """The ``cmae:`` section of a recipe."""
 
-    # The feature decoder's blocks (width and heads as the pixel decoder's; public config: 2).
-    feature_decoder_depth: int = 2
-    # The target encoder's EMA momentum, on BYOL's cosine from `momentum` (step 0) to `momentum_end`
-    # (last step); CMAE keeps it fixed at 0.996.
-    momentum: float = 0.996
-    momentum_end: float = 0.996
-    # L = L_rec + nce_weight x InfoNCE at nce_temperature. The public code weights InfoNCE by
-    # 2 x temperature (with weight 1): 0.14 at 0.07.
-    nce_temperature: float = 0.07
-    nce_weight: float = 0.14
+    feature_decoder_depth: int = _key(2, "the feature decoder's blocks (width and heads as the pixel decoder's)")
+    # The target encoder's EMA momentum follows BYOL's cosine from `momentum` to `momentum_end`.
+    momentum: float = _key(0.996, "at step 0 (CMAE keeps it fixed at 0.996)")
+    momentum_end: float = _key(0.996, "at the last step")
+    # L = L_rec + nce_weight x InfoNCE at nce_temperature; the public code weights InfoNCE by 2 x temperature.
+    nce_temperature: float = _key(0.07, "InfoNCE's temperature")
+    nce_weight: float = _key(0.14, "InfoNCE's weight in the loss (the public code's 2 x 0.07)")
 
 
 # Checked when a config is loaded (siammae.config): each own key's rule, then rules with other keys.
@@ -188,7 +181,7 @@ class CMAE(LastFramePixels, PretrainingModel):
     def target_features(self, img: torch.Tensor) -> torch.Tensor:
         """The whole frame through the target encoder: (B, 3, H, W) -> mean patch token (B, D), taken
         before the final norm."""
-        return encode_frame(self.target_encoder, img, final_norm=False).mean(dim=1)
+        return common.encode_frame(self.target_encoder, img, final_norm=False).mean(dim=1)
 
     def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> Output:
         """frames (B, 2, 3, H, W) normalised; mask (B, 2, N) bool (only the last frame's is used),
@@ -200,7 +193,7 @@ class CMAE(LastFramePixels, PretrainingModel):
         target_mask = mask[:, -1]
         keep = visible_indices(target_mask)
         with sdpa_backend(self.sdpa):
-            tokens = encode_frame(self.encoder, frames[:, -1], keep)  # (B, n, D)
+            tokens = common.encode_frame(self.encoder, frames[:, -1], keep)  # (B, n, D)
             pred = self.decoder.decode(tokens, keep)  # (B, N, p*p*3)
             q = self.predictor(self.projector(self.feature_decoder.decode(tokens, keep).mean(dim=1)))
             with torch.no_grad():
@@ -229,7 +222,7 @@ def build(cfg) -> CMAE:
     """CMAE for the resolved config ``cfg`` (``cfg.cmae``: its own keys): the encoder and pixel decoder sized
     as SiamMAE's."""
     model_cfg, options = cfg.model, cfg.cmae
-    encoder = build_encoder(model_cfg)
+    encoder = common.build_encoder(model_cfg)
     grid = model_cfg.img_size // model_cfg.patch_size
     dim = encoder.embed_dim
 
@@ -244,24 +237,15 @@ def build(cfg) -> CMAE:
             block=self_attention_block,
         )
 
-    model = CMAE(
-        encoder,
-        frame_decoder(model_cfg.decoder_depth, model_cfg.patch_size**2 * 3),
-        frame_decoder(options.feature_decoder_depth, dim),
-        mlp_head(dim, HEAD_HIDDEN, HEAD_DIM),
-        mlp_head(HEAD_DIM, HEAD_HIDDEN, HEAD_DIM),
-        mask_ratio=model_cfg.mask_ratio,
-        masking=model_cfg.masking,
-        norm_pix_loss=model_cfg.norm_pix_loss,
-        sdpa=model_cfg.sdpa_backend,
-        momentum=options.momentum,
-        momentum_end=options.momentum_end,
-        nce_temperature=options.nce_temperature,
-        nce_weight=options.nce_weight,
-    )
-    init_mae(model, keep=[encoder] if model_cfg.init == "timm" else ())
+    model = CMAE(encoder, frame_decoder(model_cfg.decoder_depth, model_cfg.patch_size**2 * 3),
+                 frame_decoder(options.feature_decoder_depth, dim), mlp_head(dim, HEAD_HIDDEN, HEAD_DIM),
+                 mlp_head(HEAD_DIM, HEAD_HIDDEN, HEAD_DIM), mask_ratio=model_cfg.mask_ratio, masking=model_cfg.masking,
+                 norm_pix_loss=model_cfg.norm_pix_loss, sdpa=model_cfg.sdpa_backend, momentum=options.momentum,
+                 momentum_end=options.momentum_end, nce_temperature=options.nce_temperature,
+                 nce_weight=options.nce_weight)  # fmt: skip
+    common.init_mae(model, keep=[encoder] if model_cfg.init == "timm" else ())
     if model_cfg.init == "mae":
-        init_as_linear(encoder.patch_embed.proj.weight)
+        common.init_as_linear(encoder.patch_embed.proj.weight)
         nn.init.normal_(encoder.cls_token, std=0.02)
     nn.init.normal_(model.decoder.mask_token, std=0.02)
     nn.init.normal_(model.feature_decoder.mask_token, std=0.02)

@@ -117,48 +117,20 @@ class Protocol:
         return dataclasses.asdict(self)
 
 
+# fmt: off
 PROTOCOLS = {
     "siammae": Protocol("siammae", topk=7, queue=20, radius=20, window="disk", window_on_first=False, temperature=0.7),
-    "dino": Protocol(
-        "dino",
-        topk=5,
-        queue=7,
-        radius=12,
-        window="square",
-        window_on_first=True,
-        temperature=0.1,
-        multiple=64,
-        rounding="floor",
-        std=(0.228, 0.224, 0.225),
-        first_labels="nearest",
-        keep_small=False,
-        minmax=True,
-    ),
-    "crw": Protocol(
-        "crw",
-        topk=10,
-        queue=20,
-        radius=12,
-        window="disk",
-        window_on_first=False,
-        temperature=0.05,
-        pad_queue=True,
-        keep_small=False,
-    ),
-    "siammae-jhmdb": Protocol(
-        "siammae-jhmdb",
-        topk=7,
-        queue=20,
-        radius=20,
-        window="disk",
-        window_on_first=False,
-        temperature=0.7,
-        input_size=(320, 320),
-    ),
-    "siammae-vip": Protocol(
-        "siammae-vip", topk=10, queue=20, radius=8, window="disk", window_on_first=False, temperature=0.7, long_side=880
-    ),
+    "dino": Protocol("dino", topk=5, queue=7, radius=12, window="square", window_on_first=True, temperature=0.1,
+                     multiple=64, rounding="floor", std=(0.228, 0.224, 0.225), first_labels="nearest",
+                     keep_small=False, minmax=True),
+    "crw": Protocol("crw", topk=10, queue=20, radius=12, window="disk", window_on_first=False, temperature=0.05,
+                    pad_queue=True, keep_small=False),
+    "siammae-jhmdb": Protocol("siammae-jhmdb", topk=7, queue=20, radius=20, window="disk", window_on_first=False,
+                              temperature=0.7, input_size=(320, 320)),
+    "siammae-vip": Protocol("siammae-vip", topk=10, queue=20, radius=8, window="disk", window_on_first=False,
+                            temperature=0.7, long_side=880),
 }
+# fmt: on
 
 
 def command_line_knobs() -> list:

@@ -151,11 +151,7 @@ def _check_sample(report: Report, where: str, key: str, members: Dict[str, bytes
 
 
 def inspect_shards(
-    paths: Sequence[str | os.PathLike],
-    decode: bool = True,
-    keep: int = 0,
-    seed: int = 0,
-    progress=None,
+    paths: Sequence[str | os.PathLike], decode: bool = True, keep: int = 0, seed: int = 0, progress=None
 ) -> Report:
     """Check and summarise the shards at ``paths`` (see the module docstring); keeps ``keep`` random
     samples (members + record) in ``report.picked``. ``progress(shard_path)`` is called per shard."""

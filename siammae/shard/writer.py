@@ -115,12 +115,7 @@ class ShardWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         tmp = self.tmp_dir / self.name
-        manifest = {
-            "shard": self.name,
-            "samples": self._samples,
-            "bytes": tmp.stat().st_size,
-            "videos": self._videos,
-        }
+        manifest = {"shard": self.name, "samples": self._samples, "bytes": tmp.stat().st_size, "videos": self._videos}
         write_atomic(self.part.manifest(self.name), json.dumps(manifest).encode())
         os.replace(tmp, self.folder.shard(self.name))
         _fsync_dir(self.folder.root)

@@ -85,20 +85,9 @@ class DemoSize:
 # part of the scene in both: 256 -> 64 is 4x down, 480 -> 128 3.75x). Gaps of 1-4 frames: on 64-px crops
 # f1 copied in place predicts f2 far better than at the paper's 4-48, and the encoder beat random
 # sooner; 1200 steps: J&F was still rising at 600 (docs/benchmarks.md, "On real videos").
-REAL = dataclasses.replace(
-    DemoSize(),
-    encoder_lr_scale=0.3,
-    warmup_steps=200,
-    steps=1200,
-    pairs_per_video=400,
-    gap=(1, 4),
-    sequences=6,
-    sequence_frames=30,
-    sequence_size=(480, 854),
-    eval_size=128,
-    eval_sequences=3,
-    extra_sets=2,
-)
+REAL = dataclasses.replace(DemoSize(), encoder_lr_scale=0.3, warmup_steps=200, steps=1200, pairs_per_video=400,
+                           gap=(1, 4), sequences=6, sequence_frames=30, sequence_size=(480, 854), eval_size=128,
+                           eval_sequences=3, extra_sets=2)  # fmt: skip
 
 
 def _stage(log, n: int, text: str) -> float:

@@ -35,14 +35,8 @@ from siammae.errors import SiammaeError
 from siammae.ffmpeg import FfmpegError, ffmpeg_exe
 from siammae.tasks.davis_files import save_indexed_png
 
-TEXTURES = {
-    "train": ("noise", "stripes", "checker", "gradient"),
-    "val": ("blobs", "dots", "rings", "plaid"),
-}
-SHAPES = {
-    "train": ("ellipse", "rectangle", "polygon"),
-    "val": ("star", "blob", "cross"),
-}
+TEXTURES = {"train": ("noise", "stripes", "checker", "gradient"), "val": ("blobs", "dots", "rings", "plaid")}
+SHAPES = {"train": ("ellipse", "rectangle", "polygon"), "val": ("star", "blob", "cross")}
 SPLITS = ("train", "val", "all")
 
 # Random-stream ids: each generator gets its own stream so equal seeds never give equal scenes.

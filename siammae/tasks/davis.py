@@ -172,20 +172,9 @@ def propagate(
     return record
 
 
-def run(
-    encoder,
-    root,
-    seqs,
-    out,
-    protocol: Protocol,
-    device="cpu",
-    batch_size: Optional[int] = None,
-    progress: bool = True,
-    split: str = "val",
-    resolution: str = "480p",
-    settings: Optional[dict] = None,
-    precision: str = "fp32",
-) -> dict:
+def run(encoder, root, seqs, out, protocol: Protocol, device="cpu", batch_size: Optional[int] = None,
+        progress: bool = True, split: str = "val", resolution: str = "480p", settings: Optional[dict] = None,
+        precision: str = "fp32") -> dict:  # fmt: skip
     """DAVIS-2017 label propagation of ``seqs`` (from :func:`load`) into ``out``, and J&F exactly as the
     official evaluator; the task's record (``out/scores.json``)."""
     out = Path(out)

@@ -463,17 +463,8 @@ def load(root, list_file=None, **_) -> List[JhmdbVideo]:
     return load_videos(root, list_file)
 
 
-def run(
-    encoder,
-    root,
-    videos,
-    out,
-    protocol: Protocol,
-    device="cpu",
-    batch_size: Optional[int] = None,
-    progress: bool = True,
-    precision: str = "fp32",
-) -> dict:
+def run(encoder, root, videos, out, protocol: Protocol, device="cpu", batch_size: Optional[int] = None,
+        progress: bool = True, precision: str = "fp32") -> dict:  # fmt: skip
     """JHMDB pose propagation of ``videos`` (from :func:`load`): frame 0's joints as heat maps,
     propagated, decoded, scored as PCK."""
     from tqdm import tqdm

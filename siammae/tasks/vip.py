@@ -395,17 +395,8 @@ def load(root, **_) -> list[VipVideo]:
     return load_videos(root)
 
 
-def run(
-    encoder,
-    root,
-    clips,
-    out,
-    protocol: Protocol,
-    device="cpu",
-    batch_size: Optional[int] = None,
-    progress: bool = True,
-    precision: str = "fp32",
-) -> dict:
+def run(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_size: Optional[int] = None,
+        progress: bool = True, precision: str = "fp32") -> dict:  # fmt: skip
     """VIP part propagation of ``clips`` (from :func:`load`): frame 0's part ids propagated like
     masks, one dataset-wide confusion matrix over the annotated frames, mIoU."""
     from tqdm import tqdm

@@ -175,3 +175,10 @@ def test_peer_encoder_loads_into_our_vit_learns_at_the_encoder_rate_and_trains(v
         check=True,
     )
     assert int(done.stdout) == len(vit.state_dict())
+
+
+def test_propagation_knobs_are_scored_apart():
+    args = heldout.parse_args(["videos", "--out", "o", "--knob", "topk=10", "--knob", "temperature=0.5"])
+    assert args.knobs == {"topk": 10, "temperature": 0.5}
+    assert heldout.scores_file(128, "siammae", args.knobs) == "scores-siammae-128-temperature0.5-topk10.json"
+    assert heldout.scores_file(128, "siammae", {}) == "scores-siammae-128.json"  # what earlier runs wrote

@@ -273,3 +273,28 @@ def test_soft_to_ids_is_the_argmax_of_the_upsampled_labels_ties_to_the_lowest():
     ids = soft_to_ids(soft, (6, 10), (48, 80), minmax=False)
     assert ids.dtype == np.uint8 and (ids == expected).all()
     assert (ids[:4] == 0).all()  # the tied rows go to label 0
+
+
+def test_layer_reads_out_an_earlier_block_through_the_final_norm():
+    from siammae.propagate.features import FeatureExtractor, block_tokens
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, patch_size=8, img_size=64, depth=4,
+                            dynamic_img_size=True).eval()  # fmt: skip
+    x = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        assert torch.allclose(block_tokens(vit, x, 4), vit.forward_features(x), atol=1e-6)  # the last = default
+        manual = vit.norm(vit.blocks[:2](vit._pos_embed(vit.patch_embed(x))))
+        assert torch.allclose(block_tokens(vit, x, 2), manual, atol=1e-6)
+    with pytest.raises(ProtocolError, match="4 blocks"):
+        block_tokens(vit, x, 5)
+    with pytest.raises(ProtocolError, match="layer must be >= 0"):
+        PROTOCOLS["siammae"].replace(layer=-1)
+    frame = [np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)]
+    protocol = PROTOCOLS["siammae"].replace(short_side=48)
+
+    def tokens(layer):
+        return FeatureExtractor(vit, protocol.replace(layer=layer), "cpu")(frame)
+
+    assert tokens(2).shape == (1, 60, 192) and torch.equal(tokens(4), tokens(0))
+    assert not torch.allclose(tokens(2), tokens(0), atol=1e-3)

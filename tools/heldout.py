@@ -228,9 +228,9 @@ def evaluate_encoders(job: dict) -> None:
 
     cfg = training_config(job)
     info = EncoderInfo(timm_spec(cfg.model)[0], cfg.model.patch_size, cfg.model.img_size, "heldout")
-    protocol = choose_protocol(job["protocol"], short_side=job["eval_size"])
+    protocol = choose_protocol(job["protocol"], short_side=job["eval_size"], **job.get("knobs", {}))
     run_dir = Path(job["run_dir"])
-    scores_path = run_dir / scores_file(job["eval_size"], job["protocol"])
+    scores_path = run_dir / scores_file(job["eval_size"], job["protocol"], job.get("knobs", {}))
     scores = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
     if job["random"]:
         steps = {"random": random_encoder(job)}
@@ -269,8 +269,13 @@ def evaluate_encoders(job: dict) -> None:
             scores_path.write_text(json.dumps(scores, indent=1) + "\n")
 
 
-def scores_file(eval_size: int, protocol: str) -> str:
-    return f"scores-{protocol}-{eval_size}.json"
+def evaluation_key(eval_size: int, protocol: str, knobs: dict) -> str:
+    """How a run was scored, as a file-name part: ``siammae-128``, ``siammae-128-topk10``."""
+    return "-".join([protocol, str(eval_size), *(f"{k}{v}" for k, v in sorted(knobs.items()))])
+
+
+def scores_file(eval_size: int, protocol: str, knobs: dict) -> str:
+    return f"scores-{evaluation_key(eval_size, protocol, knobs)}.json"
 
 
 def run_job(job: dict) -> None:
@@ -287,7 +292,7 @@ def run_job(job: dict) -> None:
 
 
 def done_file(job: dict) -> str:
-    return "done-" + scores_file(job["eval_size"], job["protocol"])
+    return "done-" + scores_file(job["eval_size"], job["protocol"], job.get("knobs", {}))
 
 
 def job_done(job: dict) -> bool:
@@ -358,6 +363,7 @@ def summarise(args, folds: list, prepared: list) -> dict:
         folds=[],
         eval_size=args.eval_size,
         protocol=args.protocol,
+        knobs=args.knobs,
     )
     for k, fold in enumerate(prepared):
         entry = dict(fold=k, train=fold["train"], heldout=fold["heldout"], variants={}, curve={}, minutes=[])
@@ -365,7 +371,7 @@ def summarise(args, folds: list, prepared: list) -> dict:
         for seed in args.train_seeds:
             run = args.out / "runs" / args.name / f"fold{k}" / f"seed{seed}"
             rnd = args.out / "runs" / random_key(args) / f"fold{k}" / f"seed{seed}"
-            name = scores_file(args.eval_size, args.protocol)
+            name = scores_file(args.eval_size, args.protocol, args.knobs)
             if not (run / name).is_file() or not (rnd / name).is_file():
                 continue
             per_seed[seed] = (json.loads((run / name).read_text()), json.loads((rnd / name).read_text())["random"])
@@ -437,7 +443,7 @@ def report_markdown(summary: dict, args) -> str:
         + (f" with `{' '.join(summary['overrides'])}`" if summary["overrides"] else "")
         + (f"; peer model from `{summary['peer']}`" if summary["peer"] else "")
         + f"; {summary['steps']} steps; evaluated at short side {summary['eval_size']} "
-        f"(`{summary['protocol']}` preset); "
+        f"(`{summary['protocol']}` preset{''.join(f', {k}={v}' for k, v in summary['knobs'].items())}); "
         f"training seeds {','.join(map(str, args.train_seeds))}, set seeds {','.join(map(str, args.set_seeds))}.",
         "",
         "Lead = trained - random J&F (points), mean ± sd (min..max) over training seeds x set seeds; "
@@ -539,6 +545,15 @@ def random_key(args) -> str:
     return f"_random-{m.arch}-p{m.patch_size}-i{m.img_size}"
 
 
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("videos", type=Path, nargs="?", help="folder of videos (any layout siammae shard reads)")
@@ -562,6 +577,13 @@ def parse_args(argv=None):
     p.add_argument("--size", default="480x854")
     p.add_argument("--eval-size", type=int, default=128)
     p.add_argument("--protocol", default="siammae")
+    p.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a propagation knob over the preset, e.g. topk=10 or layer=6 (repeatable; scored apart)",
+    )
     p.add_argument("--parallel", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores / parallel)")
     p.add_argument("--report-only", action="store_true")
@@ -578,6 +600,7 @@ def parse_args(argv=None):
     args.gap = [int(x) for x in args.gap.split("-")]
     args.size = [int(x) for x in args.size.lower().split("x")]
     args.threads = args.threads or max(1, (os.cpu_count() or 2) // args.parallel)
+    args.knobs = {k: _number(v) for k, _, v in (x.partition("=") for x in args.knob)}
     if args.steps % args.eval_every:
         p.error("--steps must be a multiple of --eval-every")
     return args
@@ -622,6 +645,7 @@ def main(argv=None) -> dict:
                     final_sets=final,
                     eval_size=args.eval_size,
                     protocol=args.protocol,
+                    knobs=args.knobs,
                     threads=args.threads,
                 )
                 rnd = args.out / "runs" / random_key(args) / f"fold{k}" / f"seed{seed}"
@@ -638,7 +662,7 @@ def main(argv=None) -> dict:
                 )
         run_jobs(jobs, args.parallel, args.threads)
     summary = summarise(args, folds, prepared)
-    stem = f"{args.name}-{args.protocol}-{args.eval_size}"
+    stem = f"{args.name}-{evaluation_key(args.eval_size, args.protocol, args.knobs)}"
     (args.out / f"report-{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
     text = report_markdown(summary, args)
     (args.out / f"report-{stem}.md").write_text(text)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from siammae.allocator import keep_freed_memory
 from siammae.propagate.attention import attention_heads, written_out, written_out_pays
 from siammae.propagate.precision import DTYPES, autocast, resolve_precision
-from siammae.propagate.protocol import Protocol, resized_shape
+from siammae.propagate.protocol import Protocol, ProtocolError, resized_shape
 
 # Bytes of activations one forward pass may hold when the batch size is not given. On the CPU one 480p
 # frame per pass was the fastest (docs/benchmarks.md): its tokens already fill the cores, and a bigger
@@ -77,7 +77,7 @@ class FeatureExtractor:
         unfused = unfused and keep_freed_memory()  # without it the written-out form is slower
         self.attention = "written-out" if unfused else "fused"
         with autocast(self.precision, self.device), written_out(self.encoder, unfused):
-            tokens = self.encoder.forward_features(x)[:, self.prefix :]
+            tokens = block_tokens(self.encoder, x, self.protocol.layer)[:, self.prefix :]
         return F.normalize(tokens.float(), dim=-1)
 
     def _resized(self, frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -85,3 +85,19 @@ class FeatureExtractor:
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return x
+
+
+def block_tokens(encoder: torch.nn.Module, x: torch.Tensor, layer: int = 0) -> torch.Tensor:
+    """``encoder.forward_features(x)``; with ``layer`` > 0 the tokens after block ``layer`` (1-based) of a timm
+    ViT, through its final norm: (B, 3, H, W) -> (B, prefix + N, D)."""
+    if not layer:
+        return encoder.forward_features(x)
+    blocks = getattr(encoder, "blocks", None)
+    if blocks is None or not hasattr(encoder, "_pos_embed"):
+        raise ProtocolError(f"layer={layer}: only a timm ViT's blocks can be read out one by one")
+    if layer > len(blocks):
+        raise ProtocolError(f"layer={layer}: the encoder has {len(blocks)} blocks")
+    x = encoder.norm_pre(encoder._pos_embed(encoder.patch_embed(x)))
+    for block in blocks[:layer]:
+        x = block(x)
+    return encoder.norm(x)

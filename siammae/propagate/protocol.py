@@ -76,6 +76,7 @@ class Protocol:
     )
     keep_small: bool = _knob("Every first-frame object keeps >= 1 token.", True)
     minmax: bool = _knob("Min-max rescale each upsampled channel before the argmax (DINO).", False)
+    layer: int = _knob("Tokens of this block of the encoder (1 = the first), through its final norm; 0: the last.", 0)
 
     def __post_init__(self):
         checks = [
@@ -86,6 +87,7 @@ class Protocol:
             (self.temperature > 0, "temperature must be > 0"),
             (self.short_side >= 0 and self.multiple >= 0, "short_side and multiple must be >= 0"),
             (self.long_side >= 0, "long_side must be >= 0"),
+            (self.layer >= 0, "layer must be >= 0 (0: the last block)"),
             (
                 len(self.input_size) in (0, 2) and all(v > 0 for v in self.input_size),
                 "input_size must be (height, width) or empty",

@@ -175,6 +175,7 @@ BAD = {
 # Keys for which every value of the right type is acceptable here, and why.
 ANY_VALUE = {
     "model.norm_pix_loss": "a bool: both values are valid",
+    "siammae.context_positions": "a bool: both values are valid",
     "data.shards": "paths: resolved (and refused if missing or empty) by data.resolve_shards at start",
     "train.resume": "auto, never or a checkpoint folder, checked by the trainer at start",
     "eval.davis": "a DAVIS folder (empty = off), checked by the monitor at start",

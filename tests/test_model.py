@@ -198,3 +198,18 @@ def test_init_timm_starts_the_encoder_as_the_random_baseline_and_the_decoder_as_
     set_seed(5)
     mae = build_model(load_config("tiny"))
     assert not torch.equal(mae.encoder.blocks[0].attn.qkv.weight, model.encoder.blocks[0].attn.qkv.weight)
+
+
+def test_without_context_positions_the_decoder_sees_the_context_tokens_as_a_set():
+    """siammae.context_positions=false (CropMAE's SiamMAE): the context tokens carry no decoder positions,
+    so the same tokens at other places give the same prediction; with positions they do not."""
+    torch.manual_seed(0)
+    tokens, keep = torch.randn(2, 16, 192), torch.arange(16).expand(2, 16)
+    target, target_keep = torch.randn(2, 2, 192), torch.tensor([[0, 5], [3, 9]])
+    shuffled = torch.randperm(16)
+    for positions in (False, True):
+        decoder = build_model(small_cfg(f"siammae.context_positions={str(positions).lower()}")).decoder.eval()
+        with torch.no_grad():
+            a = decoder([tokens], [keep], target, target_keep)
+            b = decoder([tokens[:, shuffled]], [keep], target, target_keep)  # the same tokens, at other places
+        assert torch.allclose(a, b, atol=1e-5) is not positions

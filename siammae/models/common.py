@@ -191,8 +191,11 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.pred = nn.Linear(dim, patch_dim)
 
-    def context_tokens(self, tokens: list, keeps: list) -> torch.Tensor:
-        """Visible tokens of the context frames, with positions: list of (B, n_t, E) -> (B, sum n_t, D)."""
+    def context_tokens(self, tokens: list, keeps: list, positions: bool = True) -> torch.Tensor:
+        """Visible tokens of the context frames, with the decoder's positions added unless told not to:
+        list of (B, n_t, E) -> (B, sum n_t, D)."""
+        if not positions:
+            return torch.cat([self.embed(x) for x in tokens], dim=1)
         pos = self.pos_embed.expand(tokens[0].shape[0], -1, -1)
         return torch.cat([self.embed(x) + gather_tokens(pos, k) for x, k in zip(tokens, keeps)], dim=1)
 

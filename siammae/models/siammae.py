@@ -48,18 +48,25 @@ class Options:
     encoder: str = field(default="siamese", metadata={"choices": ("siamese", "siamese-unshared", "joint")})
     # cross-self (paper default): cross-attn f2->f1, self-attn among f2, MLP, in every block.
     decoder: str = field(default="cross-self", metadata={"choices": ("cross-self", "cross", "joint")})
+    # The decoder adds its position embeddings to the context frames' tokens too (true), or only to the
+    # target frame's (false, as CropMAE's SiamMAE): then the cross-attention can find where a patch went
+    # only through what the encoder's tokens say, not by pairing positions.
+    context_positions: bool = True
 
 
 # ----------------------------------------------------------------------------- decoder
 
 
 class ContextDecoder(Decoder):
-    """The target frame's tokens decoded with the context frames' tokens (:meth:`mix`, per type)."""
+    """The target frame's tokens decoded with the context frames' tokens (:meth:`mix`, per type);
+    ``context_positions``: whether the context tokens get the decoder's positions (see :class:`Options`)."""
+
+    context_positions = True
 
     def forward(self, context: list, context_keep: list, target: torch.Tensor, target_keep: torch.Tensor):
         """-> predicted pixels of every target patch (B, N, p*p*3)."""
-        x = self.mix(self.target_tokens(target, target_keep), self.context_tokens(context, context_keep))
-        return self.pred(self.norm(x))
+        context = self.context_tokens(context, context_keep, self.context_positions)
+        return self.pred(self.norm(self.mix(self.target_tokens(target, target_keep), context)))
 
 
 class CrossDecoder(ContextDecoder):
@@ -176,6 +183,7 @@ def build(cfg) -> SiamMAE:
         patch_dim=model_cfg.patch_size**2 * 3,
         block=block,
     )
+    decoder.context_positions = options.context_positions
     model = ENCODERS[options.encoder](
         *encoders,
         decoder,

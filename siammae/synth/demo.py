@@ -60,12 +60,6 @@ class DemoSize:
     eval_size: int = 0  # short side frames are propagated at; 0 = as stored (the sequences' short side)
     eval_every: int = 200  # steps between J&F evaluations during training
     eval_sequences: int = 4  # sequences evaluated during training (all of them at the end)
-    # The encoder's lr factor. Synthetic scenes: the full lr (1.0); the real-video factor of
-    # tiny.yaml (0.3) cut the synthetic demo's lead (docs/benchmarks.md).
-    encoder_lr_scale: float = 1.0
-    # Warm-up steps. Synthetic scenes: 20, as the demo's figures were measured; real video: the tiny
-    # recipe's 200 (tiny.yaml says why).
-    warmup_steps: int = 20
     overlays: int = 3  # frames in each sequence's overlay strip
     # More composited sets (other seeds) the trained and random encoders are compared on, for the lead's
     # spread (real videos only: a synthetic set is made from families never seen in training).
@@ -85,7 +79,7 @@ class DemoSize:
 # part of the scene in both: 256 -> 64 is 4x down, 480 -> 128 3.75x). Gaps of 1-4 frames: on 64-px crops
 # f1 copied in place predicts f2 far better than at the paper's 4-48, and the encoder beat random
 # sooner; 1200 steps: J&F was still rising at 600 (docs/benchmarks.md, "On real videos").
-REAL = dataclasses.replace(DemoSize(), encoder_lr_scale=0.3, warmup_steps=200, steps=1200, pairs_per_video=400,
+REAL = dataclasses.replace(DemoSize(), steps=1200, pairs_per_video=400,
                            gap=(1, 4), sequences=6, sequence_frames=30, sequence_size=(480, 854), eval_size=128,
                            eval_sequences=3, extra_sets=2)  # fmt: skip
 
@@ -255,8 +249,6 @@ def _train_stage(out: Path, davis: Path, size: DemoSize, log):
             f"train.global_batch_size={size.batch}",
             f"train.seed={size.seed}",
             "train.resume=never",
-            f"optim.encoder_lr_scale={size.encoder_lr_scale}",
-            f"optim.warmup_samples={size.warmup_steps * size.batch}",
             f"eval.davis={davis}",
             f"eval.every={size.eval_every}",
             f"eval.sequences={size.eval_sequences}",

@@ -18,6 +18,7 @@ from siammae.tasks.jhmdb import (
     JhmdbError,
     aggregate,
     decode_joints,
+    frame_scales,
     joint_heatmaps,
     list_videos,
     load_video,
@@ -327,3 +328,13 @@ def test_encode_decode_score_chain_on_a_written_set(tmp_path):
         pred[t] = decode_joints(joint_heatmaps(video.joints[t], video.visible[t], grid, stride), grid, stride)
     result = aggregate([pck(pred, video.joints, video.visible)])
     assert result["pck"]["0.1"] == 1.0 and result["scored"] == 3 * NUM_JOINTS
+
+
+def test_box_edges_start_at_minus_one_as_crw():
+    """CRW's eval_pck.py starts the box's max corner at -1: joints all left of (above) -1 still get a box
+    reaching to -1; elsewhere the box is the joints' own."""
+    gt = np.array([[[-5.0, 10.0], [-3.0, 20.0]], [[5.0, 10.0], [8.0, 14.0]]])  # (T=2, J=2, (x, y))
+    scored = np.ones((2, 2), dtype=bool)
+    scales = frame_scales(gt, scored)
+    assert scales[0] == pytest.approx(0.6 * np.hypot(-1 - (-5), 20 - 10))  # x from -5 to -1, not to -3
+    assert scales[1] == pytest.approx(0.6 * np.hypot(3, 4))

@@ -197,3 +197,19 @@ def test_a_bad_dataset_is_one_line_before_any_work(tmp_path):
         ["propagate", "--vip", str(tmp_path / "empty"), "--sequences", "a", *encoder, "--out", str(tmp_path / "o")],
     )
     assert r.exit_code == 2 and "--sequences: DAVIS options, not for --vip" in r.output
+
+
+def test_jhmdb_saved_joints_rescore_to_the_same_pck(tmp_path):
+    """joints.json holds the predictions at full precision: scoring the file again gives the record's PCK."""
+    root = jhmdb_set(tmp_path / "j", (5, 3))
+    record = TASKS["jhmdb"].run(tiny_vit(), root, tmp_path / "out", PROTOCOLS["siammae-jhmdb"].replace(**NATIVE),
+                                progress=False)  # fmt: skip
+    saved = json.loads((tmp_path / "out" / "joints.json").read_text())
+    rescored = jhmdb.aggregate(
+        [jhmdb.pck(np.array(saved[v.name]), v.joints, v.visible) for v in jhmdb.load_videos(root)]
+    )
+    values = np.array([saved[v] for v in saved], dtype=float).ravel()
+    assert np.nanmax(np.abs(values * 100 - np.round(values * 100))) > 1e-6  # not rounded to 0.01 px
+    scored = json.loads((tmp_path / "out" / "pck.json").read_text())  # full precision; scores.json rounds to 4
+    assert rescored["pck"] == scored["overall"]["pck"]
+    assert round(rescored["pck"]["0.2"], 4) == record["scores"]["PCK@0.2"]

@@ -345,9 +345,11 @@ def _summary(correct: np.ndarray, total: np.ndarray, alphas: Sequence[float], **
 
 def frame_scales(gt: np.ndarray, scored: np.ndarray) -> np.ndarray:
     """(T,) PCK normaliser per frame: 0.6 x diagonal of the box around ``gt`` (T, J, 2) of the joints
-    ``scored`` (T, J) in that frame; 0 for a frame with fewer than two distinct scored positions."""
+    ``scored`` (T, J) in that frame; 0 for a frame with fewer than two distinct scored positions. As CRW's
+    ``eval_pck.py``, the box's right and bottom edges start at -1, so a frame whose scored joints all lie
+    left of x = -1 (or above y = -1) gets a box reaching to -1."""
     lo = np.where(scored[..., None], gt, np.inf).min(1)
-    hi = np.where(scored[..., None], gt, -np.inf).max(1)
+    hi = np.maximum(np.where(scored[..., None], gt, -np.inf).max(1), -1.0)
     side = np.where(scored.any(1)[:, None], hi - lo, 0.0)
     return BOX_SCALE * np.sqrt(side[:, 0] * side[:, 0] + side[:, 1] * side[:, 1])
 
@@ -491,7 +493,7 @@ def run(encoder, root, videos, out, protocol: Protocol, device="cpu", batch_size
             extractor, video.frames, protocol, first, emit, batch_size, False, video.name
         )
         per_video[video.name] = pck(pred, video.joints, video.visible)
-        predictions[video.name] = pred.round(2).tolist()
+        predictions[video.name] = pred.tolist()  # exactly what was scored: re-scoring the file gives the same PCK
     overall = aggregate(list(per_video.values()))
     write_results(out, per_video, overall)
     write_atomic(out / "joints.json", json.dumps(predictions) + "\n")

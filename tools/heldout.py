@@ -197,6 +197,8 @@ def run_training(job: dict) -> None:
 
     started = time.time()
     summary = train(cfg, on_step=on_step, build=build)
+    if summary["signal"]:  # stopped before the end: the checkpoint stays, the next run resumes from it
+        raise SystemExit(128 + summary["signal"])
     summary["wall_s_this_session"] = round(time.time() - started, 1)
     (Path(job["run_dir"]) / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     shutil.rmtree(Path(job["run_dir"]) / "checkpoints", ignore_errors=True)  # the encoders are what is kept

@@ -452,7 +452,14 @@ def _apply_recipe(cfg: Config, path: Path, sources: dict, seen=()) -> None:
         parent = str(data.pop("inherit"))
         parent_path = path.parent / parent if (path.parent / parent).is_file() else resolve_recipe(parent)
         _apply_recipe(cfg, parent_path, sources, seen + (path.resolve(),))
+    inherited = cfg.model.method
     _apply_mapping(cfg, data, str(path), sources)
+    if cfg.model.method != inherited:
+        # A recipe that switches method (cmae_tiny on tiny) takes the parent's model, data and schedule,
+        # not the parent method's own section, which the new method would never read.
+        cfg.sections.pop(inherited, None)
+        for key in [k for k in sources if k.startswith(f"{inherited}.")]:
+            del sources[key]
 
 
 def parse_override(text: str):

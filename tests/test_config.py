@@ -93,6 +93,15 @@ def test_inherit(tmp_path):
     assert cfg.model.arch == "vit_base" and cfg.optim.base_lr == pytest.approx(2e-3)
 
 
+def test_a_recipe_that_switches_method_drops_the_parents_method_section(tmp_path):
+    write(tmp_path, "siammae:\n  context_positions: false\n", "parent.yaml")
+    child = write(tmp_path, "inherit: parent.yaml\nmodel:\n  method: cmae\n", "child.yaml")
+    assert load_config(child).model.method == "cmae"
+    # set on the child itself or the command line, the other method's key is still refused
+    with pytest.raises(ConfigError, match="siammae.* keys are set"):
+        load_config(child, ["siammae.context_positions=false"])
+
+
 def test_missing_recipe_is_a_clear_error():
     with pytest.raises(ConfigError, match="recipe 'nosuch' not found"):
         load_config("nosuch")

@@ -60,13 +60,9 @@ class DemoSize:
     eval_size: int = 0  # short side frames are propagated at; 0 = as stored (the sequences' short side)
     eval_every: int = 200  # steps between J&F evaluations during training
     eval_sequences: int = 4  # sequences evaluated during training (all of them at the end)
-    # Settings the synthetic check trains instead of the recipe's (None: the recipe's own). The tiny
-    # recipe's real-video settings (encoder at 0.3x the lr, 200 warm-up steps, no decoder positions on
-    # f1's tokens) generalise across held-out real videos (docs/experiments.md), but 600 steps on the
-    # synthetic scenes are too few for them: the lead swung from +2.2 to +6.3 J&F with the shard order
-    # alone. The full lr, 20 warm-up steps and positions on both frames lead by 7.3 (53.9 vs 46.6), though
-    # the tokens' diagnostics collapse (cosine 0.998, effective rank 2.3): the check proves the pipeline
-    # trains and propagates, not that the recipe generalises; tools/heldout.py asks that.
+    # What the synthetic check trains instead of the recipe's settings (None: the recipe's own). tiny's
+    # real-video settings gave too small and variable a lead in 600 synthetic steps (docs/benchmarks.md,
+    # "The demo"); the check proves the pipeline, tools/heldout.py whether a recipe generalises.
     encoder_lr_scale: Optional[float] = 1.0
     warmup_steps: Optional[int] = 20
     context_positions: Optional[bool] = True  # SiamMAE only

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 from scipy import ndimage
 
 from siammae.cli.propagate import propagate as propagate_cmd
 from siammae.propagate.affinity import LabelPropagator, window_mask
+from siammae.propagate.features import FeatureExtractor
 from siammae.propagate.loop import first_frame_labels, soft_to_ids
 from siammae.propagate.protocol import PROTOCOLS, Protocol, ProtocolError, resized_shape
 from siammae.tasks.davis import propagate
@@ -65,6 +67,20 @@ def test_resized_shape_rules():
     assert resized_shape(480, 910, PROTOCOLS["crw"], 8) == (480, 912)
     assert resized_shape(854, 480, PROTOCOLS["siammae"], 16) == (848, 480)  # portrait
     assert resized_shape(1080, 1920, PROTOCOLS["siammae"], 16) == (480, 848)
+    # VIP as CropMAE's loader: long side 880, the short side truncated then floored to a multiple of 64
+    assert resized_shape(720, 1280, PROTOCOLS["siammae-vip"], 16) == (448, 880)
+    assert resized_shape(1280, 720, PROTOCOLS["siammae-vip"], 8) == (880, 448)  # portrait
+    assert resized_shape(480, 854, PROTOCOLS["siammae-vip"], 16) == (448, 880)  # 494.6 -> 494 -> 448
+
+
+def test_the_vip_preset_resizes_without_antialiasing_as_cv2_resize():
+    frame = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    x = torch.tensor(frame).permute(2, 0, 1)[None].float() / 255
+    plain = F.interpolate(x, size=(448, 880), mode="bilinear", align_corners=False, antialias=False)
+    for name, antialias in (("siammae-vip", False), ("siammae", True)):
+        extractor = FeatureExtractor(tiny_vit(16), PROTOCOLS[name], torch.device("cpu"), "fp32")
+        resized = extractor._resized(frame, (448, 880))
+        assert torch.equal(resized, plain) != antialias
 
 
 def test_window_shapes():

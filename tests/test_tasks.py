@@ -11,9 +11,10 @@ import timm
 import torch
 from task_fixtures import translating_video
 
+from siammae.errors import SiammaeError
 from siammae.propagate.loop import first_frame_labels, soft_to_ids
 from siammae.propagate.protocol import PROTOCOLS, choose_protocol
-from siammae.tasks import TASKS, jhmdb, vip
+from siammae.tasks import TASKS, davis, jhmdb, vip
 from siammae.tasks.davis_files import read_labels
 
 NATIVE = dict(short_side=0, long_side=0, input_size=(), multiple=8)  # the small test frames at their size
@@ -58,10 +59,14 @@ def test_vip_still_video_gives_the_quantised_first_labels(tmp_path):
     expected = soft_to_ids(first_frame_labels(labels[0], grid, protocol), grid, (96, 160), False)
     for t in range(1, 4):
         assert (read_labels(tmp_path / "out" / "videos1" / f"{t + 1:012d}.png") == expected).all()
+    # the preset scores frame 0 as the reference evaluators do: its given labels, then three quantised frames
+    assert (read_labels(tmp_path / "out" / "videos1" / f"{1:012d}.png") == labels[0]).all()
     quantised = vip.Confusion()
-    quantised.add(labels[0], expected)
+    for prediction in [labels[0], expected, expected, expected]:
+        quantised.add(labels[0], prediction)
     assert record["scores"]["mIoU"] == pytest.approx(quantised.miou(), abs=1e-4)
     assert record["scores"]["mIoU"] > 0.9
+    assert record["conventions"]["frames_scored"].startswith("every annotated frame, frame 0 included")
 
 
 def test_vip_moving_parts_are_followed_better_than_copying_frame_0(tmp_path):
@@ -72,12 +77,77 @@ def test_vip_moving_parts_are_followed_better_than_copying_frame_0(tmp_path):
     record = TASKS["vip"].run(tiny_vit(), tmp_path / "vip", tmp_path / "out", protocol, progress=False)
     copy = vip.Confusion()
     for clip in vip.load_videos(tmp_path / "vip"):
-        for t in clip.scored:
+        for t in clip.scored(protocol.first_frame_scored):
             copy.add(vip.read_category_ids(clip.annotations[t]), vip.seed_labels(clip))
     assert record["scores"]["mIoU"] > copy.miou() + 0.15, (record["scores"], copy.miou())  # 0.56 vs 0.31
     assert (tmp_path / "out" / "vip.csv").is_file()
     saved = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert saved["task"] == "vip" and saved["protocol"]["topk"] == 10 and saved["timing"]["frames"] == 16
+
+
+def rescore_like_crw_eval_vip(pred_dir, gt_dir) -> float:
+    """CRW's eval_vip.py, restated: every file under ``pred_dir/<video>/`` is scored against the ground truth
+    of the same name; read as colours (OpenCV's imread: 3 channels), the last channel taken, resized with
+    nearest to the ground truth's size; one histogram of ids 0..19; mIoU = nanmean of the class IoUs."""
+    from PIL import Image
+
+    hist = np.zeros((20, 20))
+    for video in sorted(p for p in pred_dir.iterdir() if p.is_dir()):
+        for pred_path in sorted(video.iterdir()):
+            gt = np.array(Image.open(gt_dir / video.name / pred_path.name), dtype=np.int32)
+            image = Image.open(pred_path).convert("RGB")
+            if image.size != (gt.shape[1], gt.shape[0]):
+                image = image.resize((gt.shape[1], gt.shape[0]), Image.NEAREST)
+            pred = np.array(image, dtype=np.int32)[..., -1]
+            keep = (gt >= 0) & (gt < 20)
+            hist += np.bincount(20 * gt[keep] + pred[keep], minlength=400).reshape(20, 20)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.diag(hist) / (hist.sum(0) + hist.sum(1) - np.diag(hist))
+    return float(np.nanmean(iou))
+
+
+def test_vip_saved_predictions_rescore_to_the_recorded_miou_as_crw_reads_them(tmp_path):
+    """The saved PNGs are what CRW's eval_vip.py reads (category ids, named like the ground truth, frame 0
+    included under the preset), so re-scoring them its way gives siammae's mIoU."""
+    frames, labels = person_video(np.random.default_rng(3))
+    labels[2][:4] = vip.VOID  # a void band: skipped by both
+    vip.write_vip(tmp_path / "vip", "videos1", frames, labels)
+    protocol = PROTOCOLS["siammae-vip"].replace(**NATIVE)
+    assert protocol.first_frame_scored
+    TASKS["vip"].run(tiny_vit(), tmp_path / "vip", tmp_path / "out", protocol, progress=False)
+    recorded = json.loads((tmp_path / "out" / "vip.json").read_text())
+    assert recorded["first_frame_scored"] is True
+    gt_dir = tmp_path / "vip" / "VIP_Fine" / "Annotations" / "Category_ids"
+    pred_dir = tmp_path / "out"
+    assert rescore_like_crw_eval_vip(pred_dir, gt_dir) == pytest.approx(recorded["miou"], abs=1e-9)
+    # without frame 0 the figure is the one after the first frame only, and it says so
+    TASKS["vip"].run(tiny_vit(), tmp_path / "vip", tmp_path / "out0", protocol.replace(first_frame_scored=False),
+                     progress=False)  # fmt: skip
+    unscored = json.loads((tmp_path / "out0" / "vip.json").read_text())
+    assert unscored["first_frame_scored"] is False and unscored["miou"] < recorded["miou"]
+    (tmp_path / "out0" / "videos1" / f"{1:012d}.png").unlink()  # what the reference would score then
+    assert rescore_like_crw_eval_vip(tmp_path / "out0", gt_dir) == pytest.approx(unscored["miou"], abs=1e-9)
+
+
+@pytest.mark.parametrize("task", ["davis", "jhmdb"])
+def test_tasks_whose_reference_never_scores_frame_0_refuse_to(tmp_path, task):
+    protocol = PROTOCOLS["siammae"].replace(first_frame_scored=True)
+    with pytest.raises(SiammaeError, match="never does"):
+        if task == "davis":
+            davis.propagate(tiny_vit(), tmp_path, tmp_path / "out", protocol)
+        else:
+            jhmdb.run(tiny_vit(), tmp_path, [], tmp_path / "out", protocol, progress=False)
+
+
+def test_jhmdb_record_names_its_conventions(tmp_path):
+    jhmdb_set(tmp_path / "jhmdb", (4, 2), videos=1, frames=3)
+    record = TASKS["jhmdb"].run(tiny_vit(), tmp_path / "jhmdb", tmp_path / "out", TASKS["jhmdb"].protocol(),
+                                progress=False)  # fmt: skip
+    saved = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert saved["conventions"] == record["conventions"]
+    assert "max corner starting at -1" in saved["conventions"]["pck_box"]
+    assert saved["conventions"]["frames_scored"].startswith("every frame but the first")
+    assert saved["conventions"]["input_size"].startswith("every frame resized to 320x320")
 
 
 def jhmdb_set(root, shift, videos=2, frames=6):

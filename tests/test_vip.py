@@ -58,8 +58,8 @@ def test_round_trip_from_either_root(tmp_path):
         assert list_videos(root) == ["videos7", "videos12"]
         assert load_videos(root) == written
     video = load_videos(tmp_path, ["videos12"])[0]
-    assert sorted(video.annotations) == [0, 2] and video.scored == [2]
-    assert written[0].scored == [1, 2]
+    assert sorted(video.annotations) == [0, 2] and video.scored() == [2] and video.scored(True) == [0, 2]
+    assert written[0].scored() == [1, 2]
     for t in range(3):
         np.testing.assert_array_equal(read_category_ids(written[0].annotations[t]), labels[t])
         back = np.asarray(Image.open(written[0].frames[t]).convert("RGB"), dtype=np.int16)
@@ -185,7 +185,7 @@ def test_empty_confusion_is_nan_and_bad_ids_are_bugs():
 def test_write_results(tmp_path):
     a = Confusion()
     a.add(np.array([[0, 0], [1, 1]], np.uint8), np.array([[0, 1], [1, 1]], np.uint8))
-    csv_path, json_path = write_results(tmp_path / "out", a, {"videos1": a})
+    csv_path, json_path = write_results(tmp_path / "out", a, {"videos1": a}, first_frame_scored=True)
     rows = list(csv.reader(csv_path.open()))
     assert rows[0] == ["id", "class", "iou", "gt_pixels", "pred_pixels"]
     assert len(rows) == 1 + 20 + 1
@@ -198,6 +198,7 @@ def test_write_results(tmp_path):
 
     record = json.loads(json_path.read_text(), parse_constant=no_nan)
     assert record["miou"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert record["first_frame_scored"] is True
     assert record["iou"]["hair"] is None and record["iou"]["hat"] == pytest.approx(2 / 3)
     assert record["videos"]["videos1"]["frames"] == 1
 
@@ -306,7 +307,7 @@ def test_problems_in_a_later_video_surface_before_any_work(tmp_path):
 
 def test_video_record_is_plain_data():
     v = VipVideo("v", [], {})
-    assert v.scored == [] and v.annotations == {}
+    assert v.scored() == [] and v.annotations == {}
 
 
 def test_a_frame_of_another_size_is_refused_up_front(tmp_path):

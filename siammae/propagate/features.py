@@ -83,7 +83,7 @@ class FeatureExtractor:
     def _resized(self, frame: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         x = torch.tensor(frame, device=self.device).permute(2, 0, 1)[None].float() / 255.0
         if tuple(x.shape[-2:]) != size:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=self.protocol.antialias)
         return x
 
 

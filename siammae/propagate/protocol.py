@@ -24,8 +24,11 @@ Presets (:data:`PROTOCOLS`) and where each value comes from:
   frame 0, a disk of radius 12 not applied to the first frame, temperature 0.05, native 480p.
 - ``siammae-jhmdb``: the paper's Table 4b for JHMDB (top-k 7, queue 20, neighbourhood 20), frames
   resized to 320x320 as CropMAE's JHMDB evaluation does, temperature 0.7 and the disk as ``siammae``.
-- ``siammae-vip``: the paper's Table 4b for VIP (top-k 10, queue 20, neighbourhood 8), the long side
-  880 as CropMAE's VIP evaluation, temperature 0.7 and the disk as ``siammae``.
+- ``siammae-vip``: the paper's Table 4b for VIP (top-k 10, queue 20, neighbourhood 8), temperature 0.7
+  and the disk as ``siammae``; frames sized as CropMAE's VIP loader sizes them (long side 880, the short
+  side scaled, truncated to whole pixels and floored to a multiple of 64: 1280x720 -> 880x448; plain
+  bilinear as its ``cv2.resize``, no antialiasing); frame 0 scored, its given labels as the prediction,
+  as CRW's, UVC's and CropMAE's ``eval_vip.py`` score every file their ``test.py`` writes.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ class Protocol:
     input_size: tuple = ()  # instead: every frame resized to this (H, W) (JHMDB's 320x320); () = aspect kept
     multiple: int = _knob("Long side made a multiple of this (0: the patch).", 0)
     rounding: str = "nearest"  # how the long side reaches the multiple: "nearest" or "floor"
+    short_multiple: int = 0  # with long_side: the short side floored to a multiple of this (0: rounded to the patch)
+    antialias: bool = True  # downscale with an antialiasing filter; False: plain bilinear, as cv2.resize
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     first_labels: str = _knob(
@@ -77,6 +82,11 @@ class Protocol:
     keep_small: bool = _knob("Every first-frame object keeps >= 1 token.", True)
     minmax: bool = _knob("Min-max rescale each upsampled channel before the argmax (DINO).", False)
     layer: int = _knob("Tokens of this block of the encoder (1 = the first), through its final norm; 0: the last.", 0)
+    first_frame_scored: bool = _knob(
+        "Score frame 0 too, the given labels as its prediction (VIP's reference evaluators do; DAVIS's and "
+        "JHMDB's never, so those tasks refuse it).",
+        False,
+    )
 
     def __post_init__(self):
         checks = [
@@ -86,7 +96,7 @@ class Protocol:
             (self.window in ("disk", "square"), "window must be disk or square"),
             (self.temperature > 0, "temperature must be > 0"),
             (self.short_side >= 0 and self.multiple >= 0, "short_side and multiple must be >= 0"),
-            (self.long_side >= 0, "long_side must be >= 0"),
+            (self.long_side >= 0 and self.short_multiple >= 0, "long_side and short_multiple must be >= 0"),
             (self.layer >= 0, "layer must be >= 0 (0: the last block)"),
             (
                 len(self.input_size) in (0, 2) and all(v > 0 for v in self.input_size),
@@ -130,7 +140,8 @@ PROTOCOLS = {
     "siammae-jhmdb": Protocol("siammae-jhmdb", topk=7, queue=20, radius=20, window="disk", window_on_first=False,
                               temperature=0.7, input_size=(320, 320)),
     "siammae-vip": Protocol("siammae-vip", topk=10, queue=20, radius=8, window="disk", window_on_first=False,
-                            temperature=0.7, long_side=880),
+                            temperature=0.7, long_side=880, short_multiple=64, antialias=False,
+                            first_frame_scored=True),
 }
 # fmt: on
 
@@ -157,6 +168,23 @@ def choose_protocol(preset: Optional[str] = None, run_eval=None, **knobs) -> Pro
     return base.replace(**changes)
 
 
+def input_size_rule(protocol: Protocol) -> str:
+    """How ``protocol`` sizes a frame for the network, in words (what a task records in scores.json)."""
+    resample = "bilinear" + (" with antialiasing" if protocol.antialias else ", no antialiasing (cv2.resize)")
+    if protocol.input_size:
+        return f"every frame resized to {protocol.input_size[0]}x{protocol.input_size[1]} (HxW); {resample}"
+    multiple = f"a multiple of {protocol.multiple}" if protocol.multiple else "a multiple of the patch"
+    if protocol.long_side:
+        short = (
+            f"scaled, truncated and floored to a multiple of {protocol.short_multiple}"
+            if protocol.short_multiple
+            else "scaled and rounded to a multiple of the patch"
+        )
+        return f"long side {protocol.long_side} (rounded to {multiple}), short side {short}; {resample}"
+    short = f"short side {protocol.short_side}" if protocol.short_side else "native short side"
+    return f"{short}, long side scaled ({protocol.rounding} to {multiple}); {resample}"
+
+
 def resized_shape(height: int, width: int, protocol: Protocol, patch: int) -> tuple[int, int]:
     """Network input size (H', W') for a frame: short side -> ``short_side``, long side keeping the
     aspect ratio, both multiples of the patch (and of ``multiple`` for the long side)."""
@@ -167,7 +195,11 @@ def resized_shape(height: int, width: int, protocol: Protocol, patch: int) -> tu
     if protocol.long_side:
         new_long, new_short = float(protocol.long_side), short * protocol.long_side / long_
         new_long = max(multiple, int(round(new_long / multiple)) * multiple)
-        new_short = max(patch, int(round(new_short / patch)) * patch)
+        if protocol.short_multiple:  # CropMAE's loader: int() the scaled side, then floor to the multiple
+            step = protocol.short_multiple
+            new_short = max(step, int(new_short) // step * step)
+        else:
+            new_short = max(patch, int(round(new_short / patch)) * patch)
         return (new_short, new_long) if height <= width else (new_long, new_short)
     if protocol.short_side:
         new_short = protocol.short_side

@@ -28,7 +28,7 @@ from siammae.propagate.loop import first_frame_labels, propagate_video, soft_to_
 from siammae.propagate.parallel import SequenceJob, merge_parts, propagate_in_workers
 from siammae.propagate.precision import resolve_precision
 from siammae.propagate.protocol import Protocol
-from siammae.tasks.common import task_record, total_timing
+from siammae.tasks.common import refuse_first_frame_scored, task_record, total_timing
 from siammae.tasks.davis_files import (
     DavisError,
     DavisSequence,
@@ -130,6 +130,7 @@ def propagate(
     sequences on its own device; the main process merges the timings, writes the one
     ``propagation.json`` and returns it, the others return None. The predictions are the same files as
     a single process writes."""
+    refuse_first_frame_scored(protocol, "DAVIS", "the official evaluator (davis2017-evaluation)")
     state = processes
     device = state.device if state and torch.device(device).type == "cuda" else torch.device(device)
     out_dir = Path(out_dir)
@@ -203,6 +204,7 @@ def run(encoder, root, seqs, out, protocol: Protocol, device="cpu", batch_size: 
         record["timing"]["per_sequence"],
         out,
         precision=record["precision"],
+        conventions=dict(frames_scored="every frame but the first and the last, as davis2017-evaluation"),
         files=["propagation.json", f"global_results-{split}.csv", f"per-sequence_results-{split}.csv", "scores.json"],
     )
 

@@ -67,7 +67,7 @@ from siammae.files import write_atomic
 from siammae.propagate.features import FeatureExtractor
 from siammae.propagate.loop import propagate_video
 from siammae.propagate.protocol import Protocol
-from siammae.tasks.common import task_record
+from siammae.tasks.common import refuse_first_frame_scored, task_record
 
 JOINTS = (
     "neck",
@@ -471,6 +471,7 @@ def run(encoder, root, videos, out, protocol: Protocol, device="cpu", batch_size
     propagated, decoded, scored as PCK."""
     from tqdm import tqdm
 
+    refuse_first_frame_scored(protocol, "JHMDB", "CRW's eval_pck.py")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     extractor = FeatureExtractor(encoder, protocol, torch.device(device), precision)
@@ -505,6 +506,11 @@ def run(encoder, root, videos, out, protocol: Protocol, device="cpu", batch_size
         timings,
         out,
         precision=extractor.precision,
+        conventions=dict(
+            frames_scored="every frame but the first, as CRW's eval_pck.py",
+            pck_box="0.6 x the diagonal of the box around the frame's scored ground-truth joints, its max "
+            "corner starting at -1, as CRW's eval_pck.py",
+        ),
         files=["pck.csv", "pck.json", "joints.json", "scores.json"],
         videos=len(videos),
     )

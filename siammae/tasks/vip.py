@@ -21,10 +21,16 @@ Conventions and where they come from:
   ``VIP_Fine/Images`` holds just those frames, so in the real set every frame has its PNG (VFS and
   CRW/CropMAE pair the sorted frame and annotation lists one to one). This module also accepts a
   video whose frames are only partly annotated (say the denser ``VIP_Sequence`` frames dropped in):
-  ``VipVideo.annotations`` maps frame index -> PNG, the first frame must be annotated (it seeds the
-  propagation) and :attr:`VipVideo.scored` lists the frames to score: annotated, after the first.
-  (UVC's script also scores the first frame, a copy of its ground truth; we leave it out, as DAVIS
-  does.) A PNG without a frame of the same name is an error: it means the naming is off.
+  ``VipVideo.annotations`` maps frame index -> PNG, and the first frame must be annotated (it seeds the
+  propagation). A PNG without a frame of the same name is an error: it means the naming is off.
+- Frame 0: the reference ``test.py`` scripts (TimeCycle, UVC, CRW, CropMAE) write a prediction for it
+  and their ``eval_vip.py`` scores every file written, so published VIP figures score frame 0 too.
+  ``Protocol.first_frame_scored`` (on in the ``siammae-vip`` preset) does the same, with the given
+  labels as frame 0's prediction; off, only the annotated frames after the first are scored
+  (:meth:`VipVideo.scored`). ``vip.json`` and ``scores.json`` record which.
+- Predictions: ``OUT/<video>/<frame stem>.png``, greyscale PNGs of the part ids, one per frame, named
+  like the ground truth, which is what CRW's ``eval_vip.py`` reads (with OpenCV, as colours: a
+  greyscale id image reads back as its ids). CropMAE's copy of that script wants ``<stem>_mask.png``.
 - Naming: frames are ``<12-digit original frame number>.jpg`` and annotations the same stem with
   ``.png``; frames are ordered by number when every stem is a number (so unpadded names work too).
 - Annotation PNGs are greyscale ("L") or palette ("P") images whose pixel values are the ids; an RGB
@@ -58,7 +64,6 @@ from siammae.propagate.features import FeatureExtractor
 from siammae.propagate.loop import first_frame_labels, propagate_video, soft_to_ids
 from siammae.propagate.protocol import Protocol
 from siammae.tasks.common import task_record
-from siammae.tasks.davis_files import write_labels
 
 VOID = 255
 CLASSES = (
@@ -101,10 +106,9 @@ class VipVideo:
     frames: list[Path]
     annotations: dict[int, Path]
 
-    @property
-    def scored(self) -> list[int]:
-        """Frame indices to score: the annotated ones after the first (frame 0 is the given input)."""
-        return sorted(t for t in self.annotations if t > 0)
+    def scored(self, first_frame: bool = False) -> list[int]:
+        """Frame indices to score: the annotated ones, frame 0 (the given input) only if ``first_frame``."""
+        return sorted(t for t in self.annotations if t > 0 or first_frame)
 
 
 # ----------------------------------------------------------------------------- layout
@@ -319,8 +323,17 @@ def _summary(confusion: Confusion) -> dict:
     }
 
 
+def write_category_ids(path: Path, ids: np.ndarray) -> None:
+    """(H, W) part ids as a greyscale PNG (what the reference evaluators read), written atomically."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(ids, dtype=np.uint8)).save(buffer, format="PNG")  # 2-D uint8: mode "L"
+    write_atomic(path, buffer.getvalue())
+
+
 def write_results(
-    out_dir: str | os.PathLike, confusion: Confusion, per_video: Mapping[str, Confusion]
+    out_dir: str | os.PathLike, confusion: Confusion, per_video: Mapping[str, Confusion], first_frame_scored: bool
 ) -> tuple[Path, Path]:
     """``vip.csv`` (per-class IoU of the dataset-wide matrix, then mIoU) and ``vip.json``.
 
@@ -343,6 +356,7 @@ def write_results(
         "videos": {n: _summary(c) for n, c in per_video.items()},
         "classes": list(CLASSES),
         "void": VOID,
+        "first_frame_scored": first_frame_scored,
         "note": "one confusion matrix over all scored frames of all videos; mIoU = mean of the "
         "non-null class IoUs, background included",
     }
@@ -407,12 +421,12 @@ def run(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_size:
     confusion, timings, per_video = Confusion(), {}, {}
     for clip in tqdm(clips, desc="vip", unit="video", dynamic_ncols=True, disable=not progress):
         first_ids = seed_labels(clip)  # void as background: a 255 would make 236 empty channels
-        scored, own = set(clip.scored), Confusion()
+        scored, own = set(clip.scored(protocol.first_frame_scored)), Confusion()
         (out / clip.name).mkdir(exist_ok=True)
 
         def emit(t, soft, grid, frame):
             ids = first_ids if soft is None else soft_to_ids(soft, grid, frame.shape[:2], protocol.minmax)
-            write_labels(out / clip.name / f"{clip.frames[t].stem}.png", ids)
+            write_category_ids(out / clip.name / f"{clip.frames[t].stem}.png", ids)
             if t in scored:
                 own.add(read_category_ids(clip.annotations[t]), ids)
 
@@ -428,7 +442,12 @@ def run(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_size:
         )
         per_video[clip.name] = own
         confusion += own
-    write_results(out, confusion, per_video)
+    write_results(out, confusion, per_video, protocol.first_frame_scored)
+    first = (
+        "every annotated frame, frame 0 included"
+        if protocol.first_frame_scored
+        else "the annotated frames after the first"
+    )
     return task_record(
         "vip",
         {"mIoU": confusion.miou()},
@@ -436,6 +455,10 @@ def run(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_size:
         timings,
         out,
         precision=extractor.precision,
+        conventions=dict(
+            frames_scored=first + " (CRW's, UVC's and CropMAE's eval_vip.py score frame 0 too)",
+            predictions="OUT/<video>/<frame stem>.png, greyscale part ids, as CRW's eval_vip.py reads them",
+        ),
         files=["vip.csv", "vip.json", "scores.json"],
         videos=len(clips),
     )

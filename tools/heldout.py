@@ -380,7 +380,8 @@ def summarise(args, folds: list, prepared: list) -> dict:
             summary = run / "train_summary.json"
             if summary.is_file():
                 s = json.loads(summary.read_text())
-                entry["minutes"].append(round(s["wall_s"] / 60, 2))
+                # from the speed, not the wall time: a resumed run's wall time counts its last session only
+                entry["minutes"].append(round(args.steps * args.batch / max(s["pairs_per_s"], 1e-9) / 60, 2))
         if not per_seed:
             out["folds"].append(entry)
             continue
@@ -505,8 +506,8 @@ def report_markdown(summary: dict, args) -> str:
     if minutes:
         lines += [
             "",
-            f"Training time per run: {min(minutes):.1f}-{max(minutes):.1f} min "
-            f"({args.threads} thread(s) per run, {args.parallel} run(s) at a time).",
+            f"Training time per run, from its speed: {min(minutes):.1f}-{max(minutes):.1f} min "
+            f"({args.threads} thread(s) per run, {args.parallel} run(s) at a time; slower runs shared the machine).",
         ]
     return "\n".join(lines) + "\n"
 

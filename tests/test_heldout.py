@@ -182,3 +182,14 @@ def test_propagation_knobs_are_scored_apart():
     assert args.knobs == {"topk": 10, "temperature": 0.5}
     assert heldout.scores_file(128, "siammae", args.knobs) == "scores-siammae-128-temperature0.5-topk10.json"
     assert heldout.scores_file(128, "siammae", {}) == "scores-siammae-128.json"  # what earlier runs wrote
+
+
+def test_compare_plots_settings_side_by_side_and_names_a_missing_report(tmp_path):
+    curve = {str(s): {"lead": {"mean": s / 100, "sd": 0.0}} for s in (0, 300, 600)}
+    fold = dict(fold=0, heldout=["a.mp4"], curve=curve)
+    for name in ("one", "two"):
+        (tmp_path / f"report-{name}-siammae-128.json").write_text(json.dumps({"folds": [fold, dict(fold, fold=1)]}))
+    heldout.main(["--out", str(tmp_path), "--compare", "one,two"])
+    assert (tmp_path / "compare-one-two-siammae-128.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="report-three-siammae-128.json not found"):
+        heldout.main(["--out", str(tmp_path), "--compare", "one,three"])

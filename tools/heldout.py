@@ -537,6 +537,37 @@ def plot_curves(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_compare(out: Path, names: list, key: str, path: Path) -> None:
+    """One panel per fold, one curve per setting (the mean lead over steps from OUT/report-NAME-KEY.json)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports = {}
+    for name in names:
+        report = out / f"report-{name}-{key}.json"
+        if not report.is_file():
+            raise SystemExit(f"error: {report} not found (run the setting, or --report-only, first)")
+        reports[name] = json.loads(report.read_text())
+    folds = max(len(r["folds"]) for r in reports.values())
+    fig, axes = plt.subplots(1, folds, figsize=(4 * folds, 3.4), sharey=True, squeeze=False)
+    for name, report in reports.items():
+        for f, ax in zip(report["folds"], axes[0]):
+            steps = sorted(int(s) for s in f["curve"])
+            mean = [f["curve"][str(s)]["lead"]["mean"] for s in steps]
+            ax.plot(steps, mean, marker="o", label=name)
+            ax.set_title(f"fold {f['fold']}: {', '.join(f['heldout'])} held out", fontsize=9)
+    for ax in axes[0]:
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("training step")
+    axes[0][0].set_ylabel("J&F lead over random (points)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -590,12 +621,13 @@ def parse_args(argv=None):
     p.add_argument("--parallel", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores / parallel)")
     p.add_argument("--report-only", action="store_true", help="redraw the report from what has run")
+    p.add_argument("--compare", metavar="NAME,NAME", help="plot these settings' curves side by side (needs --out)")
     p.add_argument("--job", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.job:
         return args
-    if args.videos is None or args.out is None:
-        p.error("VIDEOS and --out are required")
+    if args.out is None or (args.videos is None and not args.compare):
+        p.error("VIDEOS and --out are required (--compare: --out only)")
     ints = lambda text: [int(x) for x in text.split(",") if x != ""]  # noqa: E731
     names = lambda text: [x for x in text.split(",") if x]  # noqa: E731
     args.train_seeds, args.set_seeds = ints(args.train_seeds), ints(args.set_seeds)
@@ -613,6 +645,13 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.job:
         run_job(json.loads(args.job))
+        return {}
+    if args.compare:
+        names = [n for n in args.compare.split(",") if n]
+        key = evaluation_key(args.eval_size, args.protocol, args.knobs)
+        path = args.out / f"compare-{'-'.join(names)}-{key}.png"
+        plot_compare(args.out, names, key, path)
+        print(f"wrote {path}")
         return {}
     from siammae.synth.variants import VARIANTS
 

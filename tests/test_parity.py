@@ -37,19 +37,19 @@ def test_joints_are_written_in_crws_eval_pck_input_format(tmp_path):
     assert mat == str(tmp_path / "jhmdb" / "joint_positions" / name / "joint_positions.mat")
 
 
-def test_vip_links_leave_out_the_score_files_and_an_unscored_frame_0(tmp_path):
+def test_vip_links_rename_the_predictions_to_the_scripts_naming(tmp_path):
     for video in ("videos1", "videos2"):
-        (tmp_path / "out" / video).mkdir(parents=True)
+        (tmp_path / "predictions" / video).mkdir(parents=True)
         for stem in ("000000000001", "000000000026", "000000000051"):
-            (tmp_path / "out" / video / f"{stem}.png").write_bytes(b"")
-    (tmp_path / "out" / "vip.json").write_text("{}")
-    for first, expected in ((True, 3), (False, 2)):
-        linked = tmp_path / f"linked{first}"
+            (tmp_path / "predictions" / video / f"{stem}_mask.png").write_bytes(stem.encode())
+    for names, suffix in (("crw", ".png"), ("cropmae", "_mask.png")):
+        linked = tmp_path / names
         linked.mkdir()
-        parity.link_vip_predictions(tmp_path / "out", linked, first)
+        parity.link_vip_predictions(tmp_path / "predictions", linked, names)
         assert sorted(p.name for p in linked.iterdir()) == ["videos1", "videos2"]
-        names = sorted(p.name for p in (linked / "videos1").iterdir())
-        assert len(names) == expected and ("000000000001.png" in names) == first
+        files = sorted((linked / "videos2").iterdir())
+        assert [p.name for p in files] == [f"{s}{suffix}" for s in ("000000000001", "000000000026", "000000000051")]
+        assert files[1].read_bytes() == b"000000000026"
 
 
 def test_a_missing_benchmark_or_checkout_is_one_line(tmp_path, capsys):

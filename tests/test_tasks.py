@@ -58,9 +58,11 @@ def test_vip_still_video_gives_the_quantised_first_labels(tmp_path):
     grid = (96 // 8, 160 // 8)
     expected = soft_to_ids(first_frame_labels(labels[0], grid, protocol), grid, (96, 160), False)
     for t in range(1, 4):
-        assert (read_labels(tmp_path / "out" / "videos1" / f"{t + 1:012d}.png") == expected).all()
+        assert (
+            read_labels(vip.prediction_path(tmp_path / "out", "videos1", f"{t + 1:012d}", "cropmae")) == expected
+        ).all()
     # the preset scores frame 0 as the reference evaluators do: its given labels, then three quantised frames
-    assert (read_labels(tmp_path / "out" / "videos1" / f"{1:012d}.png") == labels[0]).all()
+    assert (read_labels(tmp_path / "out" / "predictions" / "videos1" / f"{1:012d}_mask.png") == labels[0]).all()
     quantised = vip.Confusion()
     for prediction in [labels[0], expected, expected, expected]:
         quantised.add(labels[0], prediction)
@@ -85,16 +87,19 @@ def test_vip_moving_parts_are_followed_better_than_copying_frame_0(tmp_path):
     assert saved["task"] == "vip" and saved["protocol"]["topk"] == 10 and saved["timing"]["frames"] == 16
 
 
-def rescore_like_crw_eval_vip(pred_dir, gt_dir) -> float:
-    """CRW's eval_vip.py, restated: every file under ``pred_dir/<video>/`` is scored against the ground truth
-    of the same name; read as colours (OpenCV's imread: 3 channels), the last channel taken, resized with
-    nearest to the ground truth's size; one histogram of ids 0..19; mIoU = nanmean of the class IoUs."""
+def rescore_like_eval_vip(pred_dir, gt_dir, names) -> float:
+    """CRW's eval_vip.py (``names="crw"``) or CropMAE's copy (``"cropmae"``), restated: every file under
+    ``pred_dir/<video>/`` is scored against the ground truth of the same name (CRW) or of the name up to its
+    first ``_`` plus ``.png`` (CropMAE); read as colours (OpenCV's imread: 3 channels), the last channel
+    taken, resized with nearest to the ground truth's size; one histogram of ids 0..19; mIoU = nanmean of
+    the class IoUs."""
     from PIL import Image
 
     hist = np.zeros((20, 20))
     for video in sorted(p for p in pred_dir.iterdir() if p.is_dir()):
         for pred_path in sorted(video.iterdir()):
-            gt = np.array(Image.open(gt_dir / video.name / pred_path.name), dtype=np.int32)
+            gt_name = pred_path.name if names == "crw" else pred_path.name.split("_")[0] + ".png"
+            gt = np.array(Image.open(gt_dir / video.name / gt_name), dtype=np.int32)
             image = Image.open(pred_path).convert("RGB")
             if image.size != (gt.shape[1], gt.shape[0]):
                 image = image.resize((gt.shape[1], gt.shape[0]), Image.NEAREST)
@@ -106,27 +111,33 @@ def rescore_like_crw_eval_vip(pred_dir, gt_dir) -> float:
     return float(np.nanmean(iou))
 
 
-def test_vip_saved_predictions_rescore_to_the_recorded_miou_as_crw_reads_them(tmp_path):
-    """The saved PNGs are what CRW's eval_vip.py reads (category ids, named like the ground truth, frame 0
-    included under the preset), so re-scoring them its way gives siammae's mIoU."""
+def test_vip_saved_predictions_rescore_to_the_recorded_miou_as_the_reference_scripts_read_them(tmp_path):
+    """The saved PNGs are what the reference eval_vip.py scripts read (category ids, named as the preset's
+    reference pairs them, only the scored frames), so re-scoring the folder their way gives siammae's mIoU."""
     frames, labels = person_video(np.random.default_rng(3))
     labels[2][:4] = vip.VOID  # a void band: skipped by both
     vip.write_vip(tmp_path / "vip", "videos1", frames, labels)
     protocol = PROTOCOLS["siammae-vip"].replace(**NATIVE)
-    assert protocol.first_frame_scored
+    assert protocol.first_frame_scored and protocol.vip_names == "cropmae"
     TASKS["vip"].run(tiny_vit(), tmp_path / "vip", tmp_path / "out", protocol, progress=False)
     recorded = json.loads((tmp_path / "out" / "vip.json").read_text())
-    assert recorded["first_frame_scored"] is True
+    assert recorded["first_frame_scored"] is True and recorded["vip_names"] == "cropmae"
     gt_dir = tmp_path / "vip" / "VIP_Fine" / "Annotations" / "Category_ids"
-    pred_dir = tmp_path / "out"
-    assert rescore_like_crw_eval_vip(pred_dir, gt_dir) == pytest.approx(recorded["miou"], abs=1e-9)
-    # without frame 0 the figure is the one after the first frame only, and it says so
-    TASKS["vip"].run(tiny_vit(), tmp_path / "vip", tmp_path / "out0", protocol.replace(first_frame_scored=False),
-                     progress=False)  # fmt: skip
+    pred_dir = tmp_path / "out" / recorded["predictions"]
+    assert sorted(p.name for p in (pred_dir / "videos1").iterdir()) == [
+        f"{t:012d}_mask.png" for t in range(1, len(frames) + 1)
+    ]
+    assert rescore_like_eval_vip(pred_dir, gt_dir, "cropmae") == pytest.approx(recorded["miou"], abs=1e-9)
+    # without frame 0, in CRW's naming: frame 0 is not saved, and the folder re-scores to the figure after it
+    protocol = protocol.replace(first_frame_scored=False, vip_names="crw")
+    TASKS["vip"].run(tiny_vit(), tmp_path / "vip", tmp_path / "out0", protocol, progress=False)
     unscored = json.loads((tmp_path / "out0" / "vip.json").read_text())
     assert unscored["first_frame_scored"] is False and unscored["miou"] < recorded["miou"]
-    (tmp_path / "out0" / "videos1" / f"{1:012d}.png").unlink()  # what the reference would score then
-    assert rescore_like_crw_eval_vip(tmp_path / "out0", gt_dir) == pytest.approx(unscored["miou"], abs=1e-9)
+    pred_dir = tmp_path / "out0" / "predictions"
+    assert sorted(p.name for p in (pred_dir / "videos1").iterdir()) == [
+        f"{t:012d}.png" for t in range(2, len(frames) + 1)
+    ]
+    assert rescore_like_eval_vip(pred_dir, gt_dir, "crw") == pytest.approx(unscored["miou"], abs=1e-9)
 
 
 @pytest.mark.parametrize("task", ["davis", "jhmdb"])

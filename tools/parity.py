@@ -2,7 +2,8 @@
 """siammae's figures beside the reference scorers' on siammae's own saved outputs.
 
   siammae benchmark --checkpoint RUN --davis D --jhmdb J --vip V --out bench/
-  python tools/parity.py bench/ --crw ~/src/videowalk --davis-evaluation ~/src/davis2017-evaluation
+  python tools/parity.py bench/ --crw ~/src/videowalk --davis-evaluation ~/src/davis2017-evaluation \
+      --cropmae ~/src/CropMAE
 
 For each task in ``bench/benchmark.json`` the saved predictions are scored by the reference code of a
 checkout the user fetched (never copied into this project):
@@ -12,8 +13,11 @@ checkout the user fetched (never copied into this project):
   (a pickled (2, 15, T) array per video, ``<i>.dat`` in list order, in units of its 40-cell grid, -1
   where a joint has no prediction) with a list file in its format; its two hard-coded paths are the
   only lines set;
-- VIP: CRW's ``code/eval/eval_vip.py`` on ``bench/vip/<video>/*.png`` (without frame 0 when siammae did
-  not score it: the script scores every file it finds).
+- VIP: CRW's ``code/eval/eval_vip.py`` and/or CropMAE's copy (``downstreams/propagation/src/eval/
+  eval_vip.py``) on ``bench/vip/predictions/``, which holds exactly the frames siammae scored. Each script
+  pairs prediction and ground truth by file name in its own way (CRW: the same name; CropMAE: the name
+  up to its first ``_`` plus ``.png``), so the files are linked under the name the script wants; a
+  prediction folder written in that script's naming (``vip_names``) can also be given to it directly.
 
 It prints each figure twice with the difference, at full precision. The reference scripts need what
 they import (OpenCV, scikit-image, pandas for DAVIS): a missing one is reported with its name.
@@ -46,10 +50,10 @@ def read_benchmark(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def reference_script(checkout: Path, relative: str) -> Path:
+def reference_script(checkout: Path, relative: str, repository: str = "ajabri/videowalk") -> Path:
     script = checkout / relative
     if not script.is_file():
-        raise ParityError(f"{script} not found: is {checkout} a checkout of ajabri/videowalk?")
+        raise ParityError(f"{script} not found: is {checkout} a checkout of {repository}?")
     return script
 
 
@@ -105,27 +109,40 @@ def crw_pck(checkout: Path, joints_json: Path, root: Path) -> dict:
 # ----------------------------------------------------------------------------- VIP
 
 
-def link_vip_predictions(predictions: Path, out: Path, first_frame_scored: bool) -> None:
-    """Link what siammae scored into ``out/<video>/``: CRW's eval_vip.py scores every file of every folder
-    of its prediction path, so the score files stay out, and so does frame 0 when it was not scored."""
+VIP_SCRIPTS = {  # tool -> (its eval_vip.py in the checkout, the repository, the prediction naming it reads)
+    "crw": ("code/eval/eval_vip.py", "ajabri/videowalk", "crw"),
+    "cropmae": ("downstreams/propagation/src/eval/eval_vip.py", "alexandre-eymael/CropMAE", "cropmae"),
+}
+
+
+def link_vip_predictions(predictions: Path, out: Path, names: str) -> None:
+    """Link every saved prediction ``predictions/<video>/<stem><suffix>`` as ``out/<video>/<stem>`` plus the
+    suffix of the ``names`` convention (``vip.NAME_SUFFIX``): what that convention's script pairs with
+    ``<stem>.png`` of the ground truth."""
+    from siammae.tasks.vip import NAME_SUFFIX
+
     for video in sorted(p for p in predictions.iterdir() if p.is_dir()):
         (out / video.name).mkdir()
-        pngs = sorted(video.glob("*.png"), key=lambda p: (int(p.stem), p.name) if p.stem.isdigit() else (0, p.name))
-        for png in pngs if first_frame_scored else pngs[1:]:
-            (out / video.name / png.name).symlink_to(png.resolve())
+        for png in sorted(video.glob("*.png")):
+            stem = png.name.split("_")[0].removesuffix(".png")  # either convention: the frame's stem
+            (out / video.name / f"{stem}{NAME_SUFFIX[names]}").symlink_to(png.resolve())
 
 
-def crw_miou(checkout: Path, predictions: Path, root: Path, first_frame_scored: bool) -> float:
-    """mIoU of siammae's saved part PNGs, by CRW's eval_vip.py."""
-    script = reference_script(checkout, "code/eval/eval_vip.py")
+def reference_miou(tool: str, checkout: Path, predictions: Path, root: Path) -> float:
+    """mIoU of siammae's saved part PNGs, by ``tool``'s eval_vip.py (``VIP_SCRIPTS``)."""
+    path, repository, names = VIP_SCRIPTS[tool]
+    script = reference_script(checkout, path, repository)
     fine = root / "VIP_Fine" if (root / "VIP_Fine").is_dir() else root
     with tempfile.TemporaryDirectory() as tmp:
-        link_vip_predictions(predictions, Path(tmp), first_frame_scored)
+        link_vip_predictions(predictions, Path(tmp), names)
         stdout = run_reference(
             [sys.executable, str(script), "-g", str(fine / "Annotations" / "Category_ids") + "/", "-p", tmp + "/"],
             script.parent,
         )
-    return float(re.search(r">>> mean IU ([0-9.eE+-]+|nan)", stdout).group(1))
+    found = re.search(r">>> mean IU ([0-9.eE+-]+|nan)", stdout)
+    if not found:  # CropMAE's script exits quietly on a prediction value above 20
+        raise ParityError(f"{script} printed no mean IU: {stdout.strip().splitlines()[-1:]}")
+    return float(found.group(1))
 
 
 # ----------------------------------------------------------------------------- DAVIS
@@ -158,7 +175,7 @@ def ours_jandf(predictions: Path, root: Path) -> dict:
 # ----------------------------------------------------------------------------- the table
 
 
-def compare(folder: Path, crw, davis_evaluation) -> list:
+def compare(folder: Path, crw, davis_evaluation, cropmae=None) -> list:
     """[(task, figure, siammae's, the reference's, which reference)] for every task of the benchmark."""
     tasks = read_benchmark(folder)["tasks"]
     rows = []
@@ -170,12 +187,15 @@ def compare(folder: Path, crw, davis_evaluation) -> list:
         overall = json.loads((folder / "jhmdb" / "pck.json").read_text())["overall"]["pck"]
         theirs = crw_pck(crw, folder / "jhmdb" / "joints.json", Path(tasks["jhmdb"]["root"]))
         rows += [("jhmdb", k, overall[k.split("@")[1]], theirs[k], "CRW eval_pck.py") for k in theirs]
-    if "vip" in tasks and crw:
+    if "vip" in tasks:
         ours = json.loads((folder / "vip" / "vip.json").read_text())
-        first = bool(ours.get("first_frame_scored"))
-        theirs = crw_miou(crw, folder / "vip", Path(tasks["vip"]["root"]), first)
-        frame0 = "frame 0 scored" if first else "frame 0 not scored"
-        rows.append(("vip", f"mIoU ({frame0})", ours["miou"], theirs, "CRW eval_vip.py"))
+        frame0 = "frame 0 scored" if ours.get("first_frame_scored") else "frame 0 not scored"
+        predictions = folder / "vip" / ours.get("predictions", "predictions")
+        for tool, checkout in (("crw", crw), ("cropmae", cropmae)):
+            if checkout:
+                theirs = reference_miou(tool, checkout, predictions, Path(tasks["vip"]["root"]))
+                who = "CRW eval_vip.py" if tool == "crw" else "CropMAE eval_vip.py"
+                rows.append(("vip", f"mIoU ({frame0})", ours["miou"], theirs, who))
     return rows
 
 
@@ -184,11 +204,12 @@ def main(argv=None) -> int:
     p.add_argument("benchmark", type=Path, help="a siammae benchmark output folder (holds benchmark.json)")
     p.add_argument("--crw", type=Path, help="a checkout of ajabri/videowalk (JHMDB and VIP scorers)")
     p.add_argument("--davis-evaluation", type=Path, help="a checkout of davisvideochallenge/davis2017-evaluation")
+    p.add_argument("--cropmae", type=Path, help="a checkout of alexandre-eymael/CropMAE (its VIP scorer)")
     args = p.parse_args(argv)
-    if not args.crw and not args.davis_evaluation:
-        p.error("give --crw and/or --davis-evaluation")
+    if not (args.crw or args.davis_evaluation or args.cropmae):
+        p.error("give --crw, --davis-evaluation and/or --cropmae")
     try:
-        rows = compare(args.benchmark, args.crw, args.davis_evaluation)
+        rows = compare(args.benchmark, args.crw, args.davis_evaluation, args.cropmae)
     except ParityError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

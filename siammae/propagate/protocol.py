@@ -87,6 +87,12 @@ class Protocol:
         "JHMDB's never, so those tasks refuse it).",
         False,
     )
+    vip_names: str = _knob(
+        "VIP prediction file names: crw (<frame>.png, read by CRW's eval_vip.py) or cropmae "
+        "(<frame>_mask.png, read by CropMAE's copy of it).",
+        "crw",
+        choices=("crw", "cropmae"),
+    )
 
     def __post_init__(self):
         checks = [
@@ -104,6 +110,7 @@ class Protocol:
             ),
             (self.rounding in ("nearest", "floor"), "rounding must be nearest or floor"),
             (self.first_labels in ("area", "nearest"), "first_labels must be area or nearest"),
+            (self.vip_names in ("crw", "cropmae"), "vip_names must be crw or cropmae"),
             (len(self.mean) == 3 and len(self.std) == 3, "mean and std need 3 values"),
         ]
         for ok, message in checks:
@@ -141,7 +148,7 @@ PROTOCOLS = {
                               temperature=0.7, input_size=(320, 320)),
     "siammae-vip": Protocol("siammae-vip", topk=10, queue=20, radius=8, window="disk", window_on_first=False,
                             temperature=0.7, long_side=880, short_multiple=64, antialias=False,
-                            first_frame_scored=True),
+                            first_frame_scored=True, vip_names="cropmae"),
 }
 # fmt: on
 

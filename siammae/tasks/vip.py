@@ -28,9 +28,12 @@ Conventions and where they come from:
   ``Protocol.first_frame_scored`` (on in the ``siammae-vip`` preset) does the same, with the given
   labels as frame 0's prediction; off, only the annotated frames after the first are scored
   (:meth:`VipVideo.scored`). ``vip.json`` and ``scores.json`` record which.
-- Predictions: ``OUT/<video>/<frame stem>.png``, greyscale PNGs of the part ids, one per frame, named
-  like the ground truth, which is what CRW's ``eval_vip.py`` reads (with OpenCV, as colours: a
-  greyscale id image reads back as its ids). CropMAE's copy of that script wants ``<stem>_mask.png``.
+- Predictions: ``OUT/predictions/<video>/``, greyscale PNGs of the part ids (OpenCV, which both
+  reference scripts read them with, reads a greyscale id image back as its ids), one for each scored
+  frame and nothing else, so a reference ``eval_vip.py`` pointed at the folder scores exactly what
+  siammae scored. Named as ``Protocol.vip_names`` says: ``crw`` ``<frame stem>.png``, like the ground
+  truth, as CRW's script pairs them; ``cropmae`` ``<frame stem>_mask.png``, as CropMAE's copy of it
+  pairs them (it cuts the name at the first ``_``; the ``siammae-vip`` preset, which follows CropMAE).
 - Naming: frames are ``<12-digit original frame number>.jpg`` and annotations the same stem with
   ``.png``; frames are ordered by number when every stem is a number (so unpadded names work too).
 - Annotation PNGs are greyscale ("L") or palette ("P") images whose pixel values are the ids; an RGB
@@ -323,6 +326,15 @@ def _summary(confusion: Confusion) -> dict:
     }
 
 
+PREDICTIONS = "predictions"
+NAME_SUFFIX = {"crw": ".png", "cropmae": "_mask.png"}  # what follows the frame's stem in each tool's naming
+
+
+def prediction_path(out: str | os.PathLike, video: str, stem: str, names: str) -> Path:
+    """Where the prediction of frame ``stem`` of ``video`` goes under ``out`` in the ``names`` convention."""
+    return Path(out) / PREDICTIONS / video / f"{stem}{NAME_SUFFIX[names]}"
+
+
 def write_category_ids(path: Path, ids: np.ndarray) -> None:
     """(H, W) part ids as a greyscale PNG (what the reference evaluators read), written atomically."""
     from PIL import Image
@@ -333,7 +345,11 @@ def write_category_ids(path: Path, ids: np.ndarray) -> None:
 
 
 def write_results(
-    out_dir: str | os.PathLike, confusion: Confusion, per_video: Mapping[str, Confusion], first_frame_scored: bool
+    out_dir: str | os.PathLike,
+    confusion: Confusion,
+    per_video: Mapping[str, Confusion],
+    first_frame_scored: bool,
+    names: str = "crw",
 ) -> tuple[Path, Path]:
     """``vip.csv`` (per-class IoU of the dataset-wide matrix, then mIoU) and ``vip.json``.
 
@@ -357,6 +373,8 @@ def write_results(
         "classes": list(CLASSES),
         "void": VOID,
         "first_frame_scored": first_frame_scored,
+        "predictions": PREDICTIONS,
+        "vip_names": names,
         "note": "one confusion matrix over all scored frames of all videos; mIoU = mean of the "
         "non-null class IoUs, background included",
     }
@@ -422,13 +440,14 @@ def run(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_size:
     for clip in tqdm(clips, desc="vip", unit="video", dynamic_ncols=True, disable=not progress):
         first_ids = seed_labels(clip)  # void as background: a 255 would make 236 empty channels
         scored, own = set(clip.scored(protocol.first_frame_scored)), Confusion()
-        (out / clip.name).mkdir(exist_ok=True)
+        (out / PREDICTIONS / clip.name).mkdir(parents=True, exist_ok=True)
 
         def emit(t, soft, grid, frame):
+            if t not in scored:  # only what is scored is saved: a reference scorer scores every file it finds
+                return
             ids = first_ids if soft is None else soft_to_ids(soft, grid, frame.shape[:2], protocol.minmax)
-            write_category_ids(out / clip.name / f"{clip.frames[t].stem}.png", ids)
-            if t in scored:
-                own.add(read_category_ids(clip.annotations[t]), ids)
+            write_category_ids(prediction_path(out, clip.name, clip.frames[t].stem, protocol.vip_names), ids)
+            own.add(read_category_ids(clip.annotations[t]), ids)
 
         timings[clip.name] = propagate_video(
             extractor,
@@ -442,7 +461,7 @@ def run(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_size:
         )
         per_video[clip.name] = own
         confusion += own
-    write_results(out, confusion, per_video, protocol.first_frame_scored)
+    write_results(out, confusion, per_video, protocol.first_frame_scored, protocol.vip_names)
     first = (
         "every annotated frame, frame 0 included"
         if protocol.first_frame_scored
@@ -457,7 +476,9 @@ def run(encoder, root, clips, out, protocol: Protocol, device="cpu", batch_size:
         precision=extractor.precision,
         conventions=dict(
             frames_scored=first + " (CRW's, UVC's and CropMAE's eval_vip.py score frame 0 too)",
-            predictions="OUT/<video>/<frame stem>.png, greyscale part ids, as CRW's eval_vip.py reads them",
+            predictions=f"OUT/{PREDICTIONS}/<video>/<frame stem>{NAME_SUFFIX[protocol.vip_names]}, greyscale part "
+            f"ids of the scored frames only, as {'CRW' if protocol.vip_names == 'crw' else 'CropMAE'}'s eval_vip.py "
+            "reads them",
         ),
         files=["vip.csv", "vip.json", "scores.json"],
         videos=len(clips),

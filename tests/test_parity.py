@@ -35,6 +35,9 @@ def test_joints_are_written_in_crws_eval_pck_input_format(tmp_path):
     images, mat = listing.read_text().split()
     assert images == str(tmp_path / "jhmdb" / "Rename_Images" / name)
     assert mat == str(tmp_path / "jhmdb" / "joint_positions" / name / "joint_positions.mat")
+    # CropMAE's copy reads the list the other way round: the .mat file, then the image folder
+    listing = parity.crw_pck_inputs({name: pred.tolist()}, tmp_path / "jhmdb", tmp_path, mat_first=True)
+    assert listing.read_text().split() == [mat, images]
 
 
 def test_vip_links_rename_the_predictions_to_the_scripts_naming(tmp_path):
@@ -58,6 +61,9 @@ def test_a_missing_benchmark_or_checkout_is_one_line(tmp_path, capsys):
     (tmp_path / "benchmark.json").write_text(json.dumps({"tasks": {"vip": {"root": str(tmp_path)}}}))
     (tmp_path / "vip").mkdir()
     (tmp_path / "vip" / "vip.json").write_text(json.dumps({"miou": 0.5, "first_frame_scored": True}))
+    assert parity.main([str(tmp_path), "--crw", str(tmp_path / "nowhere")]) == 2
+    assert "older siammae" in capsys.readouterr().err  # no predictions/ folder: written before it existed
+    (tmp_path / "vip" / "predictions").mkdir()
     assert parity.main([str(tmp_path), "--crw", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is " in err and "checkout of ajabri/videowalk" in err

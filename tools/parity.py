@@ -9,10 +9,10 @@ For each task in ``bench/benchmark.json`` the saved predictions are scored by th
 checkout the user fetched (never copied into this project):
 
 - DAVIS: davis2017-evaluation's ``DAVISEvaluation`` (semi-supervised) on ``bench/davis/<seq>/*.png``;
-- JHMDB: CRW's ``code/eval/eval_pck.py`` on ``bench/jhmdb/joints.json`` written in its input format
-  (a pickled (2, 15, T) array per video, ``<i>.dat`` in list order, in units of its 40-cell grid, -1
-  where a joint has no prediction) with a list file in its format; its two hard-coded paths are the
-  only lines set;
+- JHMDB: CRW's ``code/eval/eval_pck.py`` and/or CropMAE's copy on ``bench/jhmdb/joints.json`` written
+  in their input format (a pickled (2, 15, T) array per video, ``<i>.dat`` in list order, in units of a
+  40-cell grid, -1 where a joint has no prediction) with a list file (CRW: frames, then .mat; CropMAE:
+  the other way round); CRW's two hard-coded paths are the only lines set, CropMAE's takes options;
 - VIP: CRW's ``code/eval/eval_vip.py`` and/or CropMAE's copy (``downstreams/propagation/src/eval/
   eval_vip.py``) on ``bench/vip/predictions/``, which holds exactly the frames siammae scored. Each script
   pairs prediction and ground truth by file name in its own way (CRW: the same name; CropMAE: the name
@@ -71,9 +71,10 @@ def run_reference(argv: list, cwd: Path) -> str:
 # ----------------------------------------------------------------------------- JHMDB
 
 
-def crw_pck_inputs(joints: dict, root: Path, out: Path) -> Path:
+def crw_pck_inputs(joints: dict, root: Path, out: Path, mat_first: bool = False) -> Path:
     """Write CRW's eval_pck.py inputs for siammae's ``joints.json`` (name -> (T, 15, 2) pixels, null where
-    unpredicted) into ``out``: ``<i>.dat`` per video and ``list.txt``; -> the list file."""
+    unpredicted) into ``out``: ``<i>.dat`` per video and ``list.txt`` (a line: the frames' folder, then the
+    .mat; ``mat_first``: the other way round, as CropMAE's copy reads it); -> the list file."""
     from PIL import Image
 
     lines = []
@@ -85,7 +86,8 @@ def crw_pck_inputs(joints: dict, root: Path, out: Path) -> Path:
         grid = np.where(np.isfinite(grid), grid, -1.0).transpose(0, 2, 1)  # (2, 15, T); -1: no prediction
         with open(out / f"{i}.dat", "wb") as f:
             pickle.dump(grid, f)  # what numpy's ndarray.dump writes, which the script np.load()s
-        lines.append(f"{images} {root / 'joint_positions' / name / 'joint_positions.mat'}")
+        mat = root / "joint_positions" / name / "joint_positions.mat"
+        lines.append(f"{mat} {images}" if mat_first else f"{images} {mat}")
     listing = out / "list.txt"
     listing.write_text("\n".join(lines) + "\n")
     return listing
@@ -102,7 +104,30 @@ def crw_pck(checkout: Path, joints_json: Path, root: Path) -> dict:
         source = re.sub(r"^src_folder = .*$", f"src_folder = {str(tmp) + '/'!r}", source, count=1, flags=re.M)
         (tmp / "eval_pck.py").write_text(source)
         stdout = run_reference([sys.executable, str(tmp / "eval_pck.py")], tmp)
+    return printed_pck(stdout)
+
+
+def cropmae_pck(checkout: Path, joints_json: Path, root: Path) -> dict:
+    """PCK@0.1 and @0.2 (fractions) of siammae's saved joints, by CropMAE's copy of eval_pck.py. Its
+    ``__main__`` guard never fires (it compares two strings), so its ``main`` is called with its options;
+    ``--feat_res`` is the grid the .dat files are written in."""
+    script = reference_script(checkout, "downstreams/propagation/src/eval/eval_pck.py", "alexandre-eymael/CropMAE")
+    with tempfile.TemporaryDirectory() as tmp:
+        listing = crw_pck_inputs(json.loads(joints_json.read_text()), root, Path(tmp), mat_first=True)
+        code = (
+            f"import argparse, sys; sys.path.insert(0, {str(script.parent)!r}); import eval_pck\n"
+            f"eval_pck.main(argparse.Namespace(filelist={str(listing)!r}, src_folder={tmp!r}, "
+            f"feat_res=[{CRW_GRID}, {CRW_GRID}]))\n"
+        )
+        stdout = run_reference([sys.executable, "-c", code], Path(tmp))
+    return printed_pck(stdout)
+
+
+def printed_pck(stdout: str) -> dict:
+    """PCK@0.1 and @0.2 as fractions, from the ``0.1: [percent]`` lines both eval_pck.py scripts print."""
     found = dict(re.findall(r"^(0\.[12]): \[([0-9.eE+-]+)\]", stdout, flags=re.M))
+    if set(found) != {"0.1", "0.2"}:
+        raise ParityError(f"eval_pck.py printed no PCK: {stdout.strip().splitlines()[-1:]}")
     return {f"PCK@{a}": float(found[a]) / 100 for a in ("0.1", "0.2")}
 
 
@@ -187,10 +212,16 @@ def compare(folder: Path, crw, davis_evaluation, cropmae=None) -> list:
         overall = json.loads((folder / "jhmdb" / "pck.json").read_text())["overall"]["pck"]
         theirs = crw_pck(crw, folder / "jhmdb" / "joints.json", Path(tasks["jhmdb"]["root"]))
         rows += [("jhmdb", k, overall[k.split("@")[1]], theirs[k], "CRW eval_pck.py") for k in theirs]
+    if "jhmdb" in tasks and cropmae:
+        overall = json.loads((folder / "jhmdb" / "pck.json").read_text())["overall"]["pck"]
+        theirs = cropmae_pck(cropmae, folder / "jhmdb" / "joints.json", Path(tasks["jhmdb"]["root"]))
+        rows += [("jhmdb", k, overall[k.split("@")[1]], theirs[k], "CropMAE eval_pck.py") for k in theirs]
     if "vip" in tasks:
         ours = json.loads((folder / "vip" / "vip.json").read_text())
         frame0 = "frame 0 scored" if ours.get("first_frame_scored") else "frame 0 not scored"
         predictions = folder / "vip" / ours.get("predictions", "predictions")
+        if not predictions.is_dir():
+            raise ParityError(f"{predictions} not found: VIP outputs of an older siammae; run the benchmark again")
         for tool, checkout in (("crw", crw), ("cropmae", cropmae)):
             if checkout:
                 theirs = reference_miou(tool, checkout, predictions, Path(tasks["vip"]["root"]))
@@ -204,7 +235,7 @@ def main(argv=None) -> int:
     p.add_argument("benchmark", type=Path, help="a siammae benchmark output folder (holds benchmark.json)")
     p.add_argument("--crw", type=Path, help="a checkout of ajabri/videowalk (JHMDB and VIP scorers)")
     p.add_argument("--davis-evaluation", type=Path, help="a checkout of davisvideochallenge/davis2017-evaluation")
-    p.add_argument("--cropmae", type=Path, help="a checkout of alexandre-eymael/CropMAE (its VIP scorer)")
+    p.add_argument("--cropmae", type=Path, help="a checkout of alexandre-eymael/CropMAE (JHMDB and VIP scorers)")
     args = p.parse_args(argv)
     if not (args.crw or args.davis_evaluation or args.cropmae):
         p.error("give --crw, --davis-evaluation and/or --cropmae")

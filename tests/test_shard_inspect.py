@@ -38,6 +38,7 @@ def test_counts_statistics_and_sheet(shards, tmp_path):
     assert summary["frame_sizes"] == {"85x64": 20} and summary["source_sizes"] == {"128x96": 10}
     assert 3 <= summary["gap_frames"]["min"] <= summary["gap_frames"]["max"] <= 48
     assert summary["labels"] == 2 and summary["frames_per_sample"] == {"2": 10}
+    assert summary["sha256"] == json.loads((shards / "stats.json").read_text())["output"]["sha256"]
     sheet = Image.open(tmp_path / "sheet.png")
     assert sheet.height > 3 * 128
     text = run(shards, "--quick")

@@ -1,9 +1,10 @@
 """`siammae shard` end to end on tiny synthetic videos: the sample format read back with webdataset,
 determinism, bad files, --strict, parts, kill -9 and resume."""
 
+import hashlib
 import json
 import os
-import re
+import random
 import signal
 import subprocess
 import sys
@@ -44,6 +45,17 @@ def reference(videos, tmp_path_factory):
     return out
 
 
+def shard_bytes(out) -> dict:
+    """{name: bytes} of every shard in ``out``."""
+    return {p.name: p.read_bytes() for p in sorted(Path(out).glob("*.tar"))}
+
+
+def output_checksum(out) -> str:
+    """stats.json's checksum, computed here from the files: SHA-256 of the sorted "name sha256" lines."""
+    lines = "".join(f"{name} {hashlib.sha256(data).hexdigest()}\n" for name, data in shard_bytes(out).items())
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
 def read_samples(out) -> dict:
     """{key: {member: bytes}} of every shard in ``out``; fails on a duplicate key."""
     samples = {}
@@ -74,16 +86,22 @@ def test_samples_read_back_with_webdataset(videos, reference):
             assert (width, height) == (85, 64) and subsampling == "420"
             assert read_index(simplejpeg.decode_jpeg(sample[name])) == index  # the frame the json names
     names = sorted(p.name for p in reference.glob("*.tar"))
-    assert all(re.fullmatch(r"part0000-w\d\d-\d{6}\.tar", n) for n in names)
+    assert names == [f"shard-{u:06d}.tar" for u in range(3)]  # 2 videos a shard (10 samples // 4 a video)
     assert not list((reference / ".shard" / "tmp").iterdir())
     stats = json.loads((reference / "stats.json").read_text())
     assert (stats["videos_done"], stats["videos_failed"], stats["samples"]) == (6, 0, 24)
     assert stats["output"]["shards"] == len(names) and stats["shards"] == len(names)
     assert stats["bytes"] == sum(p.stat().st_size for p in reference.glob("*.tar"))
     assert (reference / "failed.jsonl").read_text() == ""
+    assert stats["output"]["sha256"] == output_checksum(reference)
 
 
-def test_same_inputs_and_seed_same_samples_whatever_the_workers(videos, reference, tmp_path):
+def test_same_inputs_and_options_same_bytes_whatever_the_workers(videos, reference, tmp_path):
+    for workers in (1, 4):
+        stats = shard(videos, tmp_path / f"w{workers}", SMALL, workers=workers, progress=False, log=lambda _: None)
+        assert shard_bytes(tmp_path / f"w{workers}") == shard_bytes(reference)  # reference: 2 workers
+        assert stats["output"]["sha256"] == output_checksum(reference)
+    # other shard sizes cut the same samples differently; another seed draws other frames
     other = ShardConfig(sample=SMALL.sample, encode=SMALL.encode, max_samples=3)
     shard(videos, tmp_path / "a", other, workers=1, progress=False, log=lambda _: None)
     assert read_samples(tmp_path / "a") == read_samples(reference)
@@ -174,44 +192,41 @@ def test_parts_are_disjoint_and_cover_a_one_machine_run(videos, reference, tmp_p
         keys_by_part.append(set(read_samples(out)))
         shard(videos, tmp_path / "shared", SMALL, workers=1, part=part, num_parts=3, progress=False, log=lambda _: None)
     assert sum(len(k) for k in keys_by_part) == len(set().union(*keys_by_part))  # disjoint
-    assert read_samples(tmp_path / "shared") == read_samples(reference)  # together: the one-machine run
+    assert shard_bytes(tmp_path / "shared") == shard_bytes(reference)  # together: the one-machine run
     stats = json.loads((tmp_path / "shared" / "stats.json").read_text())
     assert stats["videos_listed"] == 6 and sorted(stats["parts"]) == ["part0000", "part0001", "part0002"]
 
 
-def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path):
+def test_kill_9_three_times_then_rerun_gives_the_uninterrupted_bytes(tmp_path):
     src = tmp_path / "src"
-    for i in range(16):
+    for i in range(24):
         make_video(src / f"v{i:02d}.mp4", num_frames=96, fps=30, height=192, width=256)
     args = ["--src", str(src), "--per-video", "6", "--shard-samples", "6", "--short-side", "128", "--workers", "2"]
+    command = [sys.executable, str(REPO / "tools" / "shard"), *args, "--no-progress"]
     reference = tmp_path / "reference"
-    subprocess.run(
-        [sys.executable, str(REPO / "tools" / "shard"), "--out", str(reference), *args, "--no-progress"],
-        check=True,
-        capture_output=True,
-    )
-    out = tmp_path / "out"
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "tools" / "shard"), "--out", str(out), *args, "--no-progress"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.time() + 60
-    while len(list(out.glob("*.tar"))) < 3 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.005)
-    os.killpg(process.pid, signal.SIGKILL)  # the command and its workers
-    process.wait()
-    killed_with = len(list(out.glob("*.tar")))
-    assert 0 < killed_with < 16, "the run was not interrupted mid-way"
-    read_samples(out)  # every tar under its final name is complete
-    subprocess.run(
-        [sys.executable, str(REPO / "tools" / "shard"), "--out", str(out), *args, "--no-progress"],
-        check=True,
-        capture_output=True,
-    )
-    assert read_samples(out) == read_samples(reference)
+    subprocess.run([*command, "--out", str(reference)], check=True, capture_output=True)
+    out, rng, killed_with = tmp_path / "out", random.Random(0), []
+    for _ in range(3):  # killed at a random moment after the next shard appears, three runs in a row
+        before = len(list(out.glob("*.tar")))
+        process = subprocess.Popen(
+            [*command, "--out", str(out)], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.time() + 60
+        while len(list(out.glob("*.tar"))) <= before and time.time() < deadline and process.poll() is None:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.05))
+        assert process.poll() is None, "the run ended before it could be killed"
+        os.killpg(process.pid, signal.SIGKILL)  # the command and its workers
+        process.wait()
+        killed_with.append(len(list(out.glob("*.tar"))))
+        read_samples(out)  # every tar under its final name is complete
+    assert 0 < killed_with[0] < killed_with[-1] < 24, f"the runs were not interrupted mid-way: {killed_with}"
+    subprocess.run([*command, "--out", str(out)], check=True, capture_output=True)
+    assert shard_bytes(out) == shard_bytes(reference)
     assert not list((out / ".shard" / "tmp").iterdir())
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["videos_skipped"] >= killed_with and stats["output"]["videos"] == 16
+    assert stats["videos_skipped"] >= killed_with[-1] and stats["output"]["videos"] == 24
+    assert stats["output"]["sha256"] == json.loads((reference / "stats.json").read_text())["output"]["sha256"]
 
 
 def test_ffmpeg_transcode_fallback_reads_the_same_frames(tmp_path):
@@ -286,7 +301,7 @@ def test_workers_that_cannot_start_stop_the_run_instead_of_respawning(tmp_path):
     (site / "sitecustomize.py").write_text(
         "import os\nimport siammae.shard.pool as pool\n"
         "def broken(*args, **kwargs):\n    os._exit(3)\n"
-        "pool.ShardWriter = broken\n"
+        "pool._worker = broken\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
     command = [sys.executable, str(REPO / "tools" / "shard"), "--src", str(tmp_path / "src"), "--out",
@@ -361,3 +376,33 @@ def test_workers_are_replaced_after_max_videos_with_identical_output(tmp_path):
     plain = shard(tmp_path / "v", tmp_path / "p", unreplaced, workers=1, progress=False, log=lambda _: None)
     assert plain["parts"]["part0000"]["workers_started"] == 1
     assert read_samples(tmp_path / "r") == read_samples(tmp_path / "p")
+
+
+def _file_size_limit(limit: int):
+    """preexec_fn: files above ``limit`` bytes cannot be written (EFBIG, as a full disk's ENOSPC) in the
+    process and its children; SIGXFSZ ignored so the write fails instead of killing the process."""
+
+    def apply():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_stops_with_one_line_and_the_rerun_resumes(videos, reference, tmp_path):
+    command = [sys.executable, str(REPO / "tools" / "shard"), "--src", str(videos), *SMALL_ARGS, "--workers", "2"]
+    out = tmp_path / "out"
+    # a shard here takes ~30 KB; the bookkeeping files stay far below the limit
+    done = subprocess.run(
+        [*command, "--out", str(out)], preexec_fn=_file_size_limit(16_000), capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    error = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "shard-0000" in error[0] and "File too large" in error[0], done.stderr
+    assert "MB are free" in error[0] and "rerun the same command" in error[0]
+    assert not list(out.glob("*.tar")) and not list((out / ".shard" / "tmp").iterdir())  # nothing half-written
+    assert (out / "failed.jsonl").read_text() == ""  # no video is blamed for the disk
+    subprocess.run([*command, "--out", str(out)], check=True, capture_output=True)
+    assert shard_bytes(out) == shard_bytes(reference)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Shard one video collection on a SLURM array: every array task runs one part of
-# `siammae shard` (the parts are disjoint by a hash of each path and together equal a one-machine
-# run). All tasks write into the same OUT (a shared file system); shard names carry the part, so
-# they never collide. A task that was killed or preempted can simply be resubmitted: it resumes.
+# `siammae shard` (shard u goes to part u mod N: the parts are disjoint and together are the
+# one-machine run's shards, byte for byte). All tasks write into the same OUT (a shared file system);
+# shard names are unit numbers, so they never collide. A task that was killed or preempted can
+# simply be resubmitted: it resumes.
 #
 #   sbatch --array=0-31 tools/shard_slurm.sh SRC OUT [extra siammae shard options...]
 #

@@ -53,6 +53,7 @@ def inspect(shards, sheet, count, seed, quick, as_json, progress):
             f"{summary['samples']} samples of {summary['videos']} videos in {summary['shards']} shards "
             f"({summary['bytes'] / 1e6:.1f} MB, {summary['jpegs']} JPEGs {checked})"
         )
+        click.echo(f"sha256 of the output: {summary['sha256']} (stats.json's output.sha256 for the same shards)")
         click.echo(f"frames per sample: {summary['frames_per_sample']}")
         click.echo(f"gap (frames):  {_spread(summary['gap_frames'])}")
         click.echo(f"gap (seconds): {_spread(summary['gap_seconds'], ' s')}")

@@ -9,7 +9,7 @@ import os
 import click
 
 from siammae.cli import Command
-from siammae.cli.types import BytesType, RangeType
+from siammae.cli.types import RangeType
 
 SCHEMA = """\b
 Sample format (WebDataset; the trainer reads exactly this):
@@ -57,8 +57,8 @@ OUT/stats.json, and bookkeeping in OUT/.shard/ (resume reads it)."""
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Same inputs + seed -> same keys, frames and pixels.")
 @click.option("--shard-samples", type=click.IntRange(1), default=2000, show_default=True,
-              help="Most samples per shard.")
-@click.option("--shard-size", type=BytesType(), default="1GB", show_default=True, help="Most bytes per shard.")
+              help="Samples per shard: each shard holds the next shard-samples / per-video videos of the "
+              "listing (fewer where videos failed), so the output is the same whatever the workers.")
 @click.option("--workers", type=click.IntRange(1), default=None, help="Worker processes [default: all cores].")
 @click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
               help="Video decoder: decord (x86-64 wheels only), pyav (any platform); auto: decord if installed, "
@@ -77,15 +77,19 @@ OUT/stats.json, and bookkeeping in OUT/.shard/ (resume reads it)."""
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
 # fmt: on
 def shard(src, out, layout, list_file, split, fold, frames, per_video, gap, ref_fps, short_side, quality,
-          subsampling, seed, shard_samples, shard_size, workers, decoder, max_videos_per_worker, part, num_parts,
+          subsampling, seed, shard_samples, workers, decoder, max_videos_per_worker, part, num_parts,
           strict, retry_failed, progress):  # fmt: skip
     """Decode videos once into WebDataset shards of JPEG frame pairs (or clips).
 
     Each video gives --per-video samples; each sample's gap is drawn from --gap (frames at
-    --ref-fps, scaled to the video's frame rate) and its start uniformly. A rerun with the same
-    options resumes: videos in finished shards (and, unless --retry-failed, failed ones) are
-    skipped. Several machines share one collection with --part I --num-parts N (disjoint by a hash
-    of each path); their shards together equal a one-machine run.
+    --ref-fps, scaled to the video's frame rate) and its start uniformly, seeded by --seed and the
+    video's path. Shard u holds the u-th run of videos of the listing (ordered by a hash of their
+    paths), so the same videos and options give the same bytes whatever --workers, however often
+    the run is killed and resumed; stats.json and `siammae inspect` print a checksum of the whole
+    output. A rerun with the same options resumes: finished shards are kept, an unfinished one is
+    redone whole, failed videos are skipped unless --retry-failed. Several machines share one
+    collection with --part I --num-parts N (shard u goes to part u mod N); their shards together
+    are the one-machine run's, byte for byte.
     """
     from siammae.shard import EncodeSpec, SampleSpec, ShardConfig
     from siammae.shard import shard as run_shard
@@ -99,7 +103,6 @@ def shard(src, out, layout, list_file, split, fold, frames, per_video, gap, ref_
         encode=EncodeSpec(short_side=short_side, quality=quality, subsampling=subsampling),
         seed=seed,
         max_samples=shard_samples,
-        max_bytes=shard_size,
         decoder=decoder,
         max_videos_per_worker=max_videos_per_worker,
     )

@@ -43,21 +43,3 @@ class RangeType(click.ParamType):
             bound = f" <= {self.maximum}" if self.maximum is not None else ""
             self.fail(f"{value!r}: need 1 <= MIN <= MAX{bound}", param, ctx)
         return lo, hi
-
-
-class BytesType(click.ParamType):
-    """``500MB``, ``1GB``, ``2GiB`` or a plain byte count -> int."""
-
-    name = "SIZE"
-    UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]i?)?[bB]?\s*", str(value))
-        if not match:
-            self.fail(f"{value!r} is not a size like 500MB or 1GiB", param, ctx)
-        size = int(float(match.group(1)) * self.UNITS[(match.group(2) or "").lower()])
-        if size < 1024:
-            self.fail(f"{value!r}: shards need at least 1 KB", param, ctx)
-        return size

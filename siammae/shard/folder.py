@@ -2,11 +2,11 @@
 
 Layout of OUT::
 
-    OUT/part<I:04d>-w<W:02d>-<seq:06d>.tar   finished shards (the trainer globs OUT/*.tar)
+    OUT/shard-<u:06d>.tar                    finished shards, unit u of the listing (the trainer globs OUT/*.tar)
     OUT/failed.jsonl                         one {"src", "path", "reason", "error"} per failed video
     OUT/stats.json                           counts of the latest run of every part + what OUT holds
     OUT/.shard/config.json                   options that decide the samples; a rerun must match
-    OUT/.shard/part<I>/manifests/*.json      the videos of each finished shard (resume reads these)
+    OUT/.shard/part<I>/manifests/*.json      each finished unit's videos, failures, SHA-256 (resume reads these)
     OUT/.shard/part<I>/failed.jsonl, stats.json, lock
     OUT/.shard/tmp/                          shards being written
 """
@@ -14,7 +14,7 @@ Layout of OUT::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
 
 class ShardFolder:
@@ -35,10 +35,6 @@ class ShardFolder:
     def shards(self) -> List[Path]:
         """The finished shards, sorted."""
         return sorted(self.root.glob("*.tar"))
-
-    def unfinished(self, prefix: str) -> Iterator[Path]:
-        """Shards of ``prefix`` (a part or a worker) still being written, or left by a killed run."""
-        return self.tmp.glob(f"{prefix}-*")
 
     def part(self, index: int) -> "PartFolder":
         return PartFolder(self, self.state / f"part{index:04d}")

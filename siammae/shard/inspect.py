@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence
 from siammae.errors import SiammaeError
 from siammae.shard.folder import ShardFolder
 from siammae.shard.samples import FIELDS, JSON_MEMBER, frame_member
+from siammae.shard.writer import file_sha256, output_sha256
 
 MAX_PROBLEMS = 20  # problems kept verbatim; the count covers all
 
@@ -63,6 +64,7 @@ class Report:
     labels: Counter = field(default_factory=Counter)
     splits: Counter = field(default_factory=Counter)
     videos: set = field(default_factory=set)
+    checksums: List[tuple] = field(default_factory=list)  # (shard name, SHA-256) of every shard read
     picked: List[dict] = field(default_factory=list)  # reservoir for the contact sheet
 
     def problem(self, text: str) -> None:
@@ -86,6 +88,8 @@ class Report:
             "samples": self.samples,
             "videos": len(self.videos),
             "bytes": self.bytes,
+            # the checksum stats.json records for the output these shards make up
+            "sha256": output_sha256(self.checksums),
             "jpegs": self.jpegs,
             "ok": self.problem_count == 0,
             "problems": self.problem_count,
@@ -161,6 +165,7 @@ def inspect_shards(
     for shard in find_shards(paths):
         report.shards += 1
         report.bytes += shard.stat().st_size
+        report.checksums.append((shard.name, file_sha256(shard)))
         where = shard.name
         current, members, done_keys = None, {}, set()
 

@@ -1,18 +1,23 @@
 """Worker processes of a sharding run, and the loop that feeds and watches them.
 
+The work comes in *units*: fixed runs of videos that each become one shard
+(:mod:`siammae.shard.writer`), handed to whichever worker is free, at most two in flight each.
 Workers are processes (forkserver) with their own pipes (no lock shared between processes, so a
-worker killed mid-write cannot wedge the others), at most two videos in flight each. A worker that
-dies (decord can crash on a corrupt file) costs the video it was decoding, recorded as failed with
-reason "crash", and its unfinished shard, whose videos are queued again; a new worker takes its
-place. A worker that dies before it has started, or many deaths in a row, stop the run instead.
+worker killed mid-write cannot wedge the others). A worker that dies (decord can crash on a corrupt
+file) costs the video it was decoding, recorded as failed with reason "crash"; its unit is done again
+from the start, without that video, by a new worker, so the shard is the one an uninterrupted run
+would have written. A worker that dies before it has started, or many deaths in a row, stop the run
+instead.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing as mp
 import os
 import resource
+import shutil
 import sys
 import time
 from collections import deque
@@ -23,10 +28,19 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 from siammae.shard.folder import PartFolder
 from siammae.shard.samples import VideoFailed, make_samples
 from siammae.shard.sources import Video
-from siammae.shard.writer import ShardWriter
+from siammae.shard.writer import UnitWriter, shard_name
 
-IN_FLIGHT = 2  # videos sent ahead to a worker, so it never waits for the main process between videos
+IN_FLIGHT = 2  # units sent ahead to a worker, so it never waits for the main process between units
 MAX_CRASHES_IN_A_ROW = 8  # worker deaths with no finished video in between: something else is wrong
+
+
+class Unit(NamedTuple):
+    """Videos that become shard ``index``, in order; ``skip``: the srcs among them that failed before
+    (recorded in failed.jsonl), left out as they were then."""
+
+    index: int
+    videos: tuple
+    skip: frozenset = frozenset()
 
 
 # --- messages from a worker to the main process ---------------------------------------------------
@@ -55,8 +69,8 @@ class Failed(NamedTuple):
     message: str
 
 
-class ShardClosed(NamedTuple):
-    """A shard is finished; ``manifest`` names its videos."""
+class UnitClosed(NamedTuple):
+    """A unit's shard is finished; ``manifest`` names its videos."""
 
     worker: str
     manifest: dict
@@ -67,6 +81,7 @@ class Fatal(NamedTuple):
 
     worker: str
     message: str
+    disk_full: bool = False
 
 
 class Exited(NamedTuple):
@@ -78,37 +93,48 @@ class Exited(NamedTuple):
 
 
 def _worker(name: str, part: PartFolder, config, tasks, results) -> None:
-    """Process the Videos received on ``tasks`` until None, reporting on ``results``: :class:`Ready`
-    once started, then :class:`Done` / :class:`Failed` per video and :class:`ShardClosed` per shard,
+    """Process the Units received on ``tasks`` until None, reporting on ``results``: :class:`Ready`
+    once started, then :class:`Done` / :class:`Failed` per video and :class:`UnitClosed` per unit,
     or :class:`Fatal`; :class:`Exited` last."""
-    writer = ShardWriter(part, name, config.max_samples, config.max_bytes)
     tmp_dir = os.fspath(part.folder.tmp)
     results.send(Ready(name))
+    writer = None
     try:
-        while True:
-            video = tasks.recv()
-            if video is None:
-                break
-            try:
-                samples = make_samples(video, config.sample, config.encode, config.seed, tmp_dir, config.decoder)
-            except VideoFailed as error:
-                results.send(Failed(name, video.src, error.reason, str(error)))
-                continue
-            except Exception as error:  # a decoder bug must not stop the run; record it
-                results.send(Failed(name, video.src, "error", f"{type(error).__name__}: {error}"))
-                continue
-            closed = writer.add(video.src, samples)
-            if closed:
-                results.send(ShardClosed(name, closed))
-            results.send(Done(name, video.src, len(samples)))
-        closed = writer.close()
-        if closed:
-            results.send(ShardClosed(name, closed))
+        while (unit := tasks.recv()) is not None:
+            writer = UnitWriter(part, unit.index)
+            for video in unit.videos:
+                if video.src in unit.skip:
+                    writer.failed.append(video.src)
+                    continue
+                try:
+                    samples = make_samples(video, config.sample, config.encode, config.seed, tmp_dir, config.decoder)
+                except VideoFailed as error:
+                    writer.failed.append(video.src)
+                    results.send(Failed(name, video.src, error.reason, str(error)))
+                    continue
+                except Exception as error:  # a decoder bug must not stop the run; record it
+                    writer.failed.append(video.src)
+                    results.send(Failed(name, video.src, "error", f"{type(error).__name__}: {error}"))
+                    continue
+                writer.add(video.src, samples)
+                results.send(Done(name, video.src, len(samples)))
+            results.send(UnitClosed(name, writer.close()))
+            writer = None
     except OSError as error:  # disk full, OUT gone, ...
-        writer.abort()
-        results.send(Fatal(name, f"writing shards in {part.folder.root}: {error}"))
+        path = writer.tmp if writer is not None else part.folder.root
+        if writer is not None:
+            writer.abort()
+        results.send(Fatal(name, disk_error_message(path, error), error.errno in DISK_FULL))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     results.send(Exited(name, time.process_time(), peak // 1024 if sys.platform == "darwin" else peak))
+
+
+def disk_error_message(path, error: OSError) -> str:
+    """One line for a write that failed: the path (the error's own, else ``path``) and the error."""
+    return f"writing {getattr(error, 'filename', None) or path}: {error.strerror or error}"
+
+
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no space, a file-size limit, a quota
 
 
 # --- the main process's side ----------------------------------------------------------------------
@@ -125,6 +151,7 @@ class Counts:
 
     shards: int = 0  # finished shards and their size
     bytes: int = 0
+    shard_videos: int = 0  # videos in those shards
     cpu: float = 0.0  # seconds, workers that exited normally
     peak_rss_kib: int = 0  # the largest peak resident memory of those workers
 
@@ -135,19 +162,17 @@ class _Worker:
     process: object
     tasks: object  # Connection: main -> worker
     results: object  # Connection: worker -> main
-    assigned: deque = field(default_factory=deque)  # Videos sent, not yet reported, in order
-    sent: int = 0  # Videos sent in all
-    shards_closed: int = 0
-    closed_at_limit: Optional[int] = None  # shards it had closed when it reached max_videos_per_worker
+    assigned: deque = field(default_factory=deque)  # Units sent, not yet closed, in order
+    reported: List[tuple] = field(default_factory=list)  # (src, samples or None if failed) of its first unit
+    videos: int = 0  # videos it reported, for its retirement
     replaced: bool = False  # its successor has been started
-    unflushed: List[tuple] = field(default_factory=list)  # (Video, samples) done, shard not closed yet
     ready: bool = False  # it started and said so
     stopped: bool = False  # sent None
     exited: bool = False
 
 
 class WorkerPool:
-    """Shards Videos into ``part``'s folder with worker processes; failures are appended to the
+    """Shards Units into ``part``'s folder with worker processes; failures are appended to the
     part's failed.jsonl as they happen. After :meth:`run`, :attr:`counts` says what was done."""
 
     def __init__(self, part: PartFolder, config, workers: Optional[int], strict: bool, progress: bool):
@@ -160,9 +185,10 @@ class WorkerPool:
         self._pool: Dict[str, _Worker] = {}
         self._serial = 0  # workers started, replacements included
         self._pending: deque = deque()
+        self._by_src: Dict[str, Video] = {}
         self._context = self._failed_file = self._bar = None
 
-    def run(self, todo: Sequence[Video]) -> Optional[str]:
+    def run(self, todo: Sequence[Unit]) -> Optional[str]:
         """Shard ``todo``; returns an error message that should stop the run, or None."""
         from tqdm import tqdm
 
@@ -170,8 +196,10 @@ class WorkerPool:
         self._context = mp.get_context("forkserver")
         self._context.set_forkserver_preload(["siammae.shard.pool", "numpy", "decord", "av", "simplejpeg", "PIL.Image"])
         self._pending = deque(todo)
+        self._by_src = {v.src: v for unit in todo for v in unit.videos}
         self._failed_file = open(self.part.failed, "a", encoding="utf-8")
-        self._bar = tqdm(total=len(todo), unit="video", disable=not self.progress, dynamic_ncols=True, smoothing=0.05)
+        total = sum(len(u.videos) - len(u.skip) for u in todo)
+        self._bar = tqdm(total=total, unit="video", disable=not self.progress, dynamic_ncols=True, smoothing=0.05)
         try:
             for _ in range(workers):
                 self._start_worker()
@@ -212,7 +240,7 @@ class WorkerPool:
                 worker.results.close()
 
     def _stop(self, error: str) -> None:
-        """Stop handing out videos; the first error is the one reported."""
+        """Stop handing out units; the first error is the one reported."""
         self.error = self.error or error
         self.stopping = True
 
@@ -244,29 +272,45 @@ class WorkerPool:
             worker.ready = True
         elif isinstance(message, Done):
             self._crashes_in_a_row = 0
-            video = worker.assigned.popleft()
-            worker.unflushed.append((video, message.samples))
+            worker.reported.append((message.src, message.samples))
+            worker.videos += 1
             counts.done += 1
             counts.samples += message.samples
             self._bar.update(1)
         elif isinstance(message, Failed):
-            self._record_failure(worker.assigned.popleft(), message.reason, message.message)
-        elif isinstance(message, ShardClosed):
-            worker.shards_closed += 1
-            names = set(message.manifest["videos"])
-            worker.unflushed = [(v, n) for v, n in worker.unflushed if v.src not in names]
-            counts.shards += 1
-            counts.bytes += message.manifest["bytes"]
+            worker.reported.append((message.src, None))
+            worker.videos += 1
+            self._record_failure(self._by_src[message.src], message.reason, message.message)
+        elif isinstance(message, UnitClosed):
+            worker.assigned.popleft()
+            worker.reported = []
+            if message.manifest["shard"]:
+                counts.shards += 1
+                counts.bytes += message.manifest["bytes"]
+                counts.shard_videos += len(message.manifest["videos"])
         elif isinstance(message, Fatal):
-            self._stop(message.message)
+            self._stop(message.message + (self._space_needed() if message.disk_full else ""))
         elif isinstance(message, Exited):
             counts.cpu += message.cpu_seconds
             counts.peak_rss_kib = max(counts.peak_rss_kib, message.peak_rss_kib)
             worker.exited = True
         self._bar.set_postfix(samples=counts.samples, failed=counts.failed, refresh=False)
 
+    def _space_needed(self) -> str:
+        """What a full disk needs to finish the run: the videos left times the bytes of a sharded video."""
+        left = sum(len(u.videos) - len(u.skip) for u in self._pending)
+        left += sum(len(u.videos) - len(u.skip) for w in self._pool.values() for u in w.assigned)
+        free = shutil.disk_usage(self.part.folder.root).free
+        if self.counts.shard_videos:
+            per_video = self.counts.bytes / self.counts.shard_videos
+            need = f"about {left * per_video / 1e6:.0f} MB more for the {left} videos left"
+            need += f" ({per_video / 1e6:.2f} MB a video so far)"
+        else:
+            need = f"room for {left} videos (no shard finished yet to estimate their size)"
+        return f"; the run needs {need}, {free / 1e6:.0f} MB are free; make room and rerun the same command to resume"
+
     def _bury(self, worker: _Worker) -> None:
-        """A worker died: blame its current video, requeue the rest and its unfinished shard's videos."""
+        """A worker died: blame the video it was on, redo its units from the start (minus that video)."""
         worker.exited = True
         worker.process.join(timeout=5)
         worker.tasks.close()
@@ -274,17 +318,25 @@ class WorkerPool:
         code = worker.process.exitcode
         if not worker.ready:  # the environment, not a video: stop rather than respawn forever
             self._stop(f"a worker process died while starting (exit code {code}; its traceback, if any, is above)")
-        elif worker.assigned:
-            self._record_failure(worker.assigned.popleft(), "crash", f"worker died (exit code {code}) while decoding")
-            self._crashes_in_a_row += 1
-            if self._crashes_in_a_row >= MAX_CRASHES_IN_A_ROW:
-                self._stop(f"{MAX_CRASHES_IN_A_ROW} workers in a row died while decoding")
-        self._pending.extendleft(reversed(list(worker.assigned) + [v for v, _ in worker.unflushed]))
-        self.counts.done -= len(worker.unflushed)
-        self.counts.samples -= sum(n for _, n in worker.unflushed)
-        self._bar.update(-len(worker.unflushed))
-        for stale in self.part.folder.unfinished(worker.name):
-            stale.unlink(missing_ok=True)
+        units = list(worker.assigned)
+        if units and worker.ready:
+            first, reported = units[0], {src for src, _ in worker.reported}
+            current = next((v for v in first.videos if v.src not in first.skip and v.src not in reported), None)
+            failed = {src for src, n in worker.reported if n is None}
+            if current is not None:
+                self._record_failure(current, "crash", f"worker died (exit code {code}) while decoding")
+                failed.add(current.src)
+                self._crashes_in_a_row += 1
+                if self._crashes_in_a_row >= MAX_CRASHES_IN_A_ROW:
+                    self._stop(f"{MAX_CRASHES_IN_A_ROW} workers in a row died while decoding")
+            done = [(src, n) for src, n in worker.reported if n is not None]
+            self.counts.done -= len(done)  # done again with the unit
+            self.counts.samples -= sum(n for _, n in done)
+            self._bar.update(-len(done))
+            units[0] = first._replace(skip=first.skip | failed)
+        self._pending.extendleft(reversed(units))
+        for unit in units:
+            (self.part.folder.tmp / shard_name(unit.index)).unlink(missing_ok=True)
         if not self.stopping:
             self._start_worker()
 
@@ -294,14 +346,12 @@ class WorkerPool:
         return self._serial
 
     def _retiring(self, worker: _Worker) -> bool:
-        """It has had ``max_videos_per_worker`` videos and has closed a shard since: it gets no more,
-        and a fresh process takes its place (whatever a decoder leaks goes with the old one). Waiting
-        for the shard boundary keeps shards full (--shard-samples); the videos still in flight when
-        it retires make one small last shard."""
-        return worker.closed_at_limit is not None and worker.shards_closed > worker.closed_at_limit
+        """It has reported ``max_videos_per_worker`` videos: it gets no more units, finishes those it
+        has, and a fresh process takes its place (whatever a decoder leaks goes with the old one)."""
+        return worker.videos >= self.config.max_videos_per_worker
 
     def _tend(self, worker: _Worker) -> None:
-        """Keep IN_FLIGHT videos in flight; send None once there is nothing left for it or it retires."""
+        """Keep IN_FLIGHT units in flight; send None once there is nothing left for it or it retires."""
         if worker.exited or worker.stopped:
             return
         retiring = self._retiring(worker)
@@ -309,14 +359,11 @@ class WorkerPool:
             worker.replaced = True
             self._start_worker()
         while not self.stopping and not retiring and self._pending and len(worker.assigned) < IN_FLIGHT:
-            video = self._pending.popleft()
-            worker.assigned.append(video)
-            worker.sent += 1
-            if worker.sent == self.config.max_videos_per_worker:
-                worker.closed_at_limit = worker.shards_closed
+            unit = self._pending.popleft()
+            worker.assigned.append(unit)
             try:
-                worker.tasks.send(video)
-            except OSError:  # it died; its pipe reads EOF next and _bury() requeues this video
+                worker.tasks.send(unit)
+            except OSError:  # it died; its pipe reads EOF next and _bury() requeues this unit
                 return
         if not worker.assigned and (self.stopping or retiring or not self._pending):
             worker.stopped = True

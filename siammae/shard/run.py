@@ -19,13 +19,13 @@ from siammae.errors import SiammaeError
 from siammae.files import read_jsonl, write_atomic
 from siammae.shard.decode import choose_decoder
 from siammae.shard.folder import PartFolder, ShardFolder
-from siammae.shard.pool import WorkerPool
+from siammae.shard.pool import Unit, WorkerPool
 from siammae.shard.samples import EncodeSpec
 from siammae.shard.sampling import SampleSpec
 from siammae.shard.sources import Listing, Video, find_videos
-from siammae.shard.writer import read_manifests
+from siammae.shard.writer import output_sha256, read_manifests, shard_name
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards are fixed units of the listing (shard-<u>.tar); 1 had per-worker shards
 
 
 class ShardError(SiammaeError):
@@ -39,18 +39,28 @@ class ShardConfig:
     sample: SampleSpec = field(default_factory=SampleSpec)
     encode: EncodeSpec = field(default_factory=EncodeSpec)
     seed: int = 0
+    # Each shard holds max_samples // per_video videos (at least one), the next run of the listing.
     max_samples: int = 2000
-    max_bytes: int = 1 << 30
     # Not part of the identity (a run may resume with the other decoder): siammae.shard.decode.
     decoder: str = "auto"
     # A worker process is replaced after this many videos (at its next shard boundary), so decoder
     # leaks cannot grow a long run.
     max_videos_per_worker: int = 200
 
-    def identity(self) -> dict:
+    @property
+    def videos_per_shard(self) -> int:
+        return max(1, self.max_samples // self.sample.per_video)
+
+    def identity(self, listing: Optional[dict] = None) -> dict:
+        """What decides the output's bytes; ``listing`` ({"videos", "sha256"} of the listed srcs) too,
+        since the units are runs of it."""
         sample = asdict(self.sample)
         sample["gap"] = list(sample["gap"])
-        return {"format": FORMAT_VERSION, "sample": sample, "encode": asdict(self.encode), "seed": self.seed}
+        identity = {"format": FORMAT_VERSION, "sample": sample, "encode": asdict(self.encode), "seed": self.seed}
+        identity["videos_per_shard"] = self.videos_per_shard
+        if listing is not None:
+            identity["listing"] = listing
+        return identity
 
 
 @dataclass(frozen=True)
@@ -77,9 +87,23 @@ def _hash(text: str) -> int:
     return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big")
 
 
-def part_of(src: str, num_parts: int) -> int:
-    """The part a video belongs to: a hash of its ``src`` (stable when other files come or go)."""
-    return _hash(src) % num_parts
+def make_units(videos: List[Video], per_unit: int) -> List[Unit]:
+    """The listing cut into units of ``per_unit`` videos: unit ``u`` becomes ``shard-<u>.tar``. Videos
+    are ordered by a hash of their ``src``, which mixes classes across shards and depends on nothing
+    but the listing."""
+    ordered = sorted(videos, key=lambda v: (_hash(v.src), v.src))
+    return [Unit(u, tuple(ordered[i : i + per_unit])) for u, i in enumerate(range(0, len(ordered), per_unit))]
+
+
+def part_of(unit: int, num_parts: int) -> int:
+    """The part a unit belongs to (round robin: the parts' shards together are a one-machine run's)."""
+    return unit % num_parts
+
+
+def listing_identity(listing: Listing) -> dict:
+    """The listing as the output depends on it: how many videos, and a SHA-256 of their sorted srcs."""
+    text = "".join(sorted(v.src + "\n" for v in listing.videos))
+    return {"videos": len(listing.videos), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
 # --- bookkeeping ----------------------------------------------------------------------------------
@@ -104,9 +128,9 @@ def _flatten(record: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _check_config(folder: ShardFolder, config: ShardConfig) -> None:
+def _check_config(folder: ShardFolder, config: ShardConfig, listing: Listing) -> None:
     path = folder.config
-    identity = config.identity()
+    identity = config.identity(listing_identity(listing))
     if path.is_file():
         try:
             previous = json.loads(path.read_text())
@@ -118,27 +142,37 @@ def _check_config(folder: ShardFolder, config: ShardConfig) -> None:
                 f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
             )
             raise ShardError(
-                f"{folder.root} holds shards made with other options ({changed}); "
-                "rerun with the same options or choose a new --out"
+                f"{folder.root} holds shards made with other options or another listing of videos ({changed}); "
+                "rerun with the same options and videos, or choose a new --out"
             )
     else:
         write_atomic(path, json.dumps(identity, indent=1).encode())
 
 
 def _output_totals(folder: ShardFolder, clean_part: Optional[PartFolder] = None) -> dict:
-    """What OUT holds: finished shards (manifest + tar), their videos and samples. Manifests of
-    ``clean_part`` without a tar are deleted (a crash between the two renames)."""
-    done, shards, samples, size = set(), 0, 0, 0
+    """What OUT holds: the finished units (manifest + tar, or a manifest of a unit that had no video
+    to shard) by index, their videos, samples, shards, bytes and the output's checksum. Manifests of
+    ``clean_part`` whose tar is missing are deleted (a crash between the two renames)."""
+    units, done, shards, samples, size = {}, set(), [], 0, 0
     for path, manifest in read_manifests(folder):
-        if not folder.shard(manifest.get("shard", "")).is_file():
+        if manifest.get("shard") and not folder.shard(manifest["shard"]).is_file():
             if clean_part and clean_part.owns(path):
                 path.unlink(missing_ok=True)
             continue
+        units[manifest["unit"]] = manifest
         done.update(manifest["videos"])
-        shards += 1
         samples += manifest["samples"]
         size += manifest["bytes"]
-    return {"done": done, "shards": shards, "samples": samples, "bytes": size}
+        if manifest["shard"]:
+            shards.append((manifest["shard"], manifest["sha256"]))
+    return {
+        "units": units,
+        "done": done,
+        "shards": len(shards),
+        "samples": samples,
+        "bytes": size,
+        "sha256": output_sha256(shards),
+    }
 
 
 def merge_records(out: str | os.PathLike) -> dict:
@@ -173,6 +207,8 @@ def merge_records(out: str | os.PathLike) -> dict:
         "samples": totals["samples"],
         "shards": totals["shards"],
         "bytes": totals["bytes"],
+        # one checksum of every shard's bytes and name: equal outputs have equal checksums
+        "sha256": totals["sha256"],
     }
     stats["parts"] = parts
     write_atomic(folder.failed, _dump_jsonl(failed))
@@ -242,18 +278,22 @@ def _part_lock(part: PartFolder):
 
 
 def _shard_part(run: PartRun, listing: Listing) -> dict:
-    """Shard the part's videos not yet done or failed, record the part's stats, merge OUT's records."""
-    videos = [v for v in listing.videos if part_of(v.src, run.num_parts) == run.part]
-    missing = sum(part_of(f"missing:{i}", run.num_parts) == run.part for i in range(listing.missing))
-    _check_config(run.folder, run.config)
-    for stale in run.folder.unfinished(run.part_folder.name):  # unfinished shards of a killed run
-        stale.unlink(missing_ok=True)
-    todo = _todo(run, videos)
+    """Shard the part's units not yet done, record the part's stats, merge OUT's records."""
+    units = make_units(listing.videos, run.config.videos_per_shard)
+    units = [u for u in units if part_of(u.index, run.num_parts) == run.part]
+    videos = [v for u in units for v in u.videos]
+    missing = sum(_hash(f"missing:{i}") % run.num_parts == run.part for i in range(listing.missing))
+    _check_config(run.folder, run.config, listing)
+    todo = _todo(run, units)
+    for unit in todo:  # unfinished shards of a killed run
+        (run.folder.tmp / shard_name(unit.index)).unlink(missing_ok=True)
+    todo_videos = sum(len(u.videos) - len(u.skip) for u in todo)
     run.log(
         f"{listing.layout} layout: {len(listing.videos)} videos"
         + (f", {listing.missing} listed without a file" if listing.missing else "")
         + (f"; part {run.part}/{run.num_parts}: {len(videos)}" if run.num_parts > 1 else "")
-        + f"; {len(videos) - len(todo)} already done or failed, {len(todo)} to do"
+        + f" in {len(units)} shards of up to {run.config.videos_per_shard}"
+        + f"; {len(videos) - todo_videos} already done or failed, {todo_videos} to do"
     )
 
     cpu_started = time.process_time()
@@ -268,7 +308,7 @@ def _shard_part(run: PartRun, listing: Listing) -> dict:
         "videos_missing": missing,
         "videos_done": counts.done,
         "videos_failed": counts.failed,
-        "videos_skipped": len(videos) - len(todo),
+        "videos_skipped": len(videos) - todo_videos,
         "samples": counts.samples,
         "shards": counts.shards,
         "bytes": counts.bytes,
@@ -294,15 +334,21 @@ def _shard_part(run: PartRun, listing: Listing) -> dict:
     return merged
 
 
-def _todo(run: PartRun, videos: List[Video]) -> List[Video]:
-    """The videos neither in a finished shard nor (unless ``retry_failed``) failed before, in a
-    hashed order that mixes classes across shards. Rewrites the part's failed.jsonl without a torn
-    last line (or empty, to retry)."""
+def _todo(run: PartRun, units: List[Unit]) -> List[Unit]:
+    """The units without a finished shard (with ``retry_failed``, also those with failed videos), each
+    with the videos that failed before to skip (none with ``retry_failed``). Rewrites the part's
+    failed.jsonl without a torn last line (or empty, to retry)."""
     part = run.part_folder
-    done = _output_totals(run.folder, clean_part=part)["done"]
+    finished = _output_totals(run.folder, clean_part=part)["units"]
     failed_records = [] if run.retry_failed else read_jsonl(part.failed)
     failed_before = set() if run.retry_failed else {r["src"] for r in read_jsonl(run.folder.failed) + failed_records}
     write_atomic(part.failed, _dump_jsonl(failed_records))
-    todo = [v for v in videos if v.src not in done and v.src not in failed_before]
-    todo.sort(key=lambda v: _hash(v.src))
+    todo = []
+    for unit in units:
+        manifest = finished.get(unit.index)
+        if manifest is not None and not (run.retry_failed and manifest["failed"]):
+            continue
+        if manifest is not None:  # retried: not done until its new shard is committed
+            part.manifest(shard_name(unit.index)).unlink(missing_ok=True)
+        todo.append(unit._replace(skip=frozenset(v.src for v in unit.videos if v.src in failed_before)))
     return todo

@@ -1,23 +1,24 @@
-"""Write samples into WebDataset tar shards that appear only when complete.
+"""Write one unit of videos into one WebDataset tar shard that appears only when complete.
 
-One :class:`ShardWriter` per worker. Shards are named ``<prefix>-<seq:06d>.tar`` (prefix
-``part<I:04d>-w<W:02d>``: unique per part and worker, so names never collide across workers or
-machines and sort by part, worker, sequence). A shard is written under ``OUT/.shard/tmp/`` and
-renamed into OUT once closed (the paths: :mod:`siammae.shard.folder`). All samples of one video go
-into the same shard, so a shard either holds a video completely or not at all; that is what makes
-resuming exact.
+A *unit* is a fixed run of videos of the listing (:func:`siammae.shard.run.make_units`); unit ``u``
+becomes ``OUT/shard-<u:06d>.tar``, whichever worker writes it, so the output depends on the input and
+the options only. The tar is written under ``OUT/.shard/tmp/`` and renamed into OUT once closed (the
+paths: :mod:`siammae.shard.folder`). All samples of one video go into its unit's shard in listing
+order, every tar header is fixed (mode 0444, mtime 0, no owner), so the same unit gives the same bytes.
 
-Commit order when a shard closes: tar fsynced -> manifest ``.shard/part<I>/manifests/<name>.json``
-(the videos it holds) written and renamed -> tar renamed into OUT. A manifest whose tar is absent
-(a crash between the two renames) means "not done" and is deleted by the next run of that part.
+Commit order when a shard closes: tar fsynced -> manifest ``.shard/part<I>/manifests/<stem>.json``
+(its videos, failed videos, sample count, size, SHA-256) written and renamed -> tar renamed into OUT.
+A manifest whose tar is absent (a crash between the two renames) means "not done" and is deleted by
+the next run of that part. A unit whose every video failed has a manifest with ``"shard": null`` and
+no tar.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
-import re
 import tarfile
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Tuple
@@ -28,16 +29,10 @@ from siammae.shard.folder import PartFolder, ShardFolder
 if TYPE_CHECKING:  # the samples come from siammae.shard.samples; only their type is named here
     from siammae.shard.samples import Sample
 
-_BLOCK = 512
 
-
-def tar_bytes(samples: List[Sample]) -> int:
-    """Bytes the samples take in a tar: a header block per member plus data padded to blocks."""
-    total = 0
-    for _, members in samples:
-        for _, payload in members:
-            total += _BLOCK + -(-len(payload) // _BLOCK) * _BLOCK
-    return total
+def shard_name(unit: int) -> str:
+    """The file name of unit ``unit``'s shard."""
+    return f"shard-{unit:06d}.tar"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -54,82 +49,76 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def next_sequence(out: Path, manifests: Path, prefix: str) -> int:
-    """1 + the highest sequence number of ``prefix`` among finished shards and manifests (0 if none)."""
-    pattern = re.compile(re.escape(prefix) + r"-(\d{6})\.(?:tar|json)$")
-    seqs = [-1]
-    for folder in (out, manifests):
-        if folder.is_dir():
-            seqs += [int(m.group(1)) for name in os.listdir(folder) if (m := pattern.match(name))]
-    return max(seqs) + 1
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-class ShardWriter:
-    """Collects whole videos' samples into shards of at most ``max_samples`` samples and ``max_bytes``
-    bytes (a single video larger than that gets a shard of its own)."""
+def output_sha256(shards: List[Tuple[str, str]]) -> str:
+    """One checksum of a whole output from its shards' (name, SHA-256): the SHA-256 of the sorted
+    ``<name> <sha256>`` lines, so it names both what each shard holds and how the output is cut."""
+    lines = "".join(f"{name} {sha}\n" for name, sha in sorted(shards))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
-    def __init__(self, part: PartFolder, prefix: str, max_samples: int, max_bytes: int):
-        self.part, self.folder, self.prefix = part, part.folder, prefix
-        self.tmp_dir = self.folder.tmp
+
+class UnitWriter:
+    """Collects one unit's samples into its shard; :meth:`close` commits it, :meth:`abort` drops it."""
+
+    def __init__(self, part: PartFolder, unit: int):
+        self.part, self.folder, self.unit = part, part.folder, unit
+        self.name = shard_name(unit)
+        self.tmp = self.folder.tmp / self.name
         part.manifests.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.max_samples, self.max_bytes = max_samples, max_bytes
-        self.seq = next_sequence(self.folder.root, part.manifests, prefix)
-        self._tar: Optional[tarfile.TarFile] = None
+        self.folder.tmp.mkdir(parents=True, exist_ok=True)
         self._file = None
-        self._videos: List[str] = []
-        self._samples = 0
-        self._bytes = 0
+        self._tar: Optional[tarfile.TarFile] = None
+        self.videos: List[str] = []
+        self.failed: List[str] = []
+        self.samples = 0
 
-    @property
-    def name(self) -> str:
-        return f"{self.prefix}-{self.seq:06d}.tar"
-
-    def add(self, src: str, samples: List[Sample]) -> Optional[dict]:
-        """Append one video's samples; returns the manifest of a shard this closed first, if any."""
-        size = tar_bytes(samples)
-        closed = None
-        if self._tar is not None and (
-            self._samples + len(samples) > self.max_samples or self._bytes + size > self.max_bytes
-        ):
-            closed = self.close()
+    def add(self, src: str, samples: List[Sample]) -> None:
+        """Append one video's samples."""
         if self._tar is None:
-            self._file = open(self.tmp_dir / self.name, "wb")
+            self._file = open(self.tmp, "wb")
             self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
         for key, members in samples:
             for extension, payload in members:
                 info = tarfile.TarInfo(f"{key}.{extension}")
                 info.size, info.mode, info.mtime = len(payload), 0o444, 0
                 self._tar.addfile(info, io.BytesIO(payload))
-        self._videos.append(src)
-        self._samples += len(samples)
-        self._bytes += size
-        return closed
+        self.videos.append(src)
+        self.samples += len(samples)
 
-    def close(self) -> Optional[dict]:
-        """Finish the open shard (see the module docstring); returns its manifest, or None if none was open."""
-        if self._tar is None:
-            return None
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        tmp = self.tmp_dir / self.name
-        manifest = {"shard": self.name, "samples": self._samples, "bytes": tmp.stat().st_size, "videos": self._videos}
+    def close(self) -> dict:
+        """Commit the shard (see the module docstring); returns its manifest."""
+        manifest = {"unit": self.unit, "shard": None, "samples": 0, "bytes": 0, "sha256": None}
+        if self._tar is not None:
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._tar = self._file = None
+            size, sha = self.tmp.stat().st_size, file_sha256(self.tmp)
+            manifest.update(shard=self.name, samples=self.samples, bytes=size, sha256=sha)
+        manifest.update(videos=self.videos, failed=self.failed)
         write_atomic(self.part.manifest(self.name), json.dumps(manifest).encode())
-        os.replace(tmp, self.folder.shard(self.name))
-        _fsync_dir(self.folder.root)
-        self._tar, self._file = None, None
-        self._videos, self._samples, self._bytes = [], 0, 0
-        self.seq += 1
+        if manifest["shard"]:
+            os.replace(self.tmp, self.folder.shard(self.name))
+            _fsync_dir(self.folder.root)
         return manifest
 
     def abort(self) -> None:
-        """Drop the open shard (its videos are not done)."""
-        if self._tar is not None:
-            self._file.close()
-            (self.tmp_dir / self.name).unlink(missing_ok=True)
-            self._tar, self._file = None, None
+        """Drop the unfinished shard (its videos are not done)."""
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:  # the disk is full: closing flushes the buffer
+                pass
+            self._tar = self._file = None
+        self.tmp.unlink(missing_ok=True)
 
 
 def read_manifests(folder: ShardFolder) -> List[Tuple[Path, dict]]:

@@ -9,8 +9,11 @@ import json
 import math
 import os
 import platform
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -204,7 +207,7 @@ def test_tiny_run_learns_and_writes_checkpoints_pictures_and_logs(straight):
     losses = [r["loss"] for r in recs]
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
-    assert all(r["pairs_per_s"] > 0 and 0 <= r["data_wait"] <= 1 for r in recs)
+    assert all(r["samples_per_s"] > 0 and 0 <= r["data_wait"] <= 1 for r in recs)
     assert recs[-1]["skipped"] > 0, "the truncated shard and the corrupt JPEG are counted in the metrics"
     assert load_config(out / "config.yaml").train.global_batch_size == 8  # resolved config, loadable
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
@@ -214,7 +217,7 @@ def test_tiny_run_learns_and_writes_checkpoints_pictures_and_logs(straight):
         assert (out / "checkpoints" / name / "model.safetensors").is_file()
     assert sorted(p.name for p in (out / "recon").iterdir()) == ["step_0000006.png", "step_0000012.png"]
     assert list((out / "tensorboard").rglob("events.out.tfevents*"))
-    assert "done: 12 steps, 96 pairs seen" in proc.stdout + proc.stderr
+    assert "done: 12 steps, 96 samples (frame pairs) seen" in proc.stdout + proc.stderr
     if platform.libc_ver()[0] == "glibc":  # CPU steps reuse freed memory (siammae.allocator)
         assert "host memory: freed memory kept for reuse" in proc.stdout + proc.stderr
     assert f"{recs[-1]['skipped']} samples skipped" in proc.stdout + proc.stderr
@@ -463,7 +466,7 @@ def test_wandb_logs_offline_with_the_config_as_hyperparameters(shards, tmp_path)
     assert len(records) == 1, list((out / "wandb").rglob("*"))
     logged = records[0].read_bytes()
     assert b"model.arch" in logged and b"vit_tiny" in logged, "the resolved config is the run's hyper-parameters"
-    assert b"pairs_per_s" in logged and b"loss" in logged, "and the metrics are logged"
+    assert b"samples_per_s" in logged and b"loss" in logged, "and the metrics are logged"
     assert list((out / "tensorboard").rglob("events.out.tfevents*")), "all = TensorBoard too"
 
 
@@ -478,3 +481,65 @@ def test_wandb_without_the_package_fails_before_any_work(shards, tmp_path):
         proc.stderr.strip().splitlines()[-1] == "error: train.log_with=wandb needs the wandb package: pip install wandb"
     )
     assert not (tmp_path / "run").exists()
+
+
+def _file_size_limit(limit: int):
+    """preexec_fn: no file above ``limit`` bytes can be written (EFBIG, as a full disk's ENOSPC)."""
+
+    def apply():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_while_saving_is_one_line_and_the_rerun_resumes(straight, shards, tmp_path):
+    base, _ = straight
+    out = tmp_path / "run"
+    killed = trainer(out, shards, "data.num_workers=1", record=tmp_path / "record", exit_at=8, check=False)
+    assert killed.returncode == 17 and [p.name for p in checkpoint_dirs(out / "checkpoints")] == ["checkpoint_6"]
+    command = [sys.executable, "-m", "siammae.train", "tiny", f"data.shards={shards}", f"train.output_dir={out}"]
+    command += [*SMALL, "data.num_workers=1"]
+    full = subprocess.run(  # the weights file (~22 MB) cannot be written
+        command, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(8 << 20)
+    )
+    assert full.returncode == 2, full.stderr[-2000:]
+    error = [line for line in full.stderr.splitlines() if "saving checkpoint_12" in line]
+    assert len(error) == 1 and "File too large" in error[0] and "MB are free" in error[0], full.stderr[-2000:]
+    assert "resumes from checkpoint_6" in error[0]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_6"]  # nothing half-written
+    trainer(out, shards, "data.num_workers=1")
+    a = load_file(base / "run" / "checkpoints" / "checkpoint_12" / "model.safetensors")
+    b = load_file(out / "checkpoints" / "checkpoint_12" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
+def test_kill_9_three_times_then_rerun_gives_the_uninterrupted_weights(shards, tmp_path):
+    """Checkpoints every 2 steps, so kills land in steps and in saves. (The data segment between two
+    checkpoints is seeded by its start step, so the uninterrupted run to compare with saves every 2 too.)"""
+    trainer(tmp_path / "straight", shards, "data.num_workers=1", "train.save_every=2")
+    out, rng, progress = tmp_path / "run", random.Random(0), []
+    command = [sys.executable, "-m", "siammae.train", "tiny", f"data.shards={shards}", f"train.output_dir={out}"]
+    command += [*SMALL, "data.num_workers=1", "train.save_every=2"]
+    for _ in range(3):  # killed at a random moment after its next logged step (during a step, a save, ...)
+        done = len(metrics(out)) if (out / "metrics.jsonl").is_file() else 0
+        process = subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None:
+            if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) > done:
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        assert process.poll() is None, "the run ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        progress.append([p.name for p in checkpoint_dirs(out / "checkpoints")])
+    assert progress[-1] and "checkpoint_12" not in progress[-1], progress
+    trainer(out, shards, "data.num_workers=1", "train.save_every=2")
+    assert [r["step"] for r in metrics(out)] == list(range(1, 13))
+    a = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint_12" / "model.safetensors")
+    b = load_file(out / "checkpoints" / "checkpoint_12" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

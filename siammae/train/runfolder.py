@@ -3,6 +3,7 @@
     OUTPUT/config.yaml            the resolved config of the latest session
     OUTPUT/metrics.jsonl          one JSON record per log step (and per evaluation)
     OUTPUT/checkpoints/checkpoint_<step>/   Accelerate ``save_state`` + a ``complete`` marker
+    OUTPUT/checkpoints/.partial_<step>/     a checkpoint being written (renamed when complete)
     OUTPUT/recon/, loss_curve.png, tensorboard/, eval/   pictures and logs
     OUTPUT/previous-<time>/       an earlier run set aside by ``train.resume=never``
 
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 from siammae.config import ConfigError, dump_config, read_config
+from siammae.errors import SiammaeError
 from siammae.files import read_jsonl, write_atomic
-from siammae.weights import COMPLETE, checkpoint_dirs, checkpoint_step
+from siammae.weights import COMPLETE, checkpoint_dirs
 
 
 def resume_from(cfg, ckpt_root: Path) -> Path | None:
@@ -70,30 +72,53 @@ def prepare_run_folder(cfg, out: Path, resume: Path | None, say: Callable[[str],
     dump_config(cfg, previous)
 
 
+class CheckpointError(SiammaeError):
+    """A checkpoint could not be written (a full disk, mostly); one line for the user."""
+
+
 def save_checkpoint(accelerator, ckpt_root: Path, step: int, keep: int) -> Path:
-    """``save_state`` into ``checkpoint_<step>``, then the ``complete`` marker, then prune to the last
-    ``keep``. A kill at any moment leaves the newest *complete* checkpoint untouched: older ones are
-    removed only after the new one is marked complete."""
-    path = ckpt_root / f"checkpoint_{step}"
-    if accelerator.is_main_process and path.exists():
-        shutil.rmtree(path)  # a leftover of a save that was killed before it completed
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(path))
-    accelerator.wait_for_everyone()  # every rank's files (RNG states) are written
+    """``save_state`` into ``.partial_<step>``, then the ``complete`` marker, then renamed to
+    ``checkpoint_<step>``, then prune to the last ``keep``. A kill or a full disk at any moment leaves
+    no half-written checkpoint under a checkpoint's name, and the newest complete one untouched: older
+    ones are removed only after the new one is in place. A failed save is a :class:`CheckpointError`."""
+    path, partial = ckpt_root / f"checkpoint_{step}", ckpt_root / f".partial_{step}"
     if accelerator.is_main_process:
-        for f in path.iterdir():  # on disk before the marker says so
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        (path / COMPLETE).write_text(json.dumps(dict(step=step, time=time.time())) + "\n")
+        for leftover in (partial, path):  # of a save that was killed before it completed
+            if leftover.exists():
+                shutil.rmtree(leftover)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()  # every rank's files (RNG states) are written
+        if accelerator.is_main_process:
+            for f in partial.iterdir():  # on disk before the marker says so
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            write_atomic(partial / COMPLETE, json.dumps(dict(step=step, time=time.time())) + "\n")
+            os.replace(partial, path)
+    except Exception as error:  # OSError, or torch's / safetensors' own error for a failed write
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise CheckpointError(_save_failed(ckpt_root, step, error)) from None
+    if accelerator.is_main_process:
         complete = checkpoint_dirs(ckpt_root)
         for old in complete[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
-        newest = checkpoint_step(complete[-1])
-        for p in checkpoint_dirs(ckpt_root, complete_only=False):
-            if not (p / COMPLETE).is_file() and checkpoint_step(p) < newest:
-                shutil.rmtree(p, ignore_errors=True)
     accelerator.wait_for_everyone()
     return path
+
+
+def _save_failed(ckpt_root: Path, step: int, error: Exception) -> str:
+    """What went wrong, what a checkpoint needs, what is free, and where the rerun resumes from."""
+    reason = " ".join(str(error).split())[:300] or type(error).__name__
+    line = f"saving checkpoint_{step} in {ckpt_root} failed: {reason}"
+    existing = checkpoint_dirs(ckpt_root)
+    if existing:
+        size = sum(f.stat().st_size for f in existing[-1].iterdir() if f.is_file())
+        line += f"; a checkpoint takes {size / 1e6:.0f} MB"
+    line += f", {shutil.disk_usage(ckpt_root).free / 1e6:.0f} MB are free on its disk"
+    start = f"from {existing[-1].name}" if existing else "from the start (no checkpoint was completed)"
+    return line + f"; make room and rerun the same command: training resumes {start}"
 
 
 def keep_metrics_until(metrics_path: Path, step: int) -> None:
@@ -101,6 +126,12 @@ def keep_metrics_until(metrics_path: Path, step: int) -> None:
     if metrics_path.is_file():
         kept = [r for r in read_jsonl(metrics_path) if r.get("step", 0) <= step]  # a torn line goes too
         write_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def samples_per_s(record: dict) -> float:
+    """Training throughput of a metrics record or run summary, written as ``pairs_per_s`` before clip
+    methods came (old ``metrics.jsonl`` files keep reading)."""
+    return record["samples_per_s"] if "samples_per_s" in record else record["pairs_per_s"]
 
 
 def append_metrics(out: Path, record: dict) -> None:

@@ -95,6 +95,11 @@ class DataConfig:
     # CMAE's pixel shift: the first frame's crop box moves by up to this many pixels of the shards'
     # frames in x and y (uniform integers, kept inside the frame); 0 = one box for all frames.
     view_shift: int = 0
+    # Pairs drawn at load time: [min, max] gap in frames at 30 fps (the paper: [4, 48]). The shards then
+    # hold runs of frames (siammae shard --frames 25 --gap 48-48: every 2nd frame over 48), and every
+    # time a sample is read a new pair is drawn from its run, as the paper draws a new pair from each
+    # video every epoch. [] = read the stored frames as they are (fixed pairs).
+    pair_gap: List[int] = field(default_factory=list)
     # Samples buffered per worker before decoding (compressed bytes, so this is cheap). A shard holds
     # each video's pairs one after another, so the buffer must span many videos: a batch drawn from a
     # buffer of a few videos' pairs trains on near-duplicates (seen in the tiny recipe).
@@ -236,6 +241,10 @@ RULES = {
     "data.crop_ratio": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "must be [min, max] with 0 < min <= max"),
     "data.hflip": (lambda v: 0 <= v <= 1, "must be a probability in [0, 1]"),
     "data.view_shift": _at_least(0, " (pixels; 0 = no shift)"),
+    "data.pair_gap": (
+        lambda v: len(v) == 0 or (len(v) == 2 and 1 <= v[0] <= v[1]),
+        "must be [] or [min, max] with 1 <= min <= max",
+    ),
     "data.shuffle_buffer": _at_least(1),
     "data.num_workers": _at_least(0),
     "optim.base_lr": _at_least(0),
@@ -285,6 +294,11 @@ CROSS_RULES = [
         ("model.method", "model.mask_ratio", "data.num_frames"),
         lambda method, ratios, frames: _clips(method) or len(ratios) == frames,
         "model.mask_ratio needs one ratio per frame",
+    ),
+    (
+        ("data.pair_gap", "data.num_frames"),
+        lambda gap, frames: not gap or frames == 2,
+        "data.pair_gap draws a pair (2 frames) from each run of frames: data.num_frames must be 2",
     ),
     (
         ("model.masking", "model.method"),

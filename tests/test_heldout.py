@@ -193,3 +193,11 @@ def test_compare_plots_settings_side_by_side_and_names_a_missing_report(tmp_path
     assert (tmp_path / "compare-one-two-siammae-128.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="report-three-siammae-128.json not found"):
         heldout.main(["--out", str(tmp_path), "--compare", "one,three"])
+
+
+def test_runs_shard_frame_runs_and_draw_the_pairs_in_the_gap(tmp_path, capsys):
+    args = heldout.parse_args([str(tmp_path), "--out", str(tmp_path), "--runs", "8", "--gap", "1-4"])
+    assert args.runs == 8 and args.set[-1] == "data.pair_gap=[1,4]"
+    with pytest.raises(SystemExit):
+        heldout.parse_args([str(tmp_path), "--out", str(tmp_path), "--runs", "4", "--gap", "4-16"])
+    assert "--runs 4 spans 3 frames" in capsys.readouterr().err

@@ -231,7 +231,7 @@ def training(work: Path, device, sizes: Sizes, dry: bool) -> dict:
         batch=sizes.train_batch,
         precision=pick_precision(cfg.train.mixed_precision, device)[0],
         data_workers=cfg.data.num_workers,
-        pairs_per_s=summary["pairs_per_s"],
+        pairs_per_s=summary["samples_per_s"],
         data_wait_mean=round(sum(r["data_wait"] for r in steady) / len(steady), 4),
         data_wait_max=round(max(r["data_wait"] for r in steady), 4),
         overflow_steps=records[-1]["overflow"],

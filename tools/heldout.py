@@ -43,6 +43,8 @@ sys.path.insert(0, os.fspath(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from siammae.train.runfolder import samples_per_s  # noqa: E402
+
 HERE = Path(__file__).resolve()
 
 
@@ -93,10 +95,14 @@ def prepare_fold(args, k: int, train_videos: list, held: list) -> dict:
     fold = args.out / "folds" / f"fold{k}"
     link_videos(train_videos, fold / "train_videos")
     link_videos(held, fold / "heldout_videos")
-    shards = fold / f"shards-pv{args.per_video}-g{args.gap[0]}-{args.gap[1]}"
+    if args.runs:  # runs of consecutive frames; the trainer draws each pair within --gap (data.pair_gap)
+        shards = fold / f"shards-pv{args.per_video}-r{args.runs}"
+        sample = SampleSpec(per_video=args.per_video, frames=args.runs, gap=(args.runs - 1, args.runs - 1))
+    else:
+        shards = fold / f"shards-pv{args.per_video}-g{args.gap[0]}-{args.gap[1]}"
+        sample = SampleSpec(per_video=args.per_video, gap=tuple(args.gap))
     if not (shards / "stats.json").is_file():
-        # One worker: the shards are then the same bytes on every run (several workers race for videos).
-        config = ShardConfig(sample=SampleSpec(per_video=args.per_video, gap=tuple(args.gap)), max_samples=200)
+        config = ShardConfig(sample=sample, max_samples=200)
         shard(fold / "train_videos", shards, config, workers=1, progress=False, log=lambda *_: None)
     sets, copy_path = {}, fold / "copy_first_frame.json"
     copy = json.loads(copy_path.read_text()) if copy_path.is_file() else {}
@@ -381,7 +387,7 @@ def summarise(args, folds: list, prepared: list) -> dict:
             if summary.is_file():
                 s = json.loads(summary.read_text())
                 # from the speed, not the wall time: a resumed run's wall time counts its last session only
-                entry["minutes"].append(round(args.steps * args.batch / max(s["pairs_per_s"], 1e-9) / 60, 2))
+                entry["minutes"].append(round(args.steps * args.batch / max(samples_per_s(s), 1e-9) / 60, 2))
         if not per_seed:
             out["folds"].append(entry)
             continue
@@ -606,6 +612,14 @@ def parse_args(argv=None):
     p.add_argument("--max-folds", type=int, default=5, help="leave one out up to this many videos (default: 5)")
     p.add_argument("--per-video", type=int, default=400, help="pairs sharded per training video (default: 400)")
     p.add_argument("--gap", default="1-4", help="frames between a pair's two frames, MIN-MAX (default: 1-4)")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="shard runs of N consecutive frames (--per-video of them) and draw each pair within --gap when "
+        "it is read (data.pair_gap), instead of fixed pairs",
+    )
     p.add_argument("--sequences", type=int, default=6, help="sequences per composited set (default: 6)")
     p.add_argument("--frames", type=int, default=30, help="frames per sequence (default: 30)")
     p.add_argument("--size", default="480x854", help="composited frame size HxW (default: 480x854)")
@@ -633,6 +647,10 @@ def parse_args(argv=None):
     args.train_seeds, args.set_seeds = ints(args.train_seeds), ints(args.set_seeds)
     args.variants, args.final_variants = names(args.variants), names(args.final_variants)
     args.gap = [int(x) for x in args.gap.split("-")]
+    if args.runs:
+        if args.runs - 1 < args.gap[0]:
+            p.error(f"--runs {args.runs} spans {args.runs - 1} frames, less than the smallest gap {args.gap[0]}")
+        args.set = [*args.set, f"data.pair_gap=[{args.gap[0]},{args.gap[1]}]"]
     args.size = [int(x) for x in args.size.lower().split("x")]
     args.threads = args.threads or max(1, (os.cpu_count() or 2) // args.parallel)
     args.knobs = {k: _number(v) for k, _, v in (x.partition("=") for x in args.knob)}

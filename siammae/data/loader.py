@@ -26,6 +26,7 @@ rank-split stream); the trainer moves batches to the device itself.
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import random
@@ -99,16 +100,17 @@ def resolve_shards(specs: Sequence[str] | str) -> List[str]:
     return urls
 
 
-def check_clip_length(urls: Sequence[str], num_frames: int) -> None:
-    """Shards whose samples hold fewer frames than ``data.num_frames`` are one line before any work
-    (every sample would fail to decode). Looks at the first sample of the first local shard; remote and
-    unreadable shards are left to the loader, which skips and counts what it cannot read."""
+def check_clip_length(urls: Sequence[str], num_frames: int, pair_gap: Sequence[int] = ()) -> None:
+    """Shards whose samples hold fewer frames than ``data.num_frames``, or with ``data.pair_gap`` no run
+    of frames with such a pair, are one line before any work (every sample would fail to decode). Looks
+    at the first sample of the first local shard; remote and unreadable shards are left to the loader,
+    which skips and counts what it cannot read."""
     import tarfile
 
     local = next((u for u in urls if not _is_remote(u)), None)
     if local is None:
         return
-    members = []  # (key, suffix) of the first sample
+    members, record = [], None  # (key, suffix) of the first sample, its json
     try:
         with tarfile.open(local) as tar:
             for member in tar:
@@ -116,7 +118,9 @@ def check_clip_length(urls: Sequence[str], num_frames: int) -> None:
                 if members and key != members[0][0]:
                     break
                 members.append((key, suffix))
-    except (tarfile.TarError, OSError):
+                if suffix == "json":
+                    record = json.loads(tar.extractfile(member).read())
+    except (tarfile.TarError, OSError, ValueError):
         return
     frames = sum(1 for _, suffix in members if suffix.startswith("f") and suffix.endswith(".jpg"))
     if 0 < frames < num_frames:
@@ -124,6 +128,16 @@ def check_clip_length(urls: Sequence[str], num_frames: int) -> None:
             f"data.num_frames={num_frames}, but the samples of '{local}' hold {frames} frames: "
             f"make shards of clips with siammae shard --frames {num_frames}"
         )
+    if pair_gap and frames:
+        runs = "siammae shard --frames 25 --gap 48-48 (every 2nd frame over 48) makes runs"
+        if frames < 3:
+            raise DataError(
+                f"data.pair_gap draws pairs from runs of frames, but the samples of '{local}' hold {frames}: {runs}"
+            )
+        try:
+            draw_pair(record or {}, random.Random(0), pair_gap)
+        except (ValueError, KeyError) as error:
+            raise DataError(f"data.pair_gap={list(pair_gap)} and the runs of '{local}': {error}; {runs}") from None
 
 
 def shards_for(urls: Sequence[str], rank: int, world: int, worker: int, workers: int) -> List[str]:
@@ -263,6 +277,30 @@ def shifted_box(rng: random.Random, box, shift: int, height: int, width: int) ->
     return top, left, h, w
 
 
+REF_FPS = 30.0  # data.pair_gap is in frames at this rate, as siammae shard --gap
+
+
+def draw_pair(record: dict, rng: random.Random, gap: Sequence[int]) -> tuple[int, int]:
+    """Positions (i, j), i < j, of two frames of a stored run (``record``: the sample's json, with the
+    run's video frame indices ``frames`` and the video's ``fps``) whose gap, in frames at 30 fps, lies
+    in ``gap`` = [min, max]: a gap drawn uniformly among those the run offers, then a start uniformly
+    among the pairs with that gap (the paper: gap uniform, then start uniform). Raises ValueError
+    when the run offers none."""
+    frames = np.asarray(record["frames"], dtype=np.int64)
+    scale = REF_FPS / record["fps"] if record.get("fps") else 1.0
+    lo, hi = int(round(gap[0] / scale)), int(round(gap[1] / scale))  # the range in the video's own frames
+    lo = max(lo, 1)
+    diff = frames[None, :] - frames[:, None]  # (n, n): frames[j] - frames[i]
+    ok = (diff >= lo) & (diff <= hi)
+    if not ok.any():
+        raise ValueError(f"a run spanning {int(frames[-1] - frames[0])} frames has no pair {lo}-{hi} frames apart")
+    gaps = np.unique(diff[ok])
+    chosen = int(gaps[rng.randrange(len(gaps))])
+    starts = np.flatnonzero((diff == chosen).any(axis=1))
+    i = int(starts[rng.randrange(len(starts))])
+    return i, int(np.flatnonzero(diff[i] == chosen)[0])
+
+
 def make_sample(
     sample: dict,
     rng: random.Random,
@@ -273,15 +311,20 @@ def make_sample(
     ratio=(3 / 4, 4 / 3),
     hflip: float = 0.5,
     view_shift: int = 0,
+    pair_gap: Sequence[int] = (),
 ) -> List[View]:
-    """One shard sample -> ``repeats`` views of its first ``num_frames`` frames.
+    """One shard sample -> ``repeats`` views of its first ``num_frames`` frames, or with ``pair_gap`` of
+    a pair drawn from its run of frames (:func:`draw_pair`; only those two JPEGs are decoded).
 
     Every view draws one crop box and one flip for all T frames, so the frames stay aligned (the
     correspondence the model learns is in the motion, not in the augmentation); with ``view_shift``
     the first frame's box alone moves by up to that many pixels (CMAE's pixel shift).
     Raises on a missing or undecodable frame; the caller counts and skips the sample.
     """
-    frames = [simplejpeg.decode_jpeg(sample[f"f{t}.jpg"], colorspace="RGB") for t in range(num_frames)]
+    positions = range(num_frames)
+    if pair_gap:
+        positions = draw_pair(json.loads(sample["json"]), rng, pair_gap)
+    frames = [simplejpeg.decode_jpeg(sample[f"f{t}.jpg"], colorspace="RGB") for t in positions]
     height, width = frames[0].shape[:2]
     if any(f.shape[:2] != (height, width) for f in frames):
         raise ValueError(f"frames of different sizes in sample {sample.get('__key__')}")
@@ -340,7 +383,7 @@ def augment(data_cfg, seed, rank: int):
             try:
                 views = make_sample(sample, rng, num_frames=data_cfg.num_frames, repeats=data_cfg.repeated_sampling,
                                     scale=data_cfg.crop_scale, ratio=data_cfg.crop_ratio, hflip=data_cfg.hflip,
-                                    view_shift=data_cfg.view_shift)  # fmt: skip
+                                    view_shift=data_cfg.view_shift, pair_gap=data_cfg.pair_gap)  # fmt: skip
             except Exception as exn:  # corrupt JPEG, missing frame (truncated shard), ...
                 exn.args = (f"{exn} (sample '{sample.get('__key__')}' of {sample.get('__url__')})",)
                 skip_and_count(exn)

@@ -39,7 +39,7 @@ from siammae.config import load_config
 from siammae.data.loader import check_clip_length, describe, make_loader, resolve_shards
 from siammae.data.pixels import normalize, to_uint8
 from siammae.errors import SiammaeError
-from siammae.models import build_model
+from siammae.models import METHODS, build_model
 from siammae.models.kernels import check_sdpa_backend
 from siammae.pictures import save_recon
 from siammae.train.monitor import make_monitor, run_monitor
@@ -60,7 +60,7 @@ class Progress:
 
     def __init__(self):
         self.step = 0  # optimizer steps taken (skipped non-finite steps included)
-        self.samples = 0  # training pairs consumed, all ranks
+        self.samples = 0  # training samples (pairs, or clips for clip methods) consumed, all ranks
         self.skipped = 0  # samples or shard tails dropped by the data pipeline, all ranks
         self.nonfinite = 0  # steps skipped because the loss was not finite
         self.nonfinite_in_a_row = 0
@@ -105,7 +105,7 @@ class MetricsWindow:
             samples=progress.samples,
             **means,
             lr=lr,
-            pairs_per_s=self.steps * batch / elapsed,
+            samples_per_s=self.steps * batch / elapsed,  # was pairs_per_s: read both with samples_per_s()
             data_wait=self.wait / elapsed,
             skipped=progress.skipped,
             nonfinite=progress.nonfinite,
@@ -335,7 +335,7 @@ def train(cfg, on_step=None, build=None) -> dict:
     from tqdm import tqdm
 
     urls = resolve_shards(cfg.data.shards)  # everything that can be wrong fails here, before any work
-    check_clip_length(urls, cfg.data.num_frames)
+    check_clip_length(urls, cfg.data.num_frames, cfg.data.pair_gap)
     monitor = make_monitor(cfg)
     out = Path(cfg.train.output_dir)
     ckpt_root = out / "checkpoints"
@@ -393,7 +393,7 @@ def train(cfg, on_step=None, build=None) -> dict:
                     bar.set_postfix(
                         loss=f"{record['loss']:.4f}",
                         lr=f"{lr:.2e}",
-                        pairs_s=f"{record['pairs_per_s']:.1f}",
+                        samples_s=f"{record['samples_per_s']:.1f}",
                         skipped=progress.skipped,
                         refresh=False,
                     )
@@ -451,7 +451,7 @@ def summarize(cfg, progress: Progress, wall: float, steps_done: int, last_ckpt, 
         steps=progress.step,
         samples=progress.samples,
         wall_s=round(wall, 1),
-        pairs_per_s=round(steps_done * cfg.train.global_batch_size / wall, 1) if steps_done else 0.0,
+        samples_per_s=round(steps_done * cfg.train.global_batch_size / wall, 1) if steps_done else 0.0,
         skipped=progress.skipped,
         nonfinite=progress.nonfinite,
         checkpoint=str(last_ckpt) if last_ckpt else None,
@@ -466,11 +466,16 @@ def summarize(cfg, progress: Progress, wall: float, steps_done: int, last_ckpt, 
         )
     else:
         say(
-            f"done: {progress.step} steps, {progress.samples} pairs seen, {wall / 60:.1f} min this session, "
-            f"{summary['pairs_per_s']} pairs/s, {progress.skipped} samples skipped, "
+            f"done: {progress.step} steps, {progress.samples} samples ({sample_unit(cfg)}) seen, "
+            f"{wall / 60:.1f} min this session, {summary['samples_per_s']} samples/s, {progress.skipped} skipped, "
             f"{progress.nonfinite} non-finite steps; checkpoint {last_ckpt}"
         )
     return summary
+
+
+def sample_unit(cfg) -> str:
+    """What one training sample is for the run's method: a frame pair, or a clip of K frames."""
+    return f"clips of {cfg.data.num_frames}" if METHODS[cfg.model.method].clips else "frame pairs"
 
 
 def describe_run(cfg, urls, model, accelerator, micro_batch, total_steps, warmup_steps, peak_lr) -> str:
@@ -483,7 +488,8 @@ def describe_run(cfg, urls, model, accelerator, micro_batch, total_steps, warmup
     return (
         f"siammae.train: {describe(urls)}; {n_params / 1e6:.1f}M trainable parameters; "
         f"{accelerator.num_processes} process(es) on {device}, precision {accelerator.mixed_precision}; "
-        f"{total_steps} steps of {cfg.train.global_batch_size} pairs ({micro_batch} per process x "
+        f"{total_steps} steps of {cfg.train.global_batch_size} samples ({sample_unit(cfg)}; "
+        f"{micro_batch} per process x "
         f"{cfg.train.grad_accum} accumulation), warm-up {warmup_steps} steps, peak lr {peak_lr:.3g}; "
         f"run folder {cfg.train.output_dir}"
     )

@@ -36,14 +36,18 @@ def write_atomic(path, data: bytes | str | Callable[[Path], None]) -> Path:
     the temporary file it is given (for libraries that write files themselves, e.g. safetensors)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if callable(data):
-        data(tmp)
-    else:
-        with open(tmp, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        if callable(data):
+            data(tmp)
+        else:
+            with open(tmp, "wb") as handle:
+                handle.write(data.encode() if isinstance(data, str) else data)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no partial temporary file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

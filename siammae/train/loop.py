@@ -467,8 +467,8 @@ def summarize(cfg, progress: Progress, wall: float, steps_done: int, last_ckpt, 
     else:
         say(
             f"done: {progress.step} steps, {progress.samples} samples ({sample_unit(cfg)}) seen, "
-            f"{wall / 60:.1f} min this session, {summary['samples_per_s']} samples/s, {progress.skipped} skipped, "
-            f"{progress.nonfinite} non-finite steps; checkpoint {last_ckpt}"
+            f"{wall / 60:.1f} min this session, {summary['samples_per_s']} samples/s, "
+            f"{progress.skipped} samples skipped, {progress.nonfinite} non-finite steps; checkpoint {last_ckpt}"
         )
     return summary
 

@@ -166,6 +166,65 @@ def test_forward_logs_both_losses_accuracy_and_momentum():
     assert model.target_encoder.patch_embed.proj.weight.grad is None
 
 
+def _normalised(x: torch.Tensor) -> torch.Tensor:
+    from siammae.data import IMAGENET_MEAN, IMAGENET_STD
+
+    return (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def test_target_view_augmentations_on_hand_made_images():
+    from siammae.models.view_augment import TargetAugment, augment_target, blur, shift_hue
+
+    none = TargetAugment(jitter_p=0, grey_p=0, blur_p=0)
+    x = _normalised(torch.rand(3, 3, 16, 16))
+    assert torch.allclose(augment_target(x, none), x, atol=1e-5)  # nothing applied: the view as it was
+    greyed = augment_target(x, TargetAugment(jitter_p=0, grey_p=1, blur_p=0))
+    unnorm = greyed * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(
+        1, 3, 1, 1
+    )
+    assert torch.allclose(unnorm[:, 0], unnorm[:, 1], atol=1e-5) and torch.allclose(
+        unnorm[:, 1], unnorm[:, 2], atol=1e-5
+    )
+    red = torch.zeros(1, 3, 4, 4)
+    red[:, 0] = 1.0
+    third = shift_hue(red, torch.full((1, 1, 1, 1), 1 / 3))  # a third of the hue circle: red -> green
+    assert torch.allclose(third[0, :, 0, 0], torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
+    flat = torch.full((2, 3, 9, 9), 0.25)
+    assert torch.allclose(blur(flat, torch.tensor([0.5, 2.0]), 4), flat, atol=1e-6)  # a blur keeps a flat image
+    dot = torch.zeros(1, 1, 21, 21)
+    dot[..., 10, 10] = 1.0
+    spread = blur(dot, torch.tensor([1.0]), 4)
+    assert spread.sum().item() == pytest.approx(1.0, abs=1e-5) and spread[0, 0, 10, 10] < 0.2  # mass kept, spread
+
+
+def test_target_view_augmentations_follow_the_seed_and_apply_in_training_only():
+    from siammae.models.view_augment import augment_target
+
+    x = _normalised(torch.rand(64, 3, 16, 16))
+    torch.manual_seed(3)
+    a = augment_target(x)
+    torch.manual_seed(3)
+    assert torch.equal(augment_target(x), a)  # the run's seed fixes them
+    changed = (a - x).flatten(1).abs().amax(dim=1) > 1e-3
+    assert 0.8 < changed.float().mean() < 1.0  # most views changed, not all (each part has a chance)
+    model = small_cmae()
+    frames = torch.randn(4, 2, 3, 32, 32)
+    mask = torch.zeros(4, 2, 16, dtype=torch.bool)
+    mask[:, 1, :8] = True
+    model.eval()
+    torch.manual_seed(0)
+    eval_loss = model(frames, mask).logs["loss_nce"]
+    model.target_augment = False
+    torch.manual_seed(0)
+    assert torch.equal(model(frames, mask).logs["loss_nce"], eval_loss)  # not in evaluation
+    model.train()
+    torch.manual_seed(0)
+    plain = model(frames, mask).logs["loss_nce"]
+    model.target_augment = True
+    torch.manual_seed(0)
+    assert not torch.equal(model(frames, mask).logs["loss_nce"], plain)  # in training
+
+
 # ----------------------------------------------------------------------------- training runs
 
 

@@ -18,8 +18,9 @@ A sample is a pair (B, 2, 3, H, W): f1 earlier, f2 later; the two frames are the
   ``cmae.momentum_end`` (last step); CMAE keeps it fixed at 0.996 (both keys 0.996).
 
 Heads as the public configuration (ViT-B): projection Linear-BN-ReLU-Linear 1536 -> 256, prediction
-the same on 256. The paper's pixel shift between the views is ``data.view_shift`` (the loader moves
-f1's crop box); its colour and blur augmentations of the target view are not applied.
+the same on 256. The target view is made as the public code makes it: a pixel shift
+(``data.view_shift``: the loader moves f1's crop box), then, in training and on the device, colour
+jitter, grayscale and blur (:mod:`siammae.models.view_augment`; ``cmae.target_augment``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from siammae.models.common import Decoder, LastFramePixels, Output, PretrainingM
 from siammae.models.kernels import sdpa_backend
 from siammae.models.layers import self_attention_block, set_fused_attention
 from siammae.models.masking import MASKINGS, visible_indices
+from siammae.models.view_augment import augment_target
 
 HEAD_HIDDEN, HEAD_DIM = 1536, 256  # the public configuration's projection / prediction heads
 
@@ -57,6 +59,7 @@ class Options:
     # L = L_rec + nce_weight x InfoNCE at nce_temperature; the public code weights InfoNCE by 2 x temperature.
     nce_temperature: float = _key(0.07, "InfoNCE's temperature")
     nce_weight: float = _key(0.14, "InfoNCE's weight in the loss (the public code's 2 x 0.07)")
+    target_augment: bool = _key(True, "colour jitter, grayscale and blur of the target view (f1), as the public code")
 
 
 # Checked when a config is loaded (siammae.config): each own key's rule, then rules with other keys.
@@ -162,6 +165,7 @@ class CMAE(LastFramePixels, PretrainingModel):
         momentum_end,
         nce_temperature,
         nce_weight,
+        target_augment=True,
     ):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
@@ -174,6 +178,7 @@ class CMAE(LastFramePixels, PretrainingModel):
             p.requires_grad_(False)
         self.momentum_range = (momentum, momentum_end)
         self.nce_temperature, self.nce_weight = nce_temperature, nce_weight
+        self.target_augment = target_augment
         # The momentum of the next EMA update, for the logs (the update computes it from the step): a
         # buffer, so a resumed run's logs continue exactly too.
         self.register_buffer("momentum", torch.tensor(momentum, dtype=torch.float64))
@@ -197,7 +202,10 @@ class CMAE(LastFramePixels, PretrainingModel):
             pred = self.decoder.decode(tokens, keep)  # (B, N, p*p*3)
             q = self.predictor(self.projector(self.feature_decoder.decode(tokens, keep).mean(dim=1)))
             with torch.no_grad():
-                k = self.target_projector(self.target_features(frames[:, 0]))
+                view = frames[:, 0]
+                if self.training and self.target_augment:
+                    view = augment_target(view)
+                k = self.target_projector(self.target_features(view))
         loss_rec = self.loss(frames, pred, target_mask)
         loss_nce, accuracy = info_nce(q, k, self.nce_temperature)
         logs = dict(
@@ -242,7 +250,7 @@ def build(cfg) -> CMAE:
                  mlp_head(HEAD_DIM, HEAD_HIDDEN, HEAD_DIM), mask_ratio=model_cfg.mask_ratio, masking=model_cfg.masking,
                  norm_pix_loss=model_cfg.norm_pix_loss, sdpa=model_cfg.sdpa_backend, momentum=options.momentum,
                  momentum_end=options.momentum_end, nce_temperature=options.nce_temperature,
-                 nce_weight=options.nce_weight)  # fmt: skip
+                 nce_weight=options.nce_weight, target_augment=options.target_augment)  # fmt: skip
     common.init_mae(model, keep=[encoder] if model_cfg.init == "timm" else ())
     if model_cfg.init == "mae":
         common.init_as_linear(encoder.patch_embed.proj.weight)

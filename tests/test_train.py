@@ -189,6 +189,11 @@ def test_checkpoints_are_marked_complete_pruned_and_survive_a_kill_while_saving(
     assert (root / "checkpoint_18" / "optimizer.bin").is_file() and (root / "checkpoint_18" / "complete").is_file()
 
 
+def test_throughput_reads_from_new_and_old_metrics_records():
+    assert runfolder.samples_per_s({"step": 1, "samples_per_s": 12.5}) == 12.5
+    assert runfolder.samples_per_s({"step": 1, "pairs_per_s": 9.0}) == 9.0  # metrics.jsonl before clip methods
+
+
 def test_metrics_after_the_checkpoint_are_dropped_on_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(dict(step=s)) + "\n" for s in range(1, 9)) + '{"step": 9, "lo')

@@ -194,6 +194,24 @@ def test_throughput_reads_from_new_and_old_metrics_records():
     assert runfolder.samples_per_s({"step": 1, "pairs_per_s": 9.0}) == 9.0  # metrics.jsonl before clip methods
 
 
+def test_a_failed_save_removes_its_partial_files_and_says_where_training_resumes(tmp_path):
+    import errno
+
+    class FullDisk(FakeAccelerator):
+        def save_state(self, path):
+            Path(path).mkdir(parents=True)
+            (Path(path) / "model.safetensors").write_bytes(b"w" * 3_000_000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    root = tmp_path / "checkpoints"
+    with pytest.raises(runfolder.CheckpointError, match="more than the 3 MB written.*from the start"):
+        runfolder.save_checkpoint(FullDisk(), root, 6, keep=2)
+    runfolder.save_checkpoint(FakeAccelerator(), root, 6, keep=2)
+    with pytest.raises(runfolder.CheckpointError, match="No space left.*takes 0 MB.*resumes from checkpoint_6"):
+        runfolder.save_checkpoint(FullDisk(), root, 12, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint_6"]
+
+
 def test_metrics_after_the_checkpoint_are_dropped_on_resume(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(dict(step=s)) + "\n" for s in range(1, 9)) + '{"step": 9, "lo')

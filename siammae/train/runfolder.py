@@ -97,9 +97,10 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, keep: int) -> Path:
             write_atomic(partial / COMPLETE, json.dumps(dict(step=step, time=time.time())) + "\n")
             os.replace(partial, path)
     except Exception as error:  # OSError, or torch's / safetensors' own error for a failed write
+        written = _size(partial)
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
-        raise CheckpointError(_save_failed(ckpt_root, step, error)) from None
+        raise CheckpointError(_save_failed(ckpt_root, step, error, written)) from None
     if accelerator.is_main_process:
         complete = checkpoint_dirs(ckpt_root)
         for old in complete[:-keep] if keep > 0 else []:
@@ -108,14 +109,20 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, keep: int) -> Path:
     return path
 
 
-def _save_failed(ckpt_root: Path, step: int, error: Exception) -> str:
-    """What went wrong, what a checkpoint needs, what is free, and where the rerun resumes from."""
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+
+
+def _save_failed(ckpt_root: Path, step: int, error: Exception, written: int) -> str:
+    """What went wrong, what a checkpoint needs (the last complete one's size, else at least what was
+    ``written`` before the failure), what is free, and where the rerun resumes from."""
     reason = " ".join(str(error).split())[:300] or type(error).__name__
     line = f"saving checkpoint_{step} in {ckpt_root} failed: {reason}"
     existing = checkpoint_dirs(ckpt_root)
     if existing:
-        size = sum(f.stat().st_size for f in existing[-1].iterdir() if f.is_file())
-        line += f"; a checkpoint takes {size / 1e6:.0f} MB"
+        line += f"; a checkpoint takes {_size(existing[-1]) / 1e6:.0f} MB"
+    else:
+        line += f"; a checkpoint takes more than the {written / 1e6:.0f} MB written before it failed"
     line += f", {shutil.disk_usage(ckpt_root).free / 1e6:.0f} MB are free on its disk"
     start = f"from {existing[-1].name}" if existing else "from the start (no checkpoint was completed)"
     return line + f"; make room and rerun the same command: training resumes {start}"

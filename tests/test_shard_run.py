@@ -406,3 +406,19 @@ def test_a_full_disk_stops_with_one_line_and_the_rerun_resumes(videos, reference
     assert (out / "failed.jsonl").read_text() == ""  # no video is blamed for the disk
     subprocess.run([*command, "--out", str(out)], check=True, capture_output=True)
     assert shard_bytes(out) == shard_bytes(reference)
+
+
+def test_retrying_a_repaired_video_rewrites_its_shard_as_a_clean_run_would(tmp_path):
+    src = tmp_path / "src"
+    for i in range(4):
+        make_video(src / f"v{i}.mp4", num_frames=40)
+    (src / "v2.mp4").rename(tmp_path / "v2.mp4")
+    (src / "v2.mp4").write_bytes(b"")  # broken for now
+    config = ShardConfig(sample=SMALL.sample, encode=SMALL.encode, max_samples=8)  # 2 videos a shard
+    first = shard(src, tmp_path / "out", config, workers=2, progress=False, log=lambda _: None)
+    assert first["output"]["failed"] == 1 and first["output"]["videos"] == 3
+    (tmp_path / "v2.mp4").rename(src / "v2.mp4")  # repaired
+    shard(src, tmp_path / "out", config, workers=2, retry_failed=True, progress=False, log=lambda _: None)
+    shard(src, tmp_path / "clean", config, workers=1, progress=False, log=lambda _: None)
+    assert shard_bytes(tmp_path / "out") == shard_bytes(tmp_path / "clean")
+    assert (tmp_path / "out" / "failed.jsonl").read_text() == ""

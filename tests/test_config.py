@@ -171,6 +171,7 @@ BAD = {
     "cmae.nce_temperature": "0",
     "cmae.nce_weight": "-1",
     "data.view_shift": "-1",
+    "data.pair_gap": "[0,4]",
     "eval.protocol": "stc",
     "eval.topk": "0",
     "eval.queue": "-1",
@@ -185,6 +186,7 @@ BAD = {
 ANY_VALUE = {
     "model.norm_pix_loss": "a bool: both values are valid",
     "siammae.context_positions": "a bool: both values are valid",
+    "cmae.target_augment": "a bool: both values are valid",
     "data.shards": "paths: resolved (and refused if missing or empty) by data.resolve_shards at start",
     "train.resume": "auto, never or a checkpoint folder, checked by the trainer at start",
     "eval.davis": "a DAVIS folder (empty = off), checked by the monitor at start",

@@ -100,6 +100,12 @@ class DataConfig:
     # time a sample is read a new pair is drawn from its run, as the paper draws a new pair from each
     # video every epoch. [] = read the stored frames as they are (fixed pairs).
     pair_gap: List[int] = field(default_factory=list)
+    # The views of a sample: "frames" (its frames, one shared crop: SiamMAE, CMAE) or "crops" (CropMAE:
+    # a global crop of its first frame, data.crop_scale, and a local crop of that, local_crop_scale, in
+    # area of the global crop; each view flipped on its own).
+    views: str = _choices("frames", "frames", "crops")
+    local_crop_scale: List[float] = field(default_factory=lambda: [0.3, 0.6])
+    local_crop_ratio: List[float] = field(default_factory=lambda: [0.75, 1.3333333])
     # Samples buffered per worker before decoding (compressed bytes, so this is cheap). A shard holds
     # each video's pairs one after another, so the buffer must span many videos: a batch drawn from a
     # buffer of a few videos' pairs trains on near-duplicates (seen in the tiny recipe).
@@ -241,6 +247,11 @@ RULES = {
     "data.crop_ratio": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "must be [min, max] with 0 < min <= max"),
     "data.hflip": (lambda v: 0 <= v <= 1, "must be a probability in [0, 1]"),
     "data.view_shift": _at_least(0, " (pixels; 0 = no shift)"),
+    "data.local_crop_scale": (
+        lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
+        "must be [min, max] with 0 < min <= max <= 1",
+    ),
+    "data.local_crop_ratio": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "must be [min, max] with 0 < min <= max"),
     "data.pair_gap": (
         lambda v: len(v) == 0 or (len(v) == 2 and 1 <= v[0] <= v[1]),
         "must be [] or [min, max] with 1 <= min <= max",
@@ -294,6 +305,11 @@ CROSS_RULES = [
         ("model.method", "model.mask_ratio", "data.num_frames"),
         lambda method, ratios, frames: _clips(method) or len(ratios) == frames,
         "model.mask_ratio needs one ratio per frame",
+    ),
+    (
+        ("data.views", "data.num_frames"),
+        lambda views, frames: views == "frames" or frames == 2,
+        "data.views=crops makes two views of one frame: data.num_frames must be 2",
     ),
     (
         ("data.pair_gap", "data.num_frames"),

@@ -259,14 +259,15 @@ def to_chw(x: torch.Tensor) -> torch.Tensor:
 class View(NamedTuple):
     """One augmented view of a decoded sample, not yet cut out: the T decoded frames (H, W, 3) uint8 and
     the crop box (top, left, h, w) and flip that apply to all of them (``first_box``, when given, is the
-    first frame's own box: CMAE's pixel shift). The batch stage cuts it straight into its batch, which
-    saves copying every view once more (docs/benchmarks.md, "Loading")."""
+    first frame's own box: CMAE's pixel shift, CropMAE's global crop). The batch stage cuts it straight
+    into its batch, which saves copying every view once more (docs/benchmarks.md, "Loading")."""
 
     frames: List[np.ndarray]
     box: tuple
     flip: bool
     key: str
     first_box: Optional[tuple] = None
+    first_flip: Optional[bool] = None  # the first frame's own flip (CropMAE's crops); None: ``flip``
 
 
 def shifted_box(rng: random.Random, box, shift: int, height: int, width: int) -> tuple:
@@ -301,6 +302,22 @@ def draw_pair(record: dict, rng: random.Random, gap: Sequence[int]) -> tuple[int
     return i, int(np.flatnonzero(diff[i] == chosen)[0])
 
 
+LOCAL_GRID = 1000  # the square the global crop is resized to before the local crop is drawn in it (any size)
+
+
+def global_and_local(rng: random.Random, height: int, width: int, scale, ratio, local_scale, local_ratio):
+    """CropMAE's two views of one frame: a global crop of the frame, then a local crop of the global crop
+    *as resized to a square* (area and aspect ratio measured there, as CropMAE crops its resized global
+    view), mapped back to the frame's pixels so that each view is cut from the frame in one resize.
+    -> (global box, local box), boxes (top, left, h, w) in the frame."""
+    top, left, h, w = random_resized_crop(rng, height, width, scale, ratio)
+    t, lf, lh, lw = random_resized_crop(rng, LOCAL_GRID, LOCAL_GRID, local_scale, local_ratio)
+    sy, sx = h / LOCAL_GRID, w / LOCAL_GRID
+    lh, lw = max(1, round(lh * sy)), max(1, round(lw * sx))
+    ltop, lleft = min(top + round(t * sy), top + h - lh), min(left + round(lf * sx), left + w - lw)
+    return (top, left, h, w), (ltop, lleft, lh, lw)
+
+
 def make_sample(
     sample: dict,
     rng: random.Random,
@@ -312,15 +329,29 @@ def make_sample(
     hflip: float = 0.5,
     view_shift: int = 0,
     pair_gap: Sequence[int] = (),
+    views: str = "frames",
+    local_scale=(0.3, 0.6),
+    local_ratio=(3 / 4, 4 / 3),
 ) -> List[View]:
     """One shard sample -> ``repeats`` views of its first ``num_frames`` frames, or with ``pair_gap`` of
     a pair drawn from its run of frames (:func:`draw_pair`; only those two JPEGs are decoded).
 
     Every view draws one crop box and one flip for all T frames, so the frames stay aligned (the
     correspondence the model learns is in the motion, not in the augmentation); with ``view_shift``
-    the first frame's box alone moves by up to that many pixels (CMAE's pixel shift).
+    the first frame's box alone moves by up to that many pixels (CMAE's pixel shift). With ``views`` =
+    "crops" the two views are CropMAE's: a global crop (``scale``, ``ratio``) and a local crop of it
+    (``local_scale``, ``local_ratio``) of the sample's first frame, each flipped on its own.
     Raises on a missing or undecodable frame; the caller counts and skips the sample.
     """
+    if views == "crops":
+        frame = simplejpeg.decode_jpeg(sample["f0.jpg"], colorspace="RGB")
+        key = f"{sample.get('__url__')}#{sample.get('__key__')}"
+        out = []
+        for _ in range(repeats):
+            big, small = global_and_local(rng, *frame.shape[:2], scale, ratio, local_scale, local_ratio)
+            big_flip, small_flip = rng.random() < hflip, rng.random() < hflip
+            out.append(View([frame, frame], small, small_flip, key, big, big_flip))
+        return out
     positions = range(num_frames)
     if pair_gap:
         positions = draw_pair(json.loads(sample["json"]), rng, pair_gap)
@@ -383,7 +414,9 @@ def augment(data_cfg, seed, rank: int):
             try:
                 views = make_sample(sample, rng, num_frames=data_cfg.num_frames, repeats=data_cfg.repeated_sampling,
                                     scale=data_cfg.crop_scale, ratio=data_cfg.crop_ratio, hflip=data_cfg.hflip,
-                                    view_shift=data_cfg.view_shift, pair_gap=data_cfg.pair_gap)  # fmt: skip
+                                    view_shift=data_cfg.view_shift, pair_gap=data_cfg.pair_gap,
+                                    views=data_cfg.views, local_scale=data_cfg.local_crop_scale,
+                                    local_ratio=data_cfg.local_crop_ratio)  # fmt: skip
             except Exception as exn:  # corrupt JPEG, missing frame (truncated shard), ...
                 exn.args = (f"{exn} (sample '{sample.get('__key__')}' of {sample.get('__url__')})",)
                 skip_and_count(exn)
@@ -415,7 +448,8 @@ def batches(batch_size: int, size: int):
             if view.first_box is None:
                 crop_resize(view.frames, view.box, size, view.flip, out=slot)
             else:
-                crop_resize(view.frames[:1], view.first_box, size, view.flip, out=slot[:1])
+                first_flip = view.flip if view.first_flip is None else view.first_flip
+                crop_resize(view.frames[:1], view.first_box, size, first_flip, out=slot[:1])
                 crop_resize(view.frames[1:], view.box, size, view.flip, out=slot[1:])
             keys.append(view.key)
             if len(keys) == batch_size:

@@ -168,7 +168,12 @@ ENCODERS = {"siamese": SiamMAE, "siamese-unshared": SiamMAEUnshared, "joint": Jo
 def build(cfg) -> SiamMAE:
     """SiamMAE for the resolved config ``cfg``: ``cfg.siammae.encoder`` x ``cfg.siammae.decoder``, sized by
     ``cfg.model``."""
-    model_cfg, options = cfg.model, cfg.siammae
+    return build_with(cfg.model, cfg.siammae)
+
+
+def build_with(model_cfg, options: Options) -> SiamMAE:
+    """The model of ``options`` (a :class:`Options`, or a method's own that has its keys) sized by
+    ``model_cfg``, initialised."""
     encoders = [build_encoder(model_cfg)]
     if options.encoder == "siamese-unshared":
         encoders.append(build_encoder(model_cfg))  # the later frames' own ViT

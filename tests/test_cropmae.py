@@ -1,0 +1,108 @@
+"""CropMAE: two crops of one frame (what makes it differ from SiamMAE), its config, a short real run
+through the trainer, kill-and-resume equal to a straight run, its encoder propagated."""
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from siammae.config import ConfigError, load_config
+from siammae.data.loader import LOCAL_GRID, global_and_local, make_sample
+from siammae.encoders import load_encoder
+from siammae.models import build_model
+from siammae.synth.scenes import synth_davis
+from siammae.tasks import TASKS
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def test_the_local_crop_lies_in_the_global_crop_at_its_share_of_the_area():
+    rng = random.Random(0)
+    shares = []
+    for _ in range(2000):
+        (top, left, h, w), (lt, ll, lh, lw) = global_and_local(
+            rng, 256, 341, (0.5, 1.0), (3 / 4, 4 / 3), (0.3, 0.6), (3 / 4, 4 / 3)
+        )
+        assert 0 <= top and top + h <= 256 and 0 <= left and left + w <= 341
+        assert 0.5 * 256 * 341 * 0.97 <= h * w <= 256 * 341
+        assert top <= lt and lt + lh <= top + h and left <= ll and ll + lw <= left + w  # inside the global crop
+        shares.append(lh * lw / (h * w))
+    assert 0.28 <= min(shares) and max(shares) <= 0.62  # [0.3, 0.6] of the global crop, up to rounding
+    assert np.mean(shares) == pytest.approx(0.45, abs=0.02)
+    assert LOCAL_GRID >= 256  # the local crop is drawn on a finer grid than any frame here
+
+
+def test_both_views_come_from_the_first_frame_flipped_on_their_own():
+    import simplejpeg
+
+    first = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    second = np.zeros_like(first)
+    sample = {"f0.jpg": simplejpeg.encode_jpeg(first), "f1.jpg": simplejpeg.encode_jpeg(second), "__key__": "k"}
+    views = make_sample(sample, random.Random(1), num_frames=2, repeats=400, views="crops")
+    assert all(v.frames[0] is v.frames[1] and v.frames[0].mean() > 50 for v in views)  # f0 twice, never f1
+    flips = {(v.first_flip, v.flip) for v in views}
+    assert flips == {(False, False), (False, True), (True, False), (True, True)}
+
+
+def test_config_keeps_cropmae_to_crops_of_one_frame():
+    cfg = load_config("cropmae_tiny")
+    assert cfg.model.method == "cropmae" and cfg.data.views == "crops" and not cfg.cropmae.context_positions
+    assert load_config("cropmae").model.mask_ratio == [0.0, 0.985]
+    with pytest.raises(ConfigError, match="data.views must be crops"):
+        load_config("cropmae_tiny", ["data.views=frames"])
+    with pytest.raises(ConfigError, match="data.local_crop_scale"):
+        load_config("cropmae_tiny", ["data.local_crop_scale=[0.6,0.3]"])
+    model = build_model(cfg)
+    assert not model.decoder.context_positions  # CropMAE's SiamMAE: positions on the target's tokens only
+
+
+@pytest.fixture(scope="module")
+def cropmae_runs(tmp_path_factory):
+    """cropmae_tiny, 12 steps straight (recorded), and the same run killed at step 8 and resumed."""
+    from test_train import FIXTURES, SMALL, run
+    from train_fixtures import write_shards
+
+    base = tmp_path_factory.mktemp("cropmae")
+    shards = base / "shards"
+    write_shards(shards, num_shards=4, per_shard=8, width=64, height=48)
+
+    def trainer(out, record, exit_at=0):
+        args = [str(FIXTURES), str(record), str(exit_at), "cropmae_tiny", f"data.shards={shards}",
+                f"train.output_dir={out}", *SMALL, "data.num_workers=0", "train.log_with=none"]  # fmt: skip
+        return run(args, check=exit_at == 0)
+
+    trainer(base / "straight", base / "rec_straight")
+    killed = trainer(base / "resumed", base / "rec_resumed", exit_at=8)
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    trainer(base / "resumed", base / "rec_resumed")
+    return base
+
+
+def test_cropmae_trains_and_resumes_to_the_straight_run(cropmae_runs):
+    from test_train import metrics
+    from train_fixtures import read_records
+
+    losses = [r["loss"] for r in metrics(cropmae_runs / "straight")]
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    want = read_records(cropmae_runs / "rec_straight")
+    got = {r["step"]: r for r in read_records(cropmae_runs / "rec_resumed")}
+    for r in want:
+        assert got[r["step"]]["keys"] == r["keys"]
+        assert got[r["step"]]["weights"] == pytest.approx(r["weights"], rel=1e-6), f"step {r['step']}"
+    a = load_file(cropmae_runs / "straight" / "checkpoints" / "checkpoint_12" / "model.safetensors")
+    b = load_file(cropmae_runs / "resumed" / "checkpoints" / "checkpoint_12" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)
+
+
+def test_cropmae_encoder_propagates(cropmae_runs, tmp_path):
+    encoder, info = load_encoder(cropmae_runs / "straight")
+    assert info.step == 12 and info.timm_model == "vit_tiny_patch16_224"
+    synth_davis(tmp_path / "davis", num_sequences=1, frames=4, size=(64, 96), seed=1)
+    task = TASKS["davis"]
+    record = task.run(encoder, tmp_path / "davis", tmp_path / "out", task.protocol(short_side=64), progress=False)
+    assert 0.0 <= record["scores"]["J&F"] <= 1.0

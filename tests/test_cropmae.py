@@ -106,3 +106,39 @@ def test_cropmae_encoder_propagates(cropmae_runs, tmp_path):
     task = TASKS["davis"]
     record = task.run(encoder, tmp_path / "davis", tmp_path / "out", task.protocol(short_side=64), progress=False)
     assert 0.0 <= record["scores"]["J&F"] <= 1.0
+
+
+def test_cropmae_trains_from_a_folder_of_images(tmp_path):
+    """siammae shard --layout images (an ImageNet-style folder): one sample of one frame an image, labelled by
+    its folder, a broken file recorded; cropmae trains on it, a method that needs two frames is refused."""
+    import json
+
+    import webdataset as wds
+    from PIL import Image
+
+    from siammae.data.loader import DataError
+    from siammae.shard import EncodeSpec, ShardConfig, shard
+    from siammae.train import train
+
+    rng = np.random.default_rng(0)
+    for label in ("n01440764", "n01443537"):
+        (tmp_path / "imagenet" / label).mkdir(parents=True)
+        for i in range(6):
+            image = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+            Image.fromarray(image).save(tmp_path / "imagenet" / label / f"{label}_{i}.JPEG")
+    (tmp_path / "imagenet" / "n01443537" / "broken.JPEG").write_bytes(b"not an image")
+    config = ShardConfig(encode=EncodeSpec(short_side=64), max_samples=5)
+    stats = shard(tmp_path / "imagenet", tmp_path / "shards", config, layout="images", workers=2, progress=False,
+                  log=lambda _: None)  # fmt: skip
+    assert stats["output"]["videos"] == 12 and stats["output"]["samples"] == 12 and stats["output"]["shards"] == 3
+    assert json.loads((tmp_path / "shards" / "failed.jsonl").read_text())["reason"] == "unreadable"
+    for sample in wds.WebDataset(str(tmp_path / "shards" / "shard-000000.tar"), shardshuffle=False):
+        record = json.loads(sample["json"])
+        assert set(sample) - {"__key__", "__url__", "__local_path__"} == {"f0.jpg", "json"}
+        assert record["frames"] == [0] and record["label"] == record["src"].split("/")[0]
+    overrides = [f"data.shards={tmp_path / 'shards'}", f"train.output_dir={tmp_path / 'run'}", "train.samples=8",
+                 "train.global_batch_size=4", "train.log_with=none", "train.recon_every=0", "data.shuffle_buffer=8",
+                 "data.num_workers=0"]  # fmt: skip
+    assert train(load_config("cropmae_tiny", overrides))["steps"] == 2
+    with pytest.raises(DataError, match="hold 1 frames"):
+        train(load_config("tiny", [*overrides, f"train.output_dir={tmp_path / 'run2'}"]))

@@ -29,11 +29,11 @@ OUT/stats.json, and bookkeeping in OUT/.shard/ (resume reads it)."""
 @click.command(cls=Command, epilog=SCHEMA, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--src", required=True, type=click.Path(exists=True, file_okay=False), help="Folder of videos (SRC).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder for the shards (OUT).")
-@click.option("--layout", type=click.Choice(["auto", "kinetics", "ucf101", "classes", "folder"]), default="auto",
-              show_default=True,
+@click.option("--layout", type=click.Choice(["auto", "kinetics", "ucf101", "classes", "folder", "images"]),
+              default="auto", show_default=True,
               help="kinetics: SRC/annotations/*.csv + SRC/<split>/, replacement/ preferred; ucf101: "
               "SRC/ucfTrainTestlist/ + class folders; classes: SRC/[<split>/]<label>/*; folder: every video, "
-              "recursive.")
+              "recursive; images: every image (an ImageNet folder), one sample of one frame each, for CropMAE.")
 @click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False),
               help="Shard only the videos of this file: one 'path [label]' per line (tab-separated if paths have "
               "spaces), relative to SRC or absolute.")

@@ -100,7 +100,9 @@ def resolve_shards(specs: Sequence[str] | str) -> List[str]:
     return urls
 
 
-def check_clip_length(urls: Sequence[str], num_frames: int, pair_gap: Sequence[int] = ()) -> None:
+def check_clip_length(
+    urls: Sequence[str], num_frames: int, pair_gap: Sequence[int] = (), views: str = "frames"
+) -> None:
     """Shards whose samples hold fewer frames than ``data.num_frames``, or with ``data.pair_gap`` no run
     of frames with such a pair, are one line before any work (every sample would fail to decode). Looks
     at the first sample of the first local shard; remote and unreadable shards are left to the loader,
@@ -123,6 +125,8 @@ def check_clip_length(urls: Sequence[str], num_frames: int, pair_gap: Sequence[i
     except (tarfile.TarError, OSError, ValueError):
         return
     frames = sum(1 for _, suffix in members if suffix.startswith("f") and suffix.endswith(".jpg"))
+    if views == "crops":  # both views are cut from the first frame: shards of images do
+        return
     if 0 < frames < num_frames:
         raise DataError(
             f"data.num_frames={num_frames}, but the samples of '{local}' hold {frames} frames: "

@@ -257,6 +257,8 @@ def shard(
         )
         raise ShardError(f"no videos found in {src} (layout {listing.layout}){extra}")
 
+    if listing.layout == "images":  # one sample an image: a shard holds --shard-samples images
+        config = dataclasses.replace(config, sample=dataclasses.replace(config.sample, per_video=1))
     run = PartRun(ShardFolder(out), part, num_parts, config, workers, strict, retry_failed, progress, log, started)
     run.part_folder.manifests.mkdir(parents=True, exist_ok=True)
     run.folder.tmp.mkdir(parents=True, exist_ok=True)

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import PurePosixPath
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
+
 from siammae.errors import SiammaeError
-from siammae.shard.decode import DecodeError, open_video, unique_sorted
+from siammae.shard.decode import DecodeError, open_video, output_size, resize, unique_sorted
 from siammae.shard.sampling import SampleSpec, TooShort, sample_indices, video_rng
-from siammae.shard.sources import Video
+from siammae.shard.sources import Video, is_image
 
 Sample = Tuple[str, List[Tuple[str, bytes]]]  # (key, [(extension, payload), ...]) in tar order
 
@@ -112,6 +115,30 @@ def _encode_video(video: Video, reader, sample_spec: SampleSpec, encode_spec: En
     return samples
 
 
+def _encode_image(video: Video, encode_spec: EncodeSpec) -> Sample:
+    """An image as one sample: ``f0.jpg`` (short side ``encode_spec.short_side``) and its record (fps 0,
+    frames [0], gap 0, one frame)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if os.path.getsize(video.path) == 0:
+            raise VideoFailed("empty", "empty file (0 bytes)")
+        with Image.open(video.path) as image:
+            frame = np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise VideoFailed("missing", "file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise VideoFailed("unreadable", f"not a readable image: {error}") from None
+    height, width = frame.shape[:2]
+    if encode_spec.short_side:
+        frame = resize(frame, output_size((width, height), encode_spec.short_side))
+    record = SampleRecord(video.src, video.label, video.split, 0.0, [0], 0, [width, height], 1)
+    return f"{video_key(video.src)}-000", [
+        (frame_member(0), encode_jpeg(frame, encode_spec)),
+        (JSON_MEMBER, record.to_json()),
+    ]
+
+
 def make_samples(
     video: Video,
     sample_spec: SampleSpec,
@@ -121,7 +148,10 @@ def make_samples(
     decoder: str = "auto",
 ) -> List[Sample]:
     """All samples of ``video``; raises :class:`VideoFailed`. ``decoder`` (see
-    :mod:`siammae.shard.decode`) on the file first, then on an ffmpeg transcode of it."""
+    :mod:`siammae.shard.decode`) on the file first, then on an ffmpeg transcode of it. An image (the
+    ``images`` layout) is one sample of one frame, whatever ``sample_spec`` says."""
+    if is_image(video.path):
+        return [_encode_image(video, encode_spec)]
     errors = []
     for transcode in (False, True):
         try:

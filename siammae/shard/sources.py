@@ -13,6 +13,10 @@ Layouts:
 ``folder``    every video under SRC, recursively; no labels.
 ``list``      a text file, one ``path [label]`` per line (tab-separated when paths hold spaces);
               paths relative to SRC or absolute; ``#`` starts a comment.
+``images``    every image under SRC (``.jpg .jpeg .png .webp .bmp``), labelled like ``classes`` where
+              the folders say it (an ImageNet ``train/`` folder: ``SRC/<wnid>/*.JPEG``); each image is
+              one sample of one frame, for methods that make both views from one frame (CropMAE).
+              Never auto-detected: ``--layout images``.
 
 Every layout yields :class:`Video` records sorted by ``src``; the caller decides the order of work.
 """
@@ -29,7 +33,8 @@ from siammae.errors import SiammaeError
 
 VIDEO_EXTENSIONS = frozenset(".mp4 .avi .mkv .webm .mov .m4v .mpg .mpeg .flv .wmv .3gp .ogv .ts .mts .vob .asf".split())
 SPLIT_NAMES = frozenset("train training val valid validate validation test testing".split())
-LAYOUTS = ("auto", "kinetics", "ucf101", "classes", "folder", "list")
+IMAGE_EXTENSIONS = frozenset(".jpg .jpeg .png .webp .bmp".split())
+LAYOUTS = ("auto", "kinetics", "ucf101", "classes", "folder", "list", "images")
 
 
 class SourceError(SiammaeError):
@@ -60,12 +65,17 @@ def is_video(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS and not name.startswith(".")
 
 
-def walk_videos(root: Path) -> Iterator[Path]:
-    """Every video file under ``root`` (recursive, following no symlinked folders, skipping dot-folders)."""
+def is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not os.path.basename(name).startswith(".")
+
+
+def walk_videos(root: Path, wanted=is_video) -> Iterator[Path]:
+    """Every video file (``wanted`` says which names) under ``root`` (recursive, following no symlinked
+    folders, skipping dot-folders)."""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if is_video(name):
+            if wanted(name):
                 yield Path(dirpath) / name
 
 
@@ -203,6 +213,20 @@ def read_classes(root: Path, split: Optional[str] = None) -> Listing:
     return _finish("classes", videos, [])
 
 
+def read_images(root: Path, split: Optional[str] = None) -> Listing:
+    """Every image under ``root``; labels and splits as :func:`read_classes` reads them, where they exist."""
+    images = []
+    for path in walk_videos(root, is_image):
+        parts = path.relative_to(root).parts
+        if len(parts) == 3 and parts[0].lower() in SPLIT_NAMES:
+            images.append(_video(path, root, parts[1], parts[0]))
+        else:
+            images.append(_video(path, root, parts[0] if len(parts) == 2 else None))
+    if split:
+        images = [v for v in images if v.split == split]
+    return _finish("images", images, [])
+
+
 def read_folder(root: Path) -> Listing:
     return _finish("folder", [_video(p, root) for p in walk_videos(root)], [])
 
@@ -271,4 +295,6 @@ def find_videos(
         return read_classes(root, split)
     if layout == "folder":
         return read_folder(root)
+    if layout == "images":
+        return read_images(root, split)
     raise SourceError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")

@@ -335,7 +335,7 @@ def train(cfg, on_step=None, build=None) -> dict:
     from tqdm import tqdm
 
     urls = resolve_shards(cfg.data.shards)  # everything that can be wrong fails here, before any work
-    check_clip_length(urls, cfg.data.num_frames, cfg.data.pair_gap)
+    check_clip_length(urls, cfg.data.num_frames, cfg.data.pair_gap, cfg.data.views)
     monitor = make_monitor(cfg)
     out = Path(cfg.train.output_dir)
     ckpt_root = out / "checkpoints"

@@ -138,7 +138,7 @@ def test_cli_runs_the_demo_on_a_folder_of_real_videos(tmp_path):
     assert r.exit_code == 2 and "--hard needs --videos" in r.output
 
 
-@pytest.mark.parametrize("method", ["maest", "cmae", "cropmae"])  # a clip method, contrastive, crops of a frame
+@pytest.mark.parametrize("method", ["maest", "cmae", "cropmae", "rsp", "tobo"])  # every kind of method
 def test_cli_runs_the_shortened_demo_of_another_method(tmp_path, method):
     from siammae.cli.demo import demo
 

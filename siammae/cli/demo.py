@@ -38,8 +38,9 @@ from siammae.models import METHODS
 @click.option("--seed", default=0, show_default=True, help="Seed of every generator and of training.")
 @click.option("--method", type=click.Choice(list(METHODS)), default="siammae", show_default=True,
               help="What to pre-train: SiamMAE on frame pairs (the tiny recipe), CMAE on frame pairs (cmae_tiny), "
-              "CropMAE on two crops of one frame (cropmae_tiny), or VideoMAE / MAE-ST on clips of 4 frames "
-              "(videomae_tiny, maest_tiny); the same data, evaluation and comparison.")
+              "CropMAE on two crops of one frame (cropmae_tiny), RSP or ToBo on frame pairs (rsp_tiny, "
+              "tobo_tiny), or VideoMAE / MAE-ST on clips of 4 frames (videomae_tiny, maest_tiny); the same "
+              "data, evaluation and comparison.")
 @click.option("--quiet", is_flag=True,
               help="No progress bars for the data and propagation stages (the trainer keeps its bar).")
 def demo(out, steps, batch, videos_dir, hard, num_videos, video_frames, pairs_per_video, gap, video_size, sequences,

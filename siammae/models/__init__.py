@@ -65,6 +65,8 @@ def register(method: Method) -> Method:
 register(Method("siammae", "siammae.models.siammae", "tiny", summary="Siamese MAE on frame pairs (the paper)"))
 register(Method("cmae", "siammae.models.cmae", "cmae_tiny", summary="contrastive MAE on frame pairs"))
 register(Method("cropmae", "siammae.models.cropmae", "cropmae_tiny", summary="SiamMAE on two crops of one frame"))
+register(Method("rsp", "siammae.models.rsp", "rsp_tiny", summary="stochastic frame prediction (RSP) on frame pairs"))
+register(Method("tobo", "siammae.models.tobo", "tobo_tiny", summary="token bottleneck (ToBo) on frame pairs"))
 register(Method("videomae", "siammae.models.clip", "videomae_tiny", clips=True, summary="VideoMAE on clips"))
 register(Method("maest", "siammae.models.clip", "maest_tiny", clips=True, summary="MAE-ST on clips"))
 

@@ -154,17 +154,19 @@ def build_encoder(model_cfg, img_size: int | None = None) -> nn.Module:
 
 
 def encode_frame(
-    vit: nn.Module, img: torch.Tensor, keep: torch.Tensor | None = None, final_norm: bool = True
+    vit: nn.Module, img: torch.Tensor, keep: torch.Tensor | None = None, final_norm: bool = True, cls: bool = False
 ) -> torch.Tensor:
     """One frame through ``vit`` keeping only the patches ``keep`` (None: all of them).
 
     img (B, 3, H, W), keep (B, n) -> patch tokens (B, n, D) after the final norm (unless told not
-    to), [CLS] dropped. With every patch kept this equals ``vit.forward_features(img)[:, 1:]``.
+    to), [CLS] dropped unless ``cls`` (then (B, 1 + n, D), [CLS] first). With every patch kept this
+    equals ``vit.forward_features(img)[:, 1:]``.
     """
     tokens = vit.patch_embed(img) + vit.pos_embed[:, 1:]
     if keep is not None:
         tokens = gather_tokens(tokens, keep)
-    return run_vit(vit, tokens, final_norm)[:, 1:]
+    out = run_vit(vit, tokens, final_norm)
+    return out if cls else out[:, 1:]
 
 
 def run_vit(vit: nn.Module, tokens: torch.Tensor, final_norm: bool = True) -> torch.Tensor:

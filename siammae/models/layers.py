@@ -97,6 +97,11 @@ class CrossSelfBlock(nn.Module):
         x = x + self.self_attn(self.norm_self(x))
         return x + self.mlp(self.norm_mlp(x))
 
+    def forward_self(self, x: torch.Tensor) -> torch.Tensor:
+        """The block without its cross-attention: self-attn, MLP (ToBo's bottleneck path, same weights)."""
+        x = x + self.self_attn(self.norm_self(x))
+        return x + self.mlp(self.norm_mlp(x))
+
 
 class CrossBlock(nn.Module):
     """The paper's "cross" decoder block: cross-attn (f2 -> f1) then MLP, no self-attention."""

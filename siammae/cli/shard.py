@@ -59,7 +59,9 @@ OUT/stats.json, and bookkeeping in OUT/.shard/ (resume reads it)."""
 @click.option("--shard-samples", type=click.IntRange(1), default=2000, show_default=True,
               help="Samples per shard: each shard holds the next shard-samples / per-video videos of the "
               "listing (fewer where videos failed), so the output is the same whatever the workers.")
-@click.option("--workers", type=click.IntRange(1), default=None, help="Worker processes [default: all cores].")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Worker processes [default: all cores]. Each writes whole shards, so a collection of fewer "
+              "shards than workers keeps only that many busy (lower --shard-samples to spread a small one).")
 @click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto", show_default=True,
               help="Video decoder: decord (x86-64 wheels only), pyav (any platform); auto: decord if installed, "
               "else pyav.")

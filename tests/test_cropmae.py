@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from siammae.config import ConfigError, load_config
-from siammae.data.loader import LOCAL_GRID, global_and_local, make_sample
+from siammae.data.views import LOCAL_GRID, global_and_local, make_sample
 from siammae.encoders import load_encoder
 from siammae.models import build_model
 from siammae.synth.scenes import synth_davis

@@ -12,6 +12,7 @@ from train_fixtures import corrupt_first_jpeg, truncate, write_shards
 
 from siammae.config import load_config
 from siammae.data import loader as data
+from siammae.data import views as view_maker
 
 
 def data_cfg(*overrides):
@@ -64,7 +65,7 @@ def test_shards_are_split_by_rank_and_worker():
 def test_crop_boxes_cover_the_requested_scale():
     rng = random.Random(0)
     for _ in range(500):
-        top, left, h, w = data.random_resized_crop(rng, 256, 342, (0.5, 1.0), (3 / 4, 4 / 3))
+        top, left, h, w = view_maker.random_resized_crop(rng, 256, 342, (0.5, 1.0), (3 / 4, 4 / 3))
         assert 0 <= top and top + h <= 256 and 0 <= left and left + w <= 342
         assert 0.5 * 0.97 <= h * w / (256 * 342) <= 1.0
         assert 3 / 4 * 0.95 <= w / h <= 4 / 3 * 1.05
@@ -77,7 +78,7 @@ def test_fast_crop_resize_matches_the_plain_computation():
     for box in [(5, 9, 30, 34), (0, 9, 40, 47), (3, 30, 20, 26)]:  # below AREA_FACTOR x the output: bilinear
         top, left, h, w = box
         for flip in (False, True):
-            got = data.crop_resize(frames, box, 24, flip)  # (T, 24, 24, 3) uint8
+            got = view_maker.crop_resize(frames, box, 24, flip)  # (T, 24, 24, 3) uint8
             assert got.shape == (2, 24, 24, 3) and got.dtype == np.uint8
             for t, frame in enumerate(frames):
                 crop = torch.from_numpy(frame[top : top + h, left : left + w]).permute(2, 0, 1).float()[None]
@@ -90,7 +91,7 @@ def test_crop_resize_writes_into_the_slot_it_is_given():
     frames = [np.full((40, 56, 3), 7, np.uint8), np.full((40, 56, 3), 9, np.uint8)]
     batch = np.zeros((3, 2, 24, 24, 3), np.uint8)
     for box in [(5, 9, 30, 34), (0, 0, 40, 56)]:
-        data.crop_resize(frames, box, 24, True, out=batch[1])
+        view_maker.crop_resize(frames, box, 24, True, out=batch[1])
         assert (batch[1, 0] == 7).all() and (batch[1, 1] == 9).all()
         assert not batch[0].any() and not batch[2].any()
 
@@ -101,7 +102,7 @@ def test_large_crops_are_area_averaged_not_aliased():
     board = ((np.indices((96, 96)).sum(0) % 2) * 255).astype(np.uint8)
     frame = np.repeat(board[..., None], 3, axis=-1)
     for flip in (False, True):
-        got = data.crop_resize([frame], (0, 0, 96, 96), 24, flip).astype(float)
+        got = view_maker.crop_resize([frame], (0, 0, 96, 96), 24, flip).astype(float)
         assert np.abs(got - 127.5).max() <= 1.0
 
 
@@ -114,9 +115,9 @@ def test_same_crop_and_flip_on_every_frame_and_independent_views():
     f0 = np.stack([xx * 2, yy * 2, (xx + yy)], -1).clip(0, 255).astype(np.uint8)  # asymmetric ramps
     f1 = 255 - f0  # any shared crop/flip keeps view1 == 255 - view0
     rng = random.Random(1)
-    views = data.make_sample(_sample([f0, f1]), rng, num_frames=2, repeats=8)
+    views = view_maker.make_sample(_sample([f0, f1]), rng, num_frames=2, repeats=8)
     assert len(views) == 8
-    cut = [data.crop_resize(v.frames, v.box, 48, v.flip).astype(int) for v in views]  # (T, 48, 48, 3)
+    cut = [view_maker.crop_resize(v.frames, v.box, 48, v.flip).astype(int) for v in views]  # (T, 48, 48, 3)
     for v in cut:
         assert v.shape == (2, 48, 48, 3)
         assert np.abs(v[1] - (255 - v[0])).max() <= 6  # JPEG + resize rounding only
@@ -129,9 +130,9 @@ def test_same_crop_and_flip_on_every_frame_and_independent_views():
 def test_bad_sample_raises_in_make_sample():
     with pytest.raises(KeyError):
         good = _sample([np.zeros((16, 16, 3), np.uint8)])
-        data.make_sample(good, random.Random(0), num_frames=2, repeats=1)
+        view_maker.make_sample(good, random.Random(0), num_frames=2, repeats=1)
     with pytest.raises(ValueError):
-        data.make_sample({"f0.jpg": b"junk", "f1.jpg": b"junk"}, random.Random(0), num_frames=2, repeats=1)
+        view_maker.make_sample({"f0.jpg": b"junk", "f1.jpg": b"junk"}, random.Random(0), num_frames=2, repeats=1)
 
 
 # ----------------------------------------------------------------------------- loader
@@ -205,7 +206,7 @@ def test_shards_without_the_frames_asked_for_fail_clearly(shards):
 def test_view_shift_moves_the_first_frame_crop_only_and_stays_inside():
     yy, xx = np.mgrid[0:96, 0:128]
     f0 = np.stack([xx * 2, yy * 2, (xx + yy)], -1).clip(0, 255).astype(np.uint8)
-    views = data.make_sample(_sample([f0, f0]), random.Random(2), num_frames=2, repeats=64, view_shift=10)
+    views = view_maker.make_sample(_sample([f0, f0]), random.Random(2), num_frames=2, repeats=64, view_shift=10)
     moves = set()
     for v in views:
         (top, left, h, w), (t1, l1, h1, w1) = v.box, v.first_box
@@ -216,7 +217,7 @@ def test_view_shift_moves_the_first_frame_crop_only_and_stays_inside():
     # The batch stage cuts frame 0 at its own box and the others at the shared one.
     batch = next(data.batches(len(views), 32)(iter(views)))["frames"].permute(0, 1, 3, 4, 2).numpy()
     for v, cut in zip(views, batch):
-        assert np.array_equal(cut[0], data.crop_resize(v.frames[:1], v.first_box, 32, v.flip)[0])
-        assert np.array_equal(cut[1], data.crop_resize(v.frames[1:], v.box, 32, v.flip)[0])
-    unshifted = data.make_sample(_sample([f0, f0]), random.Random(2), num_frames=2, repeats=4)
+        assert np.array_equal(cut[0], view_maker.crop_resize(v.frames[:1], v.first_box, 32, v.flip)[0])
+        assert np.array_equal(cut[1], view_maker.crop_resize(v.frames[1:], v.box, 32, v.flip)[0])
+    unshifted = view_maker.make_sample(_sample([f0, f0]), random.Random(2), num_frames=2, repeats=4)
     assert all(v.first_box is None for v in unshifted)

@@ -16,7 +16,8 @@ import webdataset as wds
 from safetensors.torch import load_file
 
 from siammae.config import ConfigError, load_config
-from siammae.data.loader import DataError, check_clip_length, draw_pair, make_loader, make_sample, resolve_shards
+from siammae.data.loader import DataError, check_clip_length, make_loader, resolve_shards
+from siammae.data.views import draw_pair, make_sample
 from siammae.shard import EncodeSpec, SampleSpec, ShardConfig, shard
 from tests.shard_fixtures import make_video, read_index
 

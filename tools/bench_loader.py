@@ -37,7 +37,8 @@ import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 
 from siammae.config import load_config  # noqa: E402
-from siammae.data.loader import View, batches, make_dataset, random_resized_crop, resolve_shards  # noqa: E402
+from siammae.data.loader import batches, make_dataset, resolve_shards  # noqa: E402
+from siammae.data.views import View, random_resized_crop  # noqa: E402
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov"}
 

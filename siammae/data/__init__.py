@@ -1,5 +1,5 @@
-"""Training data: the streaming loader of shards (:mod:`siammae.data.loader`) and pixel conventions
-(:mod:`siammae.data.pixels`).
+"""Training data: the streaming loader of shards (:mod:`siammae.data.loader`), the views it draws from a
+sample (:mod:`siammae.data.views`) and pixel conventions (:mod:`siammae.data.pixels`).
 
 ImageNet's channel statistics live here, without torch, because propagation protocols name them too.
 """

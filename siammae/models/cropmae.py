@@ -1,6 +1,6 @@
 """CropMAE (Eymael et al., ECCV 2024): SiamMAE's model on two crops of *one* frame instead of two frames.
 
-The views are made by the loader (``data.views: crops``, :func:`siammae.data.loader.global_and_local`):
+The views are made by the loader (``data.views: crops``, :func:`siammae.data.views.global_and_local`):
 a global crop of a frame (``data.crop_scale``, CropMAE's [0.5, 1] on Kinetics) and a local crop of the
 global crop (``data.local_crop_scale``, [0.3, 0.6] of its area), each view flipped on its own. The
 global view is the visible context, the local view the target, masked at 98.5% (``model.mask_ratio``

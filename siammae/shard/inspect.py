@@ -11,6 +11,7 @@ a seeded reservoir of samples for :func:`contact_sheet`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -154,6 +155,24 @@ def _check_sample(report: Report, where: str, key: str, members: Dict[str, bytes
     return record
 
 
+class _Hashing:
+    """A file read through :mod:`tarfile` that hashes what passes (SHA-256); :meth:`rest` reads what the
+    tar reader left (the end-of-archive padding) and returns the whole file's digest."""
+
+    def __init__(self, raw):
+        self.raw, self.sha = raw, hashlib.sha256()
+
+    def read(self, size=-1) -> bytes:
+        data = self.raw.read(size)
+        self.sha.update(data)
+        return data
+
+    def rest(self) -> str:
+        while self.read(1 << 20):
+            pass
+        return self.sha.hexdigest()
+
+
 def inspect_shards(
     paths: Sequence[str | os.PathLike], decode: bool = True, keep: int = 0, seed: int = 0, progress=None
 ) -> Report:
@@ -165,7 +184,6 @@ def inspect_shards(
     for shard in find_shards(paths):
         report.shards += 1
         report.bytes += shard.stat().st_size
-        report.checksums.append((shard.name, file_sha256(shard)))
         where = shard.name
         current, members, done_keys = None, {}, set()
 
@@ -186,7 +204,7 @@ def inspect_shards(
                     report.picked[slot] = item
 
         try:
-            with tarfile.open(shard, mode="r|") as tar:
+            with open(shard, "rb") as raw, tarfile.open(fileobj=(hashed := _Hashing(raw)), mode="r|") as tar:
                 for info in tar:
                     if not info.isfile():
                         continue
@@ -206,8 +224,10 @@ def inspect_shards(
                         done_keys.add(key)
                         seen_keys.setdefault(key, where)
                     members[extension] = data
+                report.checksums.append((shard.name, hashed.rest()))  # one read of the file for both
         except (tarfile.TarError, OSError, EOFError) as error:
             report.problem(f"{where}: unreadable tar ({error}); samples after the damage are lost")
+            report.checksums.append((shard.name, file_sha256(shard)))
         finish()
         if progress:
             progress(shard)

@@ -11,7 +11,6 @@ a seeded reservoir of samples for :func:`contact_sheet`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -24,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 from siammae.errors import SiammaeError
 from siammae.shard.folder import ShardFolder
 from siammae.shard.samples import FIELDS, JSON_MEMBER, frame_member
-from siammae.shard.writer import file_sha256, output_sha256
+from siammae.shard.writer import HashingFile, file_sha256, output_sha256
 
 MAX_PROBLEMS = 20  # problems kept verbatim; the count covers all
 
@@ -155,24 +154,6 @@ def _check_sample(report: Report, where: str, key: str, members: Dict[str, bytes
     return record
 
 
-class _Hashing:
-    """A file read through :mod:`tarfile` that hashes what passes (SHA-256); :meth:`rest` reads what the
-    tar reader left (the end-of-archive padding) and returns the whole file's digest."""
-
-    def __init__(self, raw):
-        self.raw, self.sha = raw, hashlib.sha256()
-
-    def read(self, size=-1) -> bytes:
-        data = self.raw.read(size)
-        self.sha.update(data)
-        return data
-
-    def rest(self) -> str:
-        while self.read(1 << 20):
-            pass
-        return self.sha.hexdigest()
-
-
 def inspect_shards(
     paths: Sequence[str | os.PathLike], decode: bool = True, keep: int = 0, seed: int = 0, progress=None
 ) -> Report:
@@ -204,7 +185,7 @@ def inspect_shards(
                     report.picked[slot] = item
 
         try:
-            with open(shard, "rb") as raw, tarfile.open(fileobj=(hashed := _Hashing(raw)), mode="r|") as tar:
+            with open(shard, "rb") as raw, tarfile.open(fileobj=(hashed := HashingFile(raw)), mode="r|") as tar:
                 for info in tar:
                     if not info.isfile():
                         continue
@@ -224,7 +205,7 @@ def inspect_shards(
                         done_keys.add(key)
                         seen_keys.setdefault(key, where)
                     members[extension] = data
-                report.checksums.append((shard.name, hashed.rest()))  # one read of the file for both
+                report.checksums.append((shard.name, hashed.digest_to_end()))  # one read of the file for both
         except (tarfile.TarError, OSError, EOFError) as error:
             report.problem(f"{where}: unreadable tar ({error}); samples after the damage are lost")
             report.checksums.append((shard.name, file_sha256(shard)))

@@ -64,6 +64,32 @@ def output_sha256(shards: List[Tuple[str, str]]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
+class HashingFile:
+    """A file that :mod:`tarfile` writes or reads, hashing every byte that passes (SHA-256): one pass
+    over a shard gives both the tar and its checksum."""
+
+    def __init__(self, raw):
+        self.raw, self.sha = raw, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        return self.raw.write(data)
+
+    def read(self, size=-1) -> bytes:
+        data = self.raw.read(size)
+        self.sha.update(data)
+        return data
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def digest_to_end(self) -> str:
+        """Read what the tar reader left (the end-of-archive padding); the whole file's SHA-256."""
+        while self.read(1 << 20):
+            pass
+        return self.sha.hexdigest()
+
+
 class UnitWriter:
     """Collects one unit's samples into its shard; :meth:`close` commits it, :meth:`abort` drops it."""
 
@@ -73,7 +99,7 @@ class UnitWriter:
         self.tmp = self.folder.tmp / self.name
         part.manifests.mkdir(parents=True, exist_ok=True)
         self.folder.tmp.mkdir(parents=True, exist_ok=True)
-        self._file = None
+        self._file = self._hashed = None
         self._tar: Optional[tarfile.TarFile] = None
         self.videos: List[str] = []
         self.failed: List[str] = []
@@ -83,7 +109,8 @@ class UnitWriter:
         """Append one video's samples."""
         if self._tar is None:
             self._file = open(self.tmp, "wb")
-            self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+            self._hashed = HashingFile(self._file)
+            self._tar = tarfile.open(fileobj=self._hashed, mode="w", format=tarfile.USTAR_FORMAT)
         for key, members in samples:
             for extension, payload in members:
                 info = tarfile.TarInfo(f"{key}.{extension}")
@@ -101,7 +128,7 @@ class UnitWriter:
             os.fsync(self._file.fileno())
             self._file.close()
             self._tar = self._file = None
-            size, sha = self.tmp.stat().st_size, file_sha256(self.tmp)
+            size, sha = self.tmp.stat().st_size, self._hashed.sha.hexdigest()
             manifest.update(shard=self.name, samples=self.samples, bytes=size, sha256=sha)
         manifest.update(videos=self.videos, failed=self.failed)
         write_atomic(self.part.manifest(self.name), json.dumps(manifest).encode())

@@ -475,7 +475,9 @@ def summarize(cfg, progress: Progress, wall: float, steps_done: int, last_ckpt, 
 
 def sample_unit(cfg) -> str:
     """What one training sample is for the run's method: a frame pair, or a clip of K frames."""
-    return f"clips of {cfg.data.num_frames}" if METHODS[cfg.model.method].clips else "frame pairs"
+    if METHODS[cfg.model.method].clips:
+        return f"clips of {cfg.data.num_frames}"
+    return "crop pairs of one frame" if cfg.data.views == "crops" else "frame pairs"
 
 
 def describe_run(cfg, urls, model, accelerator, micro_batch, total_steps, warmup_steps, peak_lr) -> str:

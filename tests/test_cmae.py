@@ -231,23 +231,9 @@ def test_target_view_augmentations_follow_the_seed_and_apply_in_training_only():
 @pytest.fixture(scope="module")
 def cmae_runs(tmp_path_factory):
     """cmae_tiny, 12 steps straight (recorded), and the same run killed at step 8 and resumed."""
-    from test_train import FIXTURES, SMALL, run
-    from train_fixtures import write_shards
+    from test_train import straight_and_resumed
 
-    base = tmp_path_factory.mktemp("cmae")
-    shards = base / "shards"
-    write_shards(shards, num_shards=4, per_shard=8, width=64, height=48)
-
-    def trainer(out, record, exit_at=0):
-        args = [str(FIXTURES), str(record), str(exit_at), "cmae_tiny", f"data.shards={shards}",
-                f"train.output_dir={out}", *SMALL, "data.num_workers=0", "train.log_with=none"]  # fmt: skip
-        return run(args, check=exit_at == 0)
-
-    trainer(base / "straight", base / "rec_straight")
-    killed = trainer(base / "resumed", base / "rec_resumed", exit_at=8)
-    assert killed.returncode == 17, killed.stderr[-2000:]
-    trainer(base / "resumed", base / "rec_resumed")
-    return base
+    return straight_and_resumed("cmae_tiny", tmp_path_factory.mktemp("cmae"))
 
 
 def test_cmae_tiny_loss_falls_and_every_scalar_is_logged(cmae_runs):

@@ -63,23 +63,9 @@ def test_config_keeps_cropmae_to_crops_of_one_frame():
 @pytest.fixture(scope="module")
 def cropmae_runs(tmp_path_factory):
     """cropmae_tiny, 12 steps straight (recorded), and the same run killed at step 8 and resumed."""
-    from test_train import FIXTURES, SMALL, run
-    from train_fixtures import write_shards
+    from test_train import straight_and_resumed
 
-    base = tmp_path_factory.mktemp("cropmae")
-    shards = base / "shards"
-    write_shards(shards, num_shards=4, per_shard=8, width=64, height=48)
-
-    def trainer(out, record, exit_at=0):
-        args = [str(FIXTURES), str(record), str(exit_at), "cropmae_tiny", f"data.shards={shards}",
-                f"train.output_dir={out}", *SMALL, "data.num_workers=0", "train.log_with=none"]  # fmt: skip
-        return run(args, check=exit_at == 0)
-
-    trainer(base / "straight", base / "rec_straight")
-    killed = trainer(base / "resumed", base / "rec_resumed", exit_at=8)
-    assert killed.returncode == 17, killed.stderr[-2000:]
-    trainer(base / "resumed", base / "rec_resumed")
-    return base
+    return straight_and_resumed("cropmae_tiny", tmp_path_factory.mktemp("cropmae"))
 
 
 def test_cropmae_trains_and_resumes_to_the_straight_run(cropmae_runs):

@@ -130,22 +130,9 @@ def test_tobo_sees_few_target_patches_and_logs_both_branches():
 @pytest.fixture(scope="module", params=["rsp", "tobo"])
 def runs(request, tmp_path_factory):
     """The method's _tiny recipe, 12 steps straight (recorded), and the same run killed at 8 and resumed."""
-    from test_train import FIXTURES, SMALL, run
-    from train_fixtures import write_shards
+    from test_train import straight_and_resumed
 
-    base = tmp_path_factory.mktemp(request.param)
-    shards = base / "shards"
-    write_shards(shards, num_shards=4, per_shard=8, width=64, height=48)
-
-    def trainer(out, record, exit_at=0):
-        args = [str(FIXTURES), str(record), str(exit_at), f"{request.param}_tiny", f"data.shards={shards}",
-                f"train.output_dir={out}", *SMALL, "data.num_workers=0", "train.log_with=none"]  # fmt: skip
-        return run(args, check=exit_at == 0)
-
-    trainer(base / "straight", base / "rec_straight")
-    killed = trainer(base / "resumed", base / "rec_resumed", exit_at=8)
-    assert killed.returncode == 17, killed.stderr[-2000:]
-    trainer(base / "resumed", base / "rec_resumed")
+    base = straight_and_resumed(f"{request.param}_tiny", tmp_path_factory.mktemp(request.param))
     return request.param, base
 
 

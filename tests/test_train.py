@@ -61,6 +61,26 @@ def trainer(out, shards, *extra, record=None, exit_at=0, check=True):
     return run([str(FIXTURES), str(record), str(exit_at), *overrides], check=check)
 
 
+def straight_and_resumed(recipe: str, base: Path) -> Path:
+    """``recipe`` on small synthetic shards in ``base``: 12 steps straight (recorded in rec_straight), and
+    the same run killed at step 8 and resumed (rec_resumed). -> ``base``."""
+    from train_fixtures import write_shards
+
+    shards = base / "shards"
+    write_shards(shards, num_shards=4, per_shard=8, width=64, height=48)
+
+    def trainer(out, record, exit_at=0):
+        args = [str(FIXTURES), str(record), str(exit_at), recipe, f"data.shards={shards}",
+                f"train.output_dir={out}", *SMALL, "data.num_workers=0", "train.log_with=none"]  # fmt: skip
+        return run(args, check=exit_at == 0)
+
+    trainer(base / "straight", base / "rec_straight")
+    killed = trainer(base / "resumed", base / "rec_resumed", exit_at=8)
+    assert killed.returncode == 17, killed.stderr[-2000:]
+    trainer(base / "resumed", base / "rec_resumed")
+    return base
+
+
 def metrics(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 

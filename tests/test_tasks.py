@@ -255,7 +255,15 @@ def test_propagate_and_benchmark_commands_on_all_three_tasks(tmp_path):
     assert (tmp_path / "b1" / "davis" / "global_results-val.csv").is_file()
     r = run(main, [*args[:3], *encoder, "--out", str(tmp_path / "b2")])  # DAVIS only, same random weights
     r = run(main, ["benchmark", "--compare", str(tmp_path / "b1"), str(tmp_path / "b2")])
-    assert r.exit_code == 0 and "davis J&F +0.000" in r.output and "same weights" in r.output, r.output
+    assert r.exit_code == 0 and "B - A: davis J&F +0.000" in r.output and "same weights" in r.output, r.output
+    record["tasks"]["davis"]["scores"]["J&F"] += 0.25  # a third record, better on DAVIS than A by 0.25
+    (tmp_path / "b3").mkdir()
+    (tmp_path / "b3" / "benchmark.json").write_text(json.dumps(record))
+    r = run(main, ["benchmark", "--compare", *(str(tmp_path / b) for b in ("b1", "b2", "b3"))])
+    assert r.exit_code == 0 and "C - A: davis J&F +0.250" in r.output, r.output
+    assert [line.split()[0] for line in r.output.splitlines()[2:5]] == ["A", "B", "C"]
+    r = run(main, ["benchmark", "--compare", str(tmp_path / "b1")])
+    assert r.exit_code == 2 and "two or more" in r.output
     r = run(main, ["benchmark", "--compare", str(tmp_path / "b1"), str(tmp_path / "davis")])
     assert r.exit_code == 1 and "not a benchmark record" in r.output
 

@@ -18,11 +18,13 @@ from siammae.tasks import TASKS
               help="Use random weights (a baseline, seed 0); needs a timm name or run folder.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder: OUT/benchmark.json and OUT/<task>/.")
 @compute_options
-@click.option("--compare", nargs=2, type=click.Path(exists=True), metavar="A B",
-              help="Instead of running: two benchmark.json files (or their folders) side by side, and B - A.")
+@click.option("--compare", is_flag=True,
+              help="Instead of running: the benchmark.json files (or their folders) given as arguments side by "
+                   "side, each minus the first (A, e.g. a random encoder).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.argument("records", nargs=-1, type=click.Path(exists=True))
 def benchmark(checkpoint, weights, weights_prefix, random_init, out, device, batch_size, precision, compare, quiet,
-              **kwargs):
+              records, **kwargs):
 # fmt: on
     """Label propagation on every dataset given, each with its task's preset (the paper's Table 4b
     values; for DAVIS the run's eval settings as `siammae propagate` uses them), then one table:
@@ -31,17 +33,21 @@ def benchmark(checkpoint, weights, weights_prefix, random_init, out, device, bat
 
     \b
     siammae benchmark --checkpoint runs/siammae --davis DAVIS --jhmdb JHMDB --vip VIP --out bench/siammae
-    siammae benchmark --compare bench/random bench/siammae
+    siammae benchmark --compare bench/random bench/siammae bench/rsp
     """
     from siammae.tasks.benchmark import compare as compare_records
     from siammae.tasks.benchmark import read_record
 
     roots, load = dataset_roots(kwargs)
     if compare:
-        click.echo(compare_records(*(read_record(p) for p in compare)))
+        if len(records) < 2:
+            raise click.UsageError("--compare needs two or more benchmark records: A B [C ...]")
+        click.echo(compare_records(*(read_record(p) for p in records)))
         return
+    if records:
+        raise click.UsageError(f"unexpected arguments {' '.join(records)} (benchmark records go with --compare)")
     if checkpoint is None or out is None:
-        raise click.UsageError("--checkpoint and --out are needed (or --compare A B)")
+        raise click.UsageError("--checkpoint and --out are needed (or --compare A B [C ...])")
     if not roots:
         raise click.UsageError(f"give at least one dataset: {', '.join(f'--{t}' for t in TASKS)}")
     from siammae.propagate.precision import resolve_precision

@@ -6,7 +6,7 @@ table and one record.
     {"siammae_version": "...", "encoder": {...EncoderInfo...}, "weights_sha256": "...",
      "tasks": {"davis": {"scores": {"J&F": 0.62, ...}, "protocol": {...}, "timing": {...}}, ...}}
 
-and each task's own files in ``OUT/<task>/``. :func:`compare` puts two such records side by side.
+and each task's own files in ``OUT/<task>/``. :func:`compare` puts such records side by side, each against the first.
 """
 
 from __future__ import annotations
@@ -99,23 +99,30 @@ def format_table(records: list, labels=None) -> str:
     return "\n".join(lines)
 
 
-def compare(a: dict, b: dict) -> str:
-    """Two records side by side and B - A; notes where their protocols or weights differ."""
-    text = format_table([a, b], ["A " + _label(a), "B " + _label(b)])
-    diffs = []
-    for task, key in _columns([a, b]):
-        va, vb = (r["tasks"].get(task, {}).get("scores", {}).get(key) for r in (a, b))
-        if va is not None and vb is not None:
-            diffs.append(f"{task} {key} {vb - va:+.3f}")
+def compare(*records: dict) -> str:
+    """Records side by side (A, B, C, ...) and each one minus the first (A, the baseline); notes where
+    a record's protocols, datasets or weights are those of A or differ from them."""
+    if len(records) < 2:
+        raise BenchmarkError(f"compare needs at least two records, got {len(records)}")
+    names = [chr(ord("A") + i) if i < 26 else f"R{i}" for i in range(len(records))]
+    a = records[0]
+    lines = [format_table(list(records), [f"{n} {_label(r)}" for n, r in zip(names, records)])]
     notes = []
-    for t in TASKS:
-        if t in a["tasks"] and t in b["tasks"]:
-            ta, tb = a["tasks"][t], b["tasks"][t]
-            notes += [
-                f"{t}: the {what} differ"
-                for what, key in (("protocols", "protocol"), ("datasets", "root"))
-                if ta.get(key) != tb.get(key)
-            ]
-    if a.get("weights_sha256") and a.get("weights_sha256") == b.get("weights_sha256"):
-        notes.append("same weights")
-    return "\n".join([text, "B - A: " + (", ".join(diffs) or "no task in common"), *notes])
+    for name, b in zip(names[1:], records[1:]):
+        diffs = []
+        for task, key in _columns([a, b]):
+            va, vb = (r["tasks"].get(task, {}).get("scores", {}).get(key) for r in (a, b))
+            if va is not None and vb is not None:
+                diffs.append(f"{task} {key} {vb - va:+.3f}")
+        lines.append(f"{name} - A: " + (", ".join(diffs) or "no task in common"))
+        for t in TASKS:
+            if t in a["tasks"] and t in b["tasks"]:
+                ta, tb = a["tasks"][t], b["tasks"][t]
+                notes += [
+                    f"{name}, {t}: the {what} differ from A's"
+                    for what, key in (("protocols", "protocol"), ("datasets", "root"))
+                    if ta.get(key) != tb.get(key)
+                ]
+        if a.get("weights_sha256") and a.get("weights_sha256") == b.get("weights_sha256"):
+            notes.append(f"{name}: same weights as A")
+    return "\n".join(lines + notes)

@@ -50,10 +50,11 @@ def benchmark(checkpoint, weights, weights_prefix, random_init, out, device, bat
         raise click.UsageError("--checkpoint and --out are needed (or --compare A B [C ...])")
     if not roots:
         raise click.UsageError(f"give at least one dataset: {', '.join(f'--{t}' for t in TASKS)}")
-    from siammae.propagate.precision import resolve_precision
+    from siammae.propagate.precision import reason
 
     compute = dict(device=pick_device(device), batch_size=batch_size, precision=precision)
-    resolve_precision(precision, compute["device"])  # a format the device lacks: an error before any work
+    said = reason(precision, compute["device"])  # a format the device lacks: an error before any work
+    click.echo(f"precision {said}")
     run(roots, load, (checkpoint, weights, weights_prefix, random_init), out, compute, quiet)
 
 

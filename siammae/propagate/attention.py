@@ -2,9 +2,11 @@
 
 timm's attention modules either call PyTorch's fused ``scaled_dot_product_attention`` (``fused_attn``
 True, the default) or write attention out as ``softmax(q k^T / sqrt(d)) v`` with two batched matmuls.
-On the GPU the fused kernels win. On a CPU in bf16 they do not: PyTorch's fused CPU attention runs no
-faster in bf16 than in fp32, while bf16 matmuls run at about twice the fp32 rate, so the written-out
-form makes the bf16 forward faster at the same tokens (figures: docs/benchmarks.md, "CPU precision").
+On the GPU the fused kernels win, and on a CPU with AMX too (bf16 matmuls there run ~9x the fp32 rate
+and the fused kernel uses them: ViT-S/16 at 480x848 in 186 ms a frame fused, 283 ms written out). On
+a CPU with AVX512-BF16 but no AMX they do not: there PyTorch's fused CPU attention ran no faster in
+bf16 than in fp32, while bf16 matmuls run at about twice the fp32 rate, so the written-out form made
+the bf16 forward faster at the same tokens (figures: docs/benchmarks.md, "CPU precision").
 
 The written-out form holds a (heads, N, N) score matrix per block (30 MB at 1591 tokens in bf16), and
 that only pays if the memory is reused: glibc hands out each such block as a fresh ``mmap`` and
@@ -12,7 +14,7 @@ returns it on free, so every forward touched new pages and ran slower than the f
 :func:`siammae.allocator.keep_freed_memory` makes the allocator keep freed memory for reuse instead
 (no page faults after the first frame).
 
-So on a CPU in bf16 (:func:`written_out_pays`) the feature extractor switches the encoder's attention
+So on a CPU in bf16 without AMX (:func:`written_out_pays`) the feature extractor switches the encoder's attention
 modules to the written-out form while its score matrices stay under :data:`SCORES_LIMIT`; everything
 else keeps the fused kernel.
 """
@@ -24,6 +26,7 @@ import contextlib
 import torch
 
 from siammae.models.layers import set_fused_attention
+from siammae.propagate.precision import cpu_has_amx
 
 # Bytes of one forward pass's score matrices (batch x heads x N x N bf16) up to which the written-out
 # attention is used: ViT-S/16 and ViT-B/16 at 480p (30 / 61 MB); ViT-S/8 at 480p (485 MB) stays fused.
@@ -38,9 +41,10 @@ def attention_heads(encoder: torch.nn.Module) -> int:
 
 def written_out_pays(device: torch.device, precision: str, batch: int, tokens: int, heads: int) -> bool:
     """Whether the written-out attention beats the fused kernel for ``batch`` frames of ``tokens``
-    tokens: on a CPU in bf16, with the score matrices of one block within :data:`SCORES_LIMIT`."""
+    tokens: on a CPU in bf16 without AMX, with the score matrices of one block within :data:`SCORES_LIMIT`."""
     scores = batch * heads * tokens * tokens * 2
-    return torch.device(device).type == "cpu" and precision == "bf16" and 0 < scores <= SCORES_LIMIT
+    cpu = torch.device(device).type == "cpu" and not cpu_has_amx()
+    return cpu and precision == "bf16" and 0 < scores <= SCORES_LIMIT
 
 
 @contextlib.contextmanager

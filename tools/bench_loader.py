@@ -14,7 +14,8 @@ Everything runs in this one process, pinned to one core with one thread, so the 
                Once opening the video per sample (what a Dataset's __getitem__ does), once with
                every reader kept open (the best case).
 
-Targets: pipeline >= 20x on the fly, >= 75% of the floor. The last line is one JSON object.
+Targets: pipeline >= 20x on the fly, >= 85% of the floor (the limit it is reported against). The last line
+is one JSON object.
 
   python tools/bench_loader.py --shards shards/ --videos videos/
 """
@@ -177,7 +178,11 @@ def main() -> None:
             x_on_the_fly=round(result["pipeline"] / best_fly, 1),
         )
         report["target_20x_on_the_fly"] = report["x_on_the_fly"] >= 20
-    report["target_75pct_floor"] = report["fraction_of_floor"] >= 0.75
+    report["target_85pct_floor"] = report["fraction_of_floor"] >= 0.85
+    print(
+        f"limit: the tar + JPEG floor, {result['floor']:.1f} pairs per CPU second (reading the shards and decoding "
+        f"their JPEGs, nothing else); the pipeline reaches {report['fraction_of_floor']:.0%} of it (target 85%)"
+    )
     print(json.dumps(report))
 
 

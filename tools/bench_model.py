@@ -7,7 +7,9 @@ plain-math attention, side by side.
     python tools/bench_model.py --recipe videomae --batch 2     # a 16-frame clip per sample
 
 Both paths run in the same process on the same weights and inputs, interleaved, so the ratio is
-meaningful on a shared, noisy machine. Also prints the encoder and decoder parameter counts.
+meaningful on a shared, noisy machine. Also prints the encoder and decoder parameter counts, and each
+path's fraction of the machine's limit: the FLOPs of a step (attention included) over its time and
+over the matmul peak measured in the same process in --dtype (siammae.limits).
 """
 
 import argparse
@@ -17,6 +19,7 @@ import time
 import torch
 
 from siammae.config import load_config
+from siammae.limits import count_flops, matmul_peak
 from siammae.models import build_model
 from siammae.models.layers import set_fused_attention
 
@@ -63,6 +66,9 @@ def main():
             times[name].append(time_step(model, frames, dtype, device))
 
     per_pair = {k: sorted(v)[len(v) // 2] / args.batch * 1000 for k, v in times.items()}
+    flops = count_flops(lambda: time_step(model, frames, dtype, device), model) / args.batch  # a sample
+    peak = matmul_peak(args.dtype, device)
+    share = {k: flops / (ms / 1000) / peak for k, ms in per_pair.items()}
     print(
         f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} "
         f"({torch.get_num_threads()} threads), dtype {args.dtype}, batch {args.batch}"
@@ -83,6 +89,11 @@ def main():
         f"plain math {per_pair['math']:.2f} ms | math/SDPA {per_pair['math'] / per_pair['sdpa']:.2f}x"
     )
     print(
+        f"limit: {peak / 1e9:.0f} GFLOP/s {args.dtype} matmul (measured, {torch.get_num_threads()} threads); "
+        f"{flops / 1e9:.2f} GFLOP a sample (fwd+bwd, attention included): SDPA reaches {share['sdpa']:.0%} "
+        f"of it, plain math {share['math']:.0%}"
+    )
+    print(
         json.dumps(
             {
                 "method": cfg.model.method,
@@ -90,6 +101,10 @@ def main():
                 "decoder_params": n_dec,
                 "ms_per_sample_sdpa": per_pair["sdpa"],
                 "ms_per_sample_math": per_pair["math"],
+                "gflop_per_sample": round(flops / 1e9, 3),
+                "measured_peak_gflops": round(peak / 1e9, 1),
+                "fraction_of_limit_sdpa": round(share["sdpa"], 3),
+                "fraction_of_limit_math": round(share["math"], 3),
                 "device": device.type,
                 "dtype": args.dtype,
             }

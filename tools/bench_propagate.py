@@ -62,6 +62,7 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=16, help="frames timed in each part")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--precision", default=DEFAULT, choices=PRECISIONS, help="per task: the forward's number format")
+    ap.add_argument("--profile", action="store_true", help="per task: where a frame's forward pass spends its time")
     ap.add_argument("--davis", help="time whole commands on this DAVIS-format set instead (see above)")
     ap.add_argument("--weights", help="with --davis: the encoder's weights file (default: random, seed 0)")
     ap.add_argument(
@@ -79,7 +80,7 @@ def main(argv=None):
         import subprocess
 
         same = ["--model", args.model, "--device", args.device, "--frames", str(args.frames), "--batch-size",
-                str(args.batch_size), "--precision", args.precision,
+                str(args.batch_size), "--precision", args.precision, *(["--profile"] if args.profile else []),
                 *(["--protocol", args.protocol] if args.protocol else [])]  # fmt: skip
         for task in TASK_SHAPES:
             subprocess.run([sys.executable, __file__, "--task", task, *same], check=True)
@@ -156,8 +157,25 @@ def bench_task(task, protocol, args):
         f"{tuple(out.shape)})"
     )
     print(f"together           {both:8.2f} frames/s")
+    if args.profile:
+        print(profile_forward(extractor, frames[:1]))
     print(f"peak memory        {peak}")
     return 0
+
+
+def profile_forward(extractor, frames, rows: int = 8) -> str:
+    """The ops a frame's forward pass spends its time in, by self time (torch.profiler), as text."""
+    from torch.profiler import ProfilerActivity, profile
+
+    extractor(frames)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:  # on a GPU: the time the CPU spends launching
+        extractor(frames)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    lines = [f"where a frame's forward pass goes ({total / 1e3:.0f} ms of CPU time in ops):"]
+    lines += [f"  {e.key:52s} {e.self_cpu_time_total / 1e3:8.1f} ms {e.self_cpu_time_total / total:6.1%}  x{e.count}"
+              for e in events[:rows]]  # fmt: skip
+    return "\n".join(lines)
 
 
 def forward_limit(extractor, frames):

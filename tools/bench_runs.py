@@ -132,7 +132,10 @@ def main(argv=None) -> dict:
         print(f"{name:8s} {r['frames_a_sample']:6d} {r['samples_a_video']:7d} {r['mb_a_video']:8.2f} "
               f"{r['tb_collection']:8.2f} {r['distinct_pairs_a_video']:20.0f} {r['samples_an_epoch']:13d} "
               f"{r['samples_per_cpu_s']:13.0f} {r['vs_pairs']:8.2f}")  # fmt: skip
-    print(f"tar + JPEG floor of the pairs: {floor:.0f} samples per CPU second")
+    print(f"limit: the tar + JPEG floor of the pairs, {floor:.0f} samples per CPU second; the loader reaches "
+          + ", ".join(f"{r['samples_per_cpu_s'] / floor:.0%} of it on {name}" for name, r in rows.items()))  # fmt: skip
+    for r in rows.values():
+        r["fraction_of_floor"] = round(r["samples_per_cpu_s"] / floor, 3)
     report = {"rows": rows, "floor_samples_per_cpu_s": floor, "collection": args.collection}
     print(json.dumps(report))
     return report

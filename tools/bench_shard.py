@@ -138,7 +138,8 @@ def main() -> None:
                 f"({decode_all.frames / decode:5.0f} frames/s), shard {sharded:6.2f} s ({len(paths) / sharded:4.1f} "
                 f"videos/s, {shard_all.samples / sharded:5.1f} samples/s), shard/decode {sharded / decode:4.2f}x | "
                 f"CPU: decode {decode_cpu:6.2f} s, shard {shard_cpu:6.2f} s, "
-                f"shard/decode {shard_cpu / decode_cpu:4.2f}x",
+                f"shard/decode {shard_cpu / decode_cpu:4.2f}x; limit: the bare decode, shard reaches "
+                f"{decode_cpu / shard_cpu:.0%} of its speed (CPU time)",
                 flush=True,
             )
     print(

@@ -2,9 +2,11 @@
 """Training throughput of one device: samples/s (frame pairs for SiamMAE, clips for VideoMAE / MAE-ST:
 ``--recipe videomae``) for ViT-S/16 at 224 (the base recipe's model by default),
 forward + backward + AdamW step with the trainer's precision rule, on batches already on the device
-(the input pipeline is measured by tools/bench_loader.py). On a GPU, also the model-FLOPs utilisation:
-FLOPs of one step counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention) divided by
-time and by the GPU's dense fp16/bf16 peak.
+(the input pipeline is measured by tools/bench_loader.py), and the model-FLOPs utilisation: FLOPs of one
+step counted by ``torch.utils.flop_counter`` (matmuls, convolutions, attention written out while
+counting: siammae.limits) divided by time and by the machine's limit, the matmul peak measured in the
+same process in the step's number format (fp32 when the recipe's precision is off) on the same threads;
+on a GPU also by its dense fp16/bf16 peak from the datasheet.
 
   python tools/bench_train.py                          # base recipe, batch 8 on CPU / 128 on GPU
   python tools/bench_train.py --recipe vits8 --batch 64 model.attention=math
@@ -28,6 +30,7 @@ import torch  # noqa: E402
 from siammae.allocator import keep_freed_memory  # noqa: E402
 from siammae.config import load_config  # noqa: E402
 from siammae.data.pixels import normalize  # noqa: E402
+from siammae.limits import count_flops, matmul_peak  # noqa: E402
 from siammae.models import METHODS, build_model  # noqa: E402
 from siammae.train.loop import pick_precision  # noqa: E402
 from siammae.train.schedule import param_groups  # noqa: E402
@@ -105,12 +108,7 @@ def main() -> None:
     for _ in range(args.warmup):
         step()
     sync()
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    flops_per_step = counter.get_total_flops()
+    flops_per_step = count_flops(step, accelerator.unwrap_model(model))
     sync()
     if gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -124,6 +122,8 @@ def main() -> None:
     pairs_per_s = steps * batch / elapsed
     achieved = flops_per_step * steps / elapsed / 1e12
     peak = args.peak_tflops or peak_tflops(device)
+    number_format = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
+    measured = matmul_peak(number_format, device) / 1e12
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
     report = dict(
         device=name,
@@ -143,6 +143,8 @@ def main() -> None:
         gflops_per_sample=round(flops_per_step / batch / 1e9, 2),
         achieved_tflops=round(achieved, 3),
         mfu=round(achieved / peak, 4) if peak else None,
+        measured_peak_tflops=round(measured, 3),
+        fraction_of_measured_peak=round(achieved / measured, 4),
         max_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None,
         freed_memory_kept=kept,
     )
@@ -152,7 +154,11 @@ def main() -> None:
     print(
         f"{name}: {pairs_per_s:.1f} {unit}/s ({report['step_s']} s per step of {batch}), "
         f"{report['gflops_per_sample']} GFLOP per sample (fwd+bwd), {achieved:.2f} TFLOP/s"
-        + (f", MFU {report['mfu']:.1%}" if report["mfu"] else "")
+        + (f", MFU {report['mfu']:.1%} of the datasheet peak" if report["mfu"] else "")
+    )
+    print(
+        f"limit: {measured:.2f} TFLOP/s {number_format} matmul (measured, {torch.get_num_threads()} threads); "
+        f"the step reaches {achieved / measured:.0%} of it"
     )
     print(json.dumps(report))
 

@@ -21,6 +21,9 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from siammae.propagate.attention import written_out
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -52,10 +55,6 @@ def matmul_peak(precision: str = "fp32", device="cpu", sizes=(2048, 4096), repea
 def count_flops(fn, *modules: torch.nn.Module) -> int:
     """FLOPs of ``fn()`` (forward, and backward if ``fn`` runs it), with every attention module of
     ``modules`` written out as matmuls while counting (their own setting is restored after)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from siammae.propagate.attention import written_out
-
     with FlopCounterMode(display=False) as counter, contextlib.ExitStack() as stack:
         for module in modules:
             stack.enter_context(written_out(module))

@@ -14,8 +14,9 @@ from test_propagate import moving_object_video, tiny_vit, write_sequence
 from siammae.allocator import keep_freed_memory
 from siammae.cli.propagate import propagate as propagate_cmd
 from siammae.propagate import precision as precision_module
+from siammae.propagate.attention import cpu_has_amx
 from siammae.propagate.features import FeatureExtractor
-from siammae.propagate.precision import PrecisionError, cpu_has_amx, native_precisions, reason, resolve_precision
+from siammae.propagate.precision import PrecisionError, native_precisions, reason, resolve_precision
 from siammae.propagate.protocol import PROTOCOLS
 
 

@@ -26,7 +26,6 @@ import contextlib
 import torch
 
 from siammae.models.layers import set_fused_attention
-from siammae.propagate.precision import cpu_has_amx
 
 # Bytes of one forward pass's score matrices (batch x heads x N x N bf16) up to which the written-out
 # attention is used: ViT-S/16 and ViT-B/16 at 480p (30 / 61 MB); ViT-S/8 at 480p (485 MB) stays fused.
@@ -37,6 +36,11 @@ def attention_heads(encoder: torch.nn.Module) -> int:
     """Heads of the encoder's attention (timm's modules with a ``fused_attn`` flag); 0 without any."""
     heads = (int(m.num_heads) for m in encoder.modules() if hasattr(m, "fused_attn") and hasattr(m, "num_heads"))
     return next(heads, 0)
+
+
+def cpu_has_amx() -> bool:
+    """AMX tiles: bf16 matmuls at several times the AVX512-BF16 rate (the fused kernel then wins)."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 def written_out_pays(device: torch.device, precision: str, batch: int, tokens: int, heads: int) -> bool:

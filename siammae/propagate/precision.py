@@ -36,11 +36,6 @@ def cpu_has(precision: str) -> bool:
     return any(getattr(cpu, probe, lambda: False)() for probe in probes[precision])
 
 
-def cpu_has_amx() -> bool:
-    """AMX tiles: bf16 matmuls at several times the AVX512-BF16 rate (fused attention then wins)."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
 def native(precision: str, device: torch.device) -> bool:
     """Whether ``device`` computes ``precision`` (bf16 / fp16) natively."""
     if device.type == "cuda":

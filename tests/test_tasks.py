@@ -264,6 +264,10 @@ def test_propagate_and_benchmark_commands_on_all_three_tasks(tmp_path):
     assert [line.split()[0] for line in r.output.splitlines()[2:5]] == ["A", "B", "C"]
     r = run(main, ["benchmark", "--compare", str(tmp_path / "b1")])
     assert r.exit_code == 2 and "two or more" in r.output
+    r = run(main, [*args[:3], *encoder, "--davis-size", "64", "--out", str(tmp_path / "b4")])
+    assert r.exit_code == 0, r.output
+    davis = json.loads((tmp_path / "b4" / "benchmark.json").read_text())["tasks"]["davis"]["protocol"]
+    assert davis["short_side"] == 64 and davis["name"] == "siammae+custom"
     r = run(main, ["benchmark", "--compare", str(tmp_path / "b1"), str(tmp_path / "davis")])
     assert r.exit_code == 1 and "not a benchmark record" in r.output
 

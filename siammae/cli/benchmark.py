@@ -17,14 +17,17 @@ from siammae.tasks import TASKS
 @click.option("--random-init", is_flag=True,
               help="Use random weights (a baseline, seed 0); needs a timm name or run folder.")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder: OUT/benchmark.json and OUT/<task>/.")
+@click.option("--davis-size", type=click.IntRange(min=16), default=None,
+              help="DAVIS: short side of the frames fed to the encoder (default: the preset's, 480); e.g. the "
+                   "eval.size a training run tracked J&F at, such as the demo's 96.")
 @compute_options
 @click.option("--compare", is_flag=True,
               help="Instead of running: the benchmark.json files (or their folders) given as arguments side by "
                    "side, each minus the first (A, e.g. a random encoder).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.argument("records", nargs=-1, type=click.Path(exists=True))
-def benchmark(checkpoint, weights, weights_prefix, random_init, out, device, batch_size, precision, compare, quiet,
-              records, **kwargs):
+def benchmark(checkpoint, weights, weights_prefix, random_init, out, davis_size, device, batch_size, precision,
+              compare, quiet, records, **kwargs):
 # fmt: on
     """Label propagation on every dataset given, each with its task's preset (the paper's Table 4b
     values; for DAVIS the run's eval settings as `siammae propagate` uses them), then one table:
@@ -55,10 +58,10 @@ def benchmark(checkpoint, weights, weights_prefix, random_init, out, device, bat
     compute = dict(device=pick_device(device), batch_size=batch_size, precision=precision)
     said = reason(precision, compute["device"])  # a format the device lacks: an error before any work
     click.echo(f"precision {said}")
-    run(roots, load, (checkpoint, weights, weights_prefix, random_init), out, compute, quiet)
+    run(roots, load, (checkpoint, weights, weights_prefix, random_init), out, compute, quiet, davis_size)
 
 
-def run(roots, load, encoder_args, out, compute, quiet):
+def run(roots, load, encoder_args, out, compute, quiet, davis_size=None):
     from siammae.encoders import open_encoder
     from siammae.tasks.benchmark import format_table, run_benchmark
 
@@ -67,6 +70,8 @@ def run(roots, load, encoder_args, out, compute, quiet):
     encoder, info = open_encoder(*encoder_args)
     run_eval = info.config.eval if info.config is not None else None
     protocols = {task: TASKS[task].protocol(run_eval=run_eval) for task in roots}
+    if davis_size and "davis" in protocols:
+        protocols["davis"] = TASKS["davis"].protocol(run_eval=run_eval, short_side=davis_size)
     options = {task: dict(compute, progress=not quiet) for task in roots}
     record = run_benchmark(encoder, info.to_dict(), roots, data, protocols, out, options, log=click.echo)
     click.echo(format_table([record]))

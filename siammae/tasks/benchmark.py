@@ -80,7 +80,8 @@ def _columns(records: list) -> list:
 def _label(record: dict) -> str:
     enc = record.get("encoder", {})
     step = f" step {enc['step']}" if enc.get("step") is not None else ""
-    return f"{enc.get('source', '?')}{step}"
+    random = " random init" if "weights" in enc and enc["weights"] is None else ""  # EncoderInfo: None = random
+    return f"{enc.get('source', '?')}{step}{random}"
 
 
 def format_table(records: list, labels=None) -> str:

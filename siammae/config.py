@@ -363,6 +363,9 @@ def _type_name(tp) -> str:
     return tp.__name__
 
 
+_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
+
+
 def _convert(value, tp, where: str):
     """Check ``value`` against the annotation ``tp`` and convert it (int -> float, str -> [str])."""
     origin = typing.get_origin(tp)
@@ -381,6 +384,8 @@ def _convert(value, tp, where: str):
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _WORDS:  # an override's yes/no/on/off
+            return _WORDS[value.lower()]
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -501,6 +506,8 @@ def parse_override(text: str):
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        value = raw.strip()  # YAML 1.1 reads no/yes/on/off as booleans: train.mixed_precision=no is the word
     return key.strip(), value
 
 

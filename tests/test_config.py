@@ -35,6 +35,15 @@ def test_override_order_defaults_then_recipe_then_command_line(tmp_path):
     assert cfg.model.arch == "vit_tiny"
 
 
+def test_yes_no_on_off_in_an_override_mean_what_the_key_takes():
+    """YAML 1.1 reads no/yes/on/off as booleans; on the command line they stay words for a word-valued key
+    (train.mixed_precision=no) and still switch a boolean one."""
+    cfg = load_config("tiny", ["train.mixed_precision=no", "model.norm_pix_loss=yes"])
+    assert cfg.train.mixed_precision == "no" and cfg.model.norm_pix_loss is True
+    assert load_config("tiny", ["model.norm_pix_loss=off", "train.mixed_precision=bf16"]).model.norm_pix_loss is False
+    assert load_config(None, ["model.norm_pix_loss=false"]).model.norm_pix_loss is False
+
+
 def test_unknown_key_in_recipe_names_key_file_and_closest(tmp_path):
     recipe = write(tmp_path, "optim:\n  base_lrr: 1e-3\n")
     with pytest.raises(ConfigError) as e:

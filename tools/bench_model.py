@@ -19,7 +19,7 @@ import time
 import torch
 
 from siammae.config import load_config
-from siammae.limits import count_flops, matmul_peak
+from siammae.limits import count_flops, measure_limit
 from siammae.models import build_model
 from siammae.models.layers import set_fused_attention
 
@@ -67,8 +67,9 @@ def main():
 
     per_pair = {k: sorted(v)[len(v) // 2] / args.batch * 1000 for k, v in times.items()}
     flops = count_flops(lambda: time_step(model, frames, dtype, device), model) / args.batch  # a sample
-    peak = matmul_peak(args.dtype, device)
-    share = {k: flops / (ms / 1000) / peak for k, ms in per_pair.items()}
+    limit = measure_limit(flops, args.dtype, device)
+    peak = limit.peak
+    share = {k: limit.fraction(ms / 1000) for k, ms in per_pair.items()}
     print(
         f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} "
         f"({torch.get_num_threads()} threads), dtype {args.dtype}, batch {args.batch}"

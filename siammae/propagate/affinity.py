@@ -51,7 +51,7 @@ def window_mask(h: int, w: int, radius: float, shape: str, device=None) -> Optio
 
 class Tile:
     """Target tokens [y0:y1, x0:x1] of the grid, the context rectangle [ry0:ry1, rx0:rx1] their windows
-    reach, and the window inside it as a (tile tokens, rectangle tokens) bool mask (None: no window)."""
+    reach, and where the window leaves the rectangle out."""
 
     def __init__(self, rows: slice, cols: slice, grid: Tuple[int, int], radius: float, shape: str, device):
         h, w = grid
@@ -59,11 +59,11 @@ class Tile:
         reach = math.floor(radius) if radius > 0 else max(h, w)  # the farthest offset a window holds
         self.rect_rows = slice(max(0, rows.start - reach), min(h, rows.stop + reach))
         self.rect_cols = slice(max(0, cols.start - reach), min(w, cols.stop + reach))
-        self.mask = None
+        self.outside = None  # (tile tokens, rectangle tokens) bool, True outside the window; None: no window
         if radius > 0:
             ty, tx = _coords(rows, cols, device)
             ry, rx = _coords(self.rect_rows, self.rect_cols, device)
-            self.mask = in_window(ty[:, None] - ry[None, :], tx[:, None] - rx[None, :], radius, shape)
+            self.outside = ~in_window(ty[:, None] - ry[None, :], tx[:, None] - rx[None, :], radius, shape)
 
 
 def _coords(rows: slice, cols: slice, device):
@@ -130,8 +130,8 @@ class LabelPropagator:
             for keys, labels, windowed in context:
                 region = (tile.rect_rows, tile.rect_cols) if windowed else (slice(None), slice(None))
                 sim = q @ keys[region].reshape(-1, keys.shape[-1]).float().T  # (T, R); fp32 keys: no copy
-                if windowed and tile.mask is not None:
-                    sim.masked_fill_(~tile.mask, float("-inf"))
+                if windowed and tile.outside is not None:
+                    sim.masked_fill_(tile.outside, float("-inf"))
                 best = self._keep_topk(best, sim, labels[region].reshape(-1, labels.shape[-1]))
             vals, labs = best
             weights = torch.nan_to_num(torch.softmax(vals / self.p.temperature, dim=1))  # all -inf -> 0

@@ -1,8 +1,8 @@
 """Which number format the encoder's forward pass runs in during propagation (``--precision``).
 
-Only the ViT forward changes: it runs under ``torch.autocast`` in bf16 or fp16 (the weights stay fp32,
-LayerNorm and softmax stay fp32 inside autocast); the tokens are returned as fp32 and the affinity,
-top-k and soft labels are fp32 whatever the precision.
+The ViT forward runs in it (on a GPU under ``torch.autocast``; on a CPU in bf16 through a bf16 copy of
+the encoder: :mod:`siammae.propagate.features`) and the context keeps its features in it; the tokens,
+the similarities, the top-k and the soft labels are fp32 whatever the precision.
 
 ``auto``, the default (:data:`DEFAULT`), picks bf16 where the hardware multiplies bf16 natively (CUDA
 with bf16 support; a CPU with AVX512-BF16 or AMX, where it is 1.4-3x faster than fp32 and J&F moves by

@@ -69,6 +69,8 @@ def test_folds_hold_each_video_out_once_and_never_train_on_it():
     assert all(not set(t) & set(h) and set(t) | set(h) == set(videos) for t, h in folds)
     with pytest.raises(SystemExit, match="at least 2 videos"):
         heldout.make_folds(["v0"], 5)
+    with pytest.raises(SystemExit, match="--folds 0 runs the first fold alone"):
+        heldout.make_folds(videos, 1)  # one fold would train on nothing
 
 
 def test_protocol_end_to_end_leads_from_the_scores_and_cached(videos, tmp_path, capsys):
@@ -101,6 +103,13 @@ def test_protocol_end_to_end_leads_from_the_scores_and_cached(videos, tmp_path, 
     capsys.readouterr()
     heldout.main([str(videos), "--out", str(out), *TOY])
     assert "6 of 6 jobs already done; running 0" in capsys.readouterr().out
+    # One fold alone keeps its number, its runs and its lead.
+    one = heldout.main([str(videos), "--out", str(out), *TOY, "--folds", "1", "--report-only"])
+    assert [f["fold"] for f in one["folds"]] == [1]
+    assert one["folds"][0]["variants"]["default"]["lead"]["mean"] == pytest.approx(lead)
+    # Folds cached from another split are refused, not reused (2 folds of 3 videos hold out v0 and v1 first).
+    with pytest.raises(SystemExit, match="use a new --out"):
+        heldout.main([str(videos), "--out", str(out), *TOY, "--max-folds", "2", "--report-only"])
 
 
 PEER = textwrap.dedent('''

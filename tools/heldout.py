@@ -6,7 +6,8 @@
   python tools/heldout.py my_videos/ --out runs/heldout --name peer --peer ~/src/CropMAE   # CropMAE's SiamMAE
 
 The videos are split into folds (leave one video out when there are at most ``--max-folds`` videos, else
-that many folds of consecutive videos in sorted order). For each fold:
+that many folds of consecutive videos in sorted order; ``--folds 0`` runs only fold 0, e.g. for a long
+budget). For each fold:
 
 1. its training videos are sharded (``siammae shard``: ``--per-video`` pairs a video, ``--gap``);
 2. DAVIS-format sets are composited from its held-out videos only (``siammae synth davis --from-videos``),
@@ -62,6 +63,8 @@ def make_folds(videos: list, max_folds: int) -> list:
     ``max_folds`` runs of consecutive videos (sorted order) held out in turn."""
     if len(videos) < 2:
         raise SystemExit("error: the held-out protocol needs at least 2 videos (one to train on, one to test on)")
+    if max_folds < 2:  # one fold would hold out every video and train on none
+        raise SystemExit(f"error: --max-folds {max_folds}: at least 2 folds (--folds 0 runs the first fold alone)")
     k = min(len(videos), max_folds)
     bounds = np.linspace(0, len(videos), k + 1).round().astype(int)
     folds = []
@@ -93,6 +96,15 @@ def prepare_fold(args, k: int, train_videos: list, held: list) -> dict:
     from siammae.tasks.davis import check_davis, copy_first_frame_jf
 
     fold = args.out / "folds" / f"fold{k}"
+    # The cache is keyed by fold number: a fold made from another split would be reused silently.
+    for videos, folder in ((train_videos, fold / "train_videos"), (held, fold / "heldout_videos")):
+        made = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+        if made and made != {Path(v).name for v in videos}:
+            raise SystemExit(
+                f"error: {folder} holds {', '.join(sorted(made))}, not this split's "
+                f"{', '.join(sorted(Path(v).name for v in videos))}: another --max-folds or video folder made "
+                "this fold; use a new --out"
+            )
     link_videos(train_videos, fold / "train_videos")
     link_videos(held, fold / "heldout_videos")
     if args.runs:  # runs of consecutive frames; the trainer draws each pair within --gap (data.pair_gap)
@@ -133,6 +145,7 @@ def prepare_fold(args, k: int, train_videos: list, held: list) -> dict:
         shards=str(shards),
         sets={k: str(v) for k, v in sets.items()},
         copy=copy,
+        fold=k,
         train=[Path(v).name for v in train_videos],
         heldout=[Path(v).name for v in held],
     )
@@ -373,7 +386,8 @@ def summarise(args, folds: list, prepared: list) -> dict:
         protocol=args.protocol,
         knobs=args.knobs,
     )
-    for k, fold in enumerate(prepared):
+    for fold in prepared:
+        k = fold["fold"]
         entry = dict(fold=k, train=fold["train"], heldout=fold["heldout"], variants={}, curve={}, minutes=[])
         per_seed = {}
         for seed in args.train_seeds:
@@ -610,6 +624,7 @@ def parse_args(argv=None):
     p.add_argument("--variants", default="default,hard", help="sets scored at every evaluated step")
     p.add_argument("--final-variants", default="colour,fast,nonrigid,scale", help="sets scored at the last step")
     p.add_argument("--max-folds", type=int, default=5, help="leave one out up to this many videos (default: 5)")
+    p.add_argument("--folds", default="", help="run only these folds, comma-separated (e.g. 0; default: all)")
     p.add_argument("--per-video", type=int, default=400, help="pairs sharded per training video (default: 400)")
     p.add_argument("--gap", default="1-4", help="frames between a pair's two frames, MIN-MAX (default: 1-4)")
     p.add_argument(
@@ -644,7 +659,7 @@ def parse_args(argv=None):
         p.error("VIDEOS and --out are required (--compare: --out only)")
     ints = lambda text: [int(x) for x in text.split(",") if x != ""]  # noqa: E731
     names = lambda text: [x for x in text.split(",") if x]  # noqa: E731
-    args.train_seeds, args.set_seeds = ints(args.train_seeds), ints(args.set_seeds)
+    args.train_seeds, args.set_seeds, args.folds = ints(args.train_seeds), ints(args.set_seeds), ints(args.folds)
     args.variants, args.final_variants = names(args.variants), names(args.final_variants)
     args.gap = [int(x) for x in args.gap.split("-")]
     if args.runs:
@@ -678,8 +693,13 @@ def main(argv=None) -> dict:
             raise SystemExit(f"error: unknown set variant '{v}' (valid: {', '.join(VARIANTS)})")
     args.out.mkdir(parents=True, exist_ok=True)
     folds = make_folds(list_videos(args.videos), args.max_folds)
+    unknown = [k for k in args.folds if not 0 <= k < len(folds)]
+    if unknown:
+        raise SystemExit(f"error: --folds {unknown[0]}: there are {len(folds)} folds (0..{len(folds) - 1})")
     prepared = []
     for k, (train_videos, held) in enumerate(folds):
+        if args.folds and k not in args.folds:
+            continue
         print(
             f"fold {k}: train on {len(train_videos)} video(s), hold out {', '.join(Path(h).name for h in held)}",
             flush=True,
@@ -690,7 +710,8 @@ def main(argv=None) -> dict:
         jobs = []
         curve = [set_name(v, s) for v in args.variants for s in args.set_seeds]
         final = [set_name(v, 0) for v in args.final_variants]
-        for k, fold in enumerate(prepared):
+        for fold in prepared:
+            k = fold["fold"]
             for seed in args.train_seeds:
                 common = dict(
                     recipe=args.recipe,

@@ -373,7 +373,7 @@ def fmt(s: dict) -> str:
     return f"{s['mean']:+.1f} ± {s['sd']:.1f} ({s['min']:+.1f}..{s['max']:+.1f})"
 
 
-def summarise(args, folds: list, prepared: list) -> dict:
+def summarise(args, prepared: list) -> dict:
     """Leads per fold, variant and step, in J&F points."""
     out = dict(
         name=args.name,
@@ -742,7 +742,7 @@ def main(argv=None) -> dict:
                     )
                 )
         run_jobs(jobs, args.parallel, args.threads)
-    summary = summarise(args, folds, prepared)
+    summary = summarise(args, prepared)
     stem = f"{args.name}-{evaluation_key(args.eval_size, args.protocol, args.knobs)}"
     (args.out / f"report-{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
     text = report_markdown(summary, args)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_propagate import tiny_vit
 
-from siammae.limits import Limit, count_flops, matmul_peak
+from siammae.limits import Limit, count_flops, count_softmax, matmul_peak, softmax_rate
 from siammae.tasks.davis_files import PALETTE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -31,6 +31,17 @@ def test_flops_are_counted_with_attention_written_out():
     assert all(block.attn.fused_attn for block in encoder.blocks)  # the encoder's own setting is back
 
 
+def test_softmax_elements_are_counted_in_inference_and_in_training():
+    encoder = tiny_vit(16, depth=2)  # 3 heads
+    frame = torch.randn(1, 3, 64, 96)  # 25 tokens
+    per_pass = 2 * 3 * 25 * 25  # two blocks, a (heads, N, N) score matrix each
+    assert count_softmax(lambda: encoder.forward_features(frame)) == 0  # fused: out of sight
+    with torch.no_grad():
+        assert count_softmax(lambda: encoder.forward_features(frame), encoder) == per_pass
+    assert count_softmax(lambda: encoder.forward_features(frame).sum().backward(), encoder) == 2 * per_pass
+    assert all(block.attn.fused_attn for block in encoder.blocks)
+
+
 def test_peak_and_fraction():
     peak = matmul_peak("fp32", sizes=(256,), repeats=2)
     assert 1e8 < peak < 1e14  # FLOP/s: somewhere between a slow core and a data centre
@@ -38,6 +49,11 @@ def test_peak_and_fraction():
     assert limit.best_seconds == pytest.approx(0.02)
     assert limit.fraction(0.04) == pytest.approx(0.5)
     assert "100 GFLOP/s fp32" in limit.describe() and "2.00 GFLOP a frame" in limit.describe()
+    assert 1e6 < softmax_rate("fp32", rows=8, cols=256, repeats=1) < 1e13  # elements/s
+    limit = Limit(flops=2e9, peak=1e11, precision="bf16", threads=2, softmax_elements=3e8, softmax_rate=1e10)
+    assert limit.best_seconds_with_softmax == pytest.approx(0.05)  # 20 ms of matmuls + 30 ms of softmax
+    assert limit.fraction(0.1) == pytest.approx(0.2) and limit.fraction_with_softmax(0.1) == pytest.approx(0.5)
+    assert "300 M elements at 10.00 G/s" in limit.describe()
 
 
 def test_dinos_script_runs_unchanged_on_the_cpu(tmp_path):

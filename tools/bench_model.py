@@ -19,7 +19,7 @@ import time
 import torch
 
 from siammae.config import load_config
-from siammae.limits import count_flops, measure_limit
+from siammae.limits import count_flops, count_softmax, measure_limit
 from siammae.models import build_model
 from siammae.models.layers import set_fused_attention
 
@@ -67,9 +67,12 @@ def main():
 
     per_pair = {k: sorted(v)[len(v) // 2] / args.batch * 1000 for k, v in times.items()}
     flops = count_flops(lambda: time_step(model, frames, dtype, device), model) / args.batch  # a sample
-    limit = measure_limit(flops, args.dtype, device)
+    model.zero_grad(set_to_none=True)
+    softmax = count_softmax(lambda: time_step(model, frames, dtype, device), model) / args.batch
+    limit = measure_limit(flops, args.dtype, device, softmax)
     peak = limit.peak
     share = {k: limit.fraction(ms / 1000) for k, ms in per_pair.items()}
+    with_softmax = limit.fraction_with_softmax(per_pair["sdpa"] / 1000)
     print(
         f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'} "
         f"({torch.get_num_threads()} threads), dtype {args.dtype}, batch {args.batch}"
@@ -95,6 +98,11 @@ def main():
         f"of it, plain math {share['math']:.0%}"
     )
     print(
+        f"with attention's softmax ({softmax / 1e6:.1f} M elements a sample, forward and backward, at "
+        f"{limit.softmax_rate / 1e9:.2f} G/s measured): {limit.best_seconds_with_softmax * 1e3:.2f} ms a sample at "
+        f"best, SDPA reaches {with_softmax:.0%} of that"
+    )
+    print(
         json.dumps(
             {
                 "method": cfg.model.method,
@@ -106,6 +114,8 @@ def main():
                 "measured_peak_gflops": round(peak / 1e9, 1),
                 "fraction_of_limit_sdpa": round(share["sdpa"], 3),
                 "fraction_of_limit_math": round(share["math"], 3),
+                "softmax_m_elements_per_sample": round(softmax / 1e6, 2),
+                "fraction_of_limit_with_softmax_sdpa": round(with_softmax, 3),
                 "device": device.type,
                 "dtype": args.dtype,
             }

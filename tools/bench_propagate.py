@@ -15,7 +15,10 @@ size on the CPU; with ``--task all`` each task runs in its own process so each p
 
 The limit (siammae.limits): the matmul peak measured in the same process in the forward's number
 format on the same threads, and the forward's FLOPs (attention included); the fraction is the time a
-frame would take at the peak over the time it took.
+frame would take at the peak over the time it took. Beside it, the fraction of the limit with the
+attention's softmax added (its elements at the measured rate of an in-cache fp32 softmax): on a CPU
+with AMX that vector work costs more than the attention's matmuls at the peak, so no kernel that
+computes it at PyTorch's rate gets near the matmul-only limit.
 
 With ``--davis SET`` whole ``siammae propagate`` commands are timed on a DAVIS-format set, one per
 precision (the default's row marked), beside a reference command: ``--dino CHECKOUT`` runs DINO's own
@@ -37,7 +40,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import torch
 
-from siammae.limits import count_flops, measure_limit
+from siammae.limits import count_flops, count_softmax, measure_limit
 from siammae.propagate.precision import DEFAULT, PRECISIONS
 
 
@@ -149,7 +152,8 @@ def bench_task(task, protocol, args):
     print(f"frames            {H}x{W} -> network input {size[0]}x{size[1]}, grid {grid[0]}x{grid[1]} tokens")
     print(
         f"feature extraction {feat_fps:8.2f} frames/s  (batch {args.batch_size}, {extractor.precision}, "
-        f"{extractor.attention} attention): {limit.fraction(1 / feat_fps):.0%} of the limit"
+        f"{extractor.attention} attention): {limit.fraction(1 / feat_fps):.0%} of the limit, "
+        f"{limit.fraction_with_softmax(1 / feat_fps):.0%} with the softmax"
     )
     print(f"                   {limit.describe()}")
     print(
@@ -181,7 +185,8 @@ def profile_forward(extractor, frames, rows: int = 8) -> str:
 def forward_limit(extractor, frames):
     """The :class:`siammae.limits.Limit` of the extractor's forward pass on one of ``frames``."""
     flops = count_flops(lambda: extractor(frames), extractor.network)
-    return measure_limit(flops, extractor.precision, extractor.device)
+    softmax = count_softmax(lambda: extractor(frames), extractor.network)
+    return measure_limit(flops, extractor.precision, extractor.device, softmax)
 
 
 # ----------------------------------------------------------------------------- whole commands
@@ -247,7 +252,8 @@ def davis_limit(args, seqs, precisions):
     frame = np.asarray(Image.open(seqs[0].frames[0]).convert("RGB"))
     extractor = FeatureExtractor(encoder, PROTOCOLS[args.protocol or "siammae"], torch.device(args.device))
     flops = count_flops(lambda: extractor([frame]), extractor.network)
-    return {p: measure_limit(flops, p, args.device) for p in sorted(set(precisions) | {"fp32"})}
+    softmax = count_softmax(lambda: extractor([frame]), extractor.network)
+    return {p: measure_limit(flops, p, args.device, softmax) for p in sorted(set(precisions) | {"fp32"})}
 
 
 def bench_commands(args):
@@ -333,19 +339,24 @@ def bench_commands(args):
         + ", ".join(f"{p} {x.peak / 1e9:.0f} GFLOP/s" for p, x in limits.items())
         + f" -> the {frames} frames' forward passes need at least "
         + ", ".join(f"{x.best_seconds * frames:.0f} s in {p}" for p, x in limits.items())
+        + f"; with attention's softmax ({lim.softmax_elements / 1e6:.0f} M elements a frame at "
+        f"{lim.softmax_rate / 1e9:.2f} G/s, measured) "
+        + ", ".join(f"{x.best_seconds_with_softmax * frames:.0f} s in {p}" for p, x in limits.items())
     )
     print(f"{'run':22s} {'seconds':>8s} {'frames/s':>9s} {'J&F':>7s} {'peak RSS':>9s} {'working':>8s} "
-          f"{'speed-up':>9s} {'of limit':>8s} {'forward':>8s}")  # fmt: skip
+          f"{'speed-up':>9s} {'of limit':>8s} {'forward':>8s} {'+softmax':>8s}")  # fmt: skip
     rows = {}
     for name, (cmd, folder, precision) in runs.items():
         seconds, rss = run_measured(cmd, out / f"{name.split()[0]}-{precision}.log")
         jf = evaluate(args.davis, folder, "val", [s.name for s in seqs]).global_row()["J&F-Mean"]
         floor = limits[precision].best_seconds * frames
         timing = folder / "propagation.json"
-        forward = None  # the share of the limit inside siammae's feature extraction alone
+        forward = with_softmax = None  # the share of the limit inside siammae's feature extraction alone
         if name.startswith("siammae") and timing.is_file():
             per_sequence = json.loads(timing.read_text())["timing"]["per_sequence"].values()
-            forward = round(floor / sum(t["feature_seconds"] for t in per_sequence), 3)
+            feature_seconds = sum(t["feature_seconds"] for t in per_sequence)
+            forward = round(floor / feature_seconds, 3)
+            with_softmax = round(limits[precision].best_seconds_with_softmax * frames / feature_seconds, 3)
         rows[name] = dict(
             precision=precision,
             seconds=round(seconds, 1),
@@ -356,19 +367,26 @@ def bench_commands(args):
             limit_seconds=round(floor, 1),
             fraction_of_limit=round(floor / seconds, 3),
             forward_fraction_of_limit=forward,
+            forward_fraction_with_softmax=with_softmax,
         )
     ref = next((r for n, r in rows.items() if not n.startswith("siammae")), None)
     for name, r in rows.items():
         work = "" if r["working_gib"] is None else f"{r['working_gib']:.2f}"
         speed = f"{ref['seconds'] / r['seconds']:.2f}x" if ref else ""
-        forward = "" if r["forward_fraction_of_limit"] is None else f"{r['forward_fraction_of_limit']:.0%}"
+        forward, with_softmax = (
+            ("", "") if r["forward_fraction_of_limit"] is None
+            else (f"{r['forward_fraction_of_limit']:.0%}", f"{r['forward_fraction_with_softmax']:.0%}")
+        )  # fmt: skip
         print(
             f"{name:22s} {r['seconds']:8.1f} {r['fps']:9.3f} {r['jf']:7.4f} {r['peak_rss_gib']:8.2f}G "
-            f"{work:>8s} {speed:>9s} {r['fraction_of_limit']:8.0%} {forward:>8s}"
+            f"{work:>8s} {speed:>9s} {r['fraction_of_limit']:8.0%} {forward:>8s} {with_softmax:>8s}"
         )
     print("of limit: the forward passes' time at the measured peak of the run's precision / the run's wall time;"
-          " forward: the same over siammae's feature-extraction time alone")  # fmt: skip
+          " forward: the same over siammae's feature-extraction time alone; +softmax: forward, the limit with"
+          " attention's softmax at the measured softmax rate added")  # fmt: skip
     limit = {"gflop_a_frame": round(lim.flops / 1e9, 2), "threads": lim.threads,
+             "softmax_m_elements_a_frame": round(lim.softmax_elements / 1e6, 1),
+             "softmax_g_per_s": round(lim.softmax_rate / 1e9, 2),
              **{f"peak_gflops_{p}": round(x.peak / 1e9, 1) for p, x in limits.items()}}  # fmt: skip
     report = dict(davis=args.davis, frames=frames, model=args.model, weights=weights, limit=limit, rows=rows,
                   reference=args.reference or (f"DINO's script from {args.dino}" if args.dino else None))  # fmt: skip

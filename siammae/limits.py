@@ -13,8 +13,9 @@ A figure's fraction of the limit is then ``flops / seconds / peak`` (:class:`Lim
 exponentiates every score (``N^2`` per head and block: 182 M a 480p frame for ViT-S/16), vector work no
 matmul unit does; on a CPU with AMX that costs more than the attention's matmuls at the peak. So a limit
 also carries, where the benchmark counts them, the softmax's elements (:func:`count_softmax`) at the
-measured rate of an in-cache softmax (:func:`softmax_rate`): ``best_seconds_with_softmax``, the floor
-for any kernel that multiplies at the peak and computes that softmax at PyTorch's own rate. Work bound by
+measured rate of an in-cache softmax (:func:`softmax_rate`): ``best_seconds_with_softmax``, what a
+kernel that multiplies at the peak and computes that softmax at PyTorch's own rate would take (an
+estimate, not a hard floor: a cheaper exponential goes below it). Work bound by
 memory or decoding (the loader, sharding) is measured against its own floor instead (the tar + JPEG
 decode floor, the bare video decode), which those benchmarks measure in the same run.
 """

@@ -64,6 +64,7 @@ class Sizes:
     memory_cap: int
     davis: dict  # synth_davis arguments
     cpu_sequences: int  # sequences of that set also propagated on the CPU
+    propagate_size: int = 0  # short side frames are propagated at; 0: the preset's (480)
 
 
 # fmt: off
@@ -73,7 +74,7 @@ GPU = Sizes(overrides=(), precisions=("fp32", "bf16", "fp16"), batch=128, steps=
 DRY = Sizes(overrides=("model.arch=vit_tiny", "model.img_size=64", "model.patch_size=8", "model.decoder_depth=2",
                        "model.decoder_dim=128", "model.decoder_heads=4", "model.mask_ratio=[0.0,0.9]"),
             precisions=("fp32", "bf16"), batch=2, steps=2, train_steps=4, train_batch=4, train_videos=3, memory_batch=2,
-            memory_cap=4, davis=dict(num_sequences=2, frames=4, size=(96, 160)), cpu_sequences=2)
+            memory_cap=4, davis=dict(num_sequences=2, frames=4, size=(96, 160)), cpu_sequences=2, propagate_size=96)
 # fmt: on
 
 
@@ -239,8 +240,9 @@ def training(work: Path, device, sizes: Sizes, dry: bool) -> dict:
     )
 
 
-def propagate(davis: Path, out: Path, device: str, precision: str, sequences=None) -> dict:
-    """``siammae propagate`` as a user runs it (random ViT-S/16, siammae preset); J&F and frames/s."""
+def propagate(davis: Path, out: Path, device: str, precision: str, sequences=None, size: int = 0) -> dict:
+    """``siammae propagate`` as a user runs it (random ViT-S/16, siammae preset, at short side ``size``
+    where given); J&F and frames/s."""
     from siammae.tasks.davis import check_davis
     from siammae.tasks.jandf import evaluate
 
@@ -248,7 +250,7 @@ def propagate(davis: Path, out: Path, device: str, precision: str, sequences=Non
     command = [sys.executable, "-m", "siammae", "propagate", "--davis", os.fspath(davis), "--checkpoint",
                "vit_small_patch16_224", "--random-init", "--protocol", "siammae", "--device", device, "--precision",
                precision, "--sequences", ",".join(names), "--no-eval", "--no-diagnostics", "--quiet", "--out",
-               os.fspath(out)]  # fmt: skip
+               os.fspath(out), *(["--size", str(size)] if size else [])]  # fmt: skip
     subprocess.run(
         command, check=True, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.fspath(REPO))
     )
@@ -309,7 +311,10 @@ def main() -> int:
         davis = work / "davis"
         if not davis.is_dir():
             synth_davis(davis, **sizes.davis)
-        runs = [propagate(davis, work / f"prop-{p}", device.type, p) for p in native_precisions(device)]
+        runs = [
+            propagate(davis, work / f"prop-{p}", device.type, p, size=sizes.propagate_size)
+            for p in native_precisions(device)
+        ]
         return dict(runs=runs, frames_per_s=runs[0]["frames_per_s"])
 
     check("propagation", propagation)
@@ -321,7 +326,7 @@ def main() -> int:
         from siammae.tasks.jandf import evaluate
 
         davis = work / "davis"
-        cpu = propagate(davis, work / "prop-cpu", "cpu", "fp32", sizes.cpu_sequences)
+        cpu = propagate(davis, work / "prop-cpu", "cpu", "fp32", sizes.cpu_sequences, sizes.propagate_size)
         names = [s.name for s in check_davis(davis)][: sizes.cpu_sequences]
         here = dict(jf=round(evaluate(davis, work / "prop-fp32", "val", names).global_row()["J&F-Mean"], 4))
         difference = round(here["jf"] - cpu["jf"], 4)

@@ -134,6 +134,6 @@ def read_records(out_dir, rank: int = 0) -> list:
 
 if __name__ == "__main__":
     # [torchrun --nproc_per_node 2] tests/train_fixtures.py RECORD_DIR EXIT_AT RECIPE [overrides...]
-    from siammae.train.command import main
+    from siammae.train import loop as train
 
-    main(sys.argv[3:], on_step=_record_steps(sys.argv[1], int(sys.argv[2])))
+    train.main(sys.argv[3:], on_step=_record_steps(sys.argv[1], int(sys.argv[2])))

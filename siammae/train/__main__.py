@@ -1,5 +1,5 @@
 """``python -m siammae.train RECIPE [group.key=value ...]`` (also under ``accelerate launch -m``)."""
 
-from siammae.train.command import main
+from siammae.train.loop import main
 
 main()

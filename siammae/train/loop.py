@@ -6,8 +6,8 @@
 
 Running the same command again continues from the newest complete checkpoint in the run folder.
 
-:mod:`siammae.train.command` parses the command line and turns user errors into one line and exit
-status 2; :func:`train` does the work and reads top to bottom: data -> model and optimizer -> resume -> the
+:func:`main` parses the command line and turns user errors into one line and exit status 2;
+:func:`train` does the work and reads top to bottom: data -> model and optimizer -> resume -> the
 loop (one optimizer step per pass: ``grad_accum`` micro-batches, skip if the loss was not finite
 anywhere, clip, step, the model's ``after_step``) -> logs, pictures, evaluations, checkpoints ->
 summary. The model computes its own loss (and any scalars it wants logged) and does its own updates
@@ -25,14 +25,17 @@ counters, other samples.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from siammae.allocator import keep_freed_memory
+from siammae.config import load_config
 from siammae.data.loader import check_clip_length, describe, make_loader, resolve_shards
 from siammae.data.pixels import normalize, to_uint8
 from siammae.errors import SiammaeError
@@ -492,3 +495,28 @@ def describe_run(cfg, urls, model, accelerator, micro_batch, total_steps, warmup
         f"{cfg.train.grad_accum} accumulation), warm-up {warmup_steps} steps, peak lr {peak_lr:.3g}; "
         f"run folder {cfg.train.output_dir}"
     )
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="python -m siammae.train",
+        description="Pre-train on WebDataset shards (SiamMAE by default). Running it again resumes the run.",
+    )
+    parser.add_argument("recipe", help="a recipe file or the name of a packaged recipe (base, tiny, ...)")
+    parser.add_argument("overrides", nargs="*", metavar="group.key=value", help="config overrides")
+    return parser.parse_args(argv)
+
+
+def main(argv=None, on_step=None) -> dict:
+    """The command line: a user error prints one line and exits with status 2 (a diverged run: 1);
+    a run stopped by a signal exits with 128 + the signal, as the shell would report it."""
+    args = parse_args(argv)
+    try:
+        summary = train(load_config(args.recipe, args.overrides), on_step)
+    except SiammaeError as e:
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank stops; one says why
+            print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1 if isinstance(e, Diverged) else 2) from None
+    if summary["signal"]:
+        raise SystemExit(128 + summary["signal"])
+    return summary

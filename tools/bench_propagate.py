@@ -3,6 +3,7 @@ and the fraction of the machine's limit the feature extraction reaches.
 
     python tools/bench_propagate.py                       # ViT-S/16, DAVIS, JHMDB and VIP, each its preset
     python tools/bench_propagate.py --task davis --model vit_small_patch8_224 --device cuda --frames 60
+    python tools/bench_propagate.py --task davis --precision fp32 --compile   # + the forward compiled
     python tools/bench_propagate.py --davis SET --dino ~/src/dino --protocol dino   # whole commands vs DINO's
 
 Random weights (speed does not depend on them) and random frames at each task's usual size: DAVIS
@@ -66,6 +67,12 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--precision", default=DEFAULT, choices=PRECISIONS, help="per task: the forward's number format")
     ap.add_argument("--profile", action="store_true", help="per task: where a frame's forward pass spends its time")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="per task: also time the forward compiled by torch.compile (inductor; on a CPU with freezing, "
+        "which packs the weights for oneDNN and fuses the elementwise ops), and what compiling cost",
+    )
     ap.add_argument("--davis", help="time whole commands on this DAVIS-format set instead (see above)")
     ap.add_argument("--weights", help="with --davis: the encoder's weights file (default: random, seed 0)")
     ap.add_argument(
@@ -84,6 +91,7 @@ def main(argv=None):
 
         same = ["--model", args.model, "--device", args.device, "--frames", str(args.frames), "--batch-size",
                 str(args.batch_size), "--precision", args.precision, *(["--profile"] if args.profile else []),
+                *(["--compile"] if args.compile else []),
                 *(["--protocol", args.protocol] if args.protocol else [])]  # fmt: skip
         for task in TASK_SHAPES:
             subprocess.run([sys.executable, __file__, "--task", task, *same], check=True)
@@ -163,6 +171,8 @@ def bench_task(task, protocol, args):
     print(f"together           {both:8.2f} frames/s")
     if args.profile:
         print(profile_forward(extractor, frames[:1]))
+    if args.compile:
+        print(compiled_forward(extractor, frames, batches, limit))
     print(f"peak memory        {peak}")
     return 0
 
@@ -180,6 +190,36 @@ def profile_forward(extractor, frames, rows: int = 8) -> str:
     lines += [f"  {e.key:52s} {e.self_cpu_time_total / 1e3:8.1f} ms {e.self_cpu_time_total / total:6.1%}  x{e.count}"
               for e in events[:rows]]  # fmt: skip
     return "\n".join(lines)
+
+
+def compiled_forward(extractor, frames, batches: int, limit) -> str:
+    """The extractor's forward pass compiled with ``torch.compile`` (inductor; freezing on a CPU), timed
+    like the eager one: its rate, its fraction of the same limit, and the seconds the first call took
+    (compiling for this frame size; with freezing the weights are constants of the compiled code, so
+    inductor's on-disk cache does not spare a new process that time). siammae does not compile:
+    this measures what it would buy (docs/benchmarks.md, "CPU precision")."""
+    if extractor.protocol.layer:  # block_tokens then runs the blocks one by one, not forward_features
+        return "compiled           (not measured: --compile times the whole forward, the protocol reads a block)"
+    network = extractor.network
+    options = {"freezing": True} if extractor.device.type == "cpu" else None
+    network.forward_features = torch.compile(network.forward_features, options=options)
+    try:
+        t0 = time.perf_counter()
+        extractor(frames)
+        sync(extractor.device)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            extractor(frames)
+        sync(extractor.device)
+        fps = batches * len(frames) / (time.perf_counter() - t0)
+    finally:
+        del network.forward_features  # the class's method again
+    return (
+        f"compiled           {fps:8.2f} frames/s  (torch.compile{', freezing' if options else ''}): "
+        f"{limit.fraction(1 / fps):.0%} of the limit, {limit.fraction_with_softmax(1 / fps):.0%} with the softmax; "
+        f"the first call (compiling) took {first:.1f} s"
+    )
 
 
 def forward_limit(extractor, frames):

@@ -1,8 +1,13 @@
 """The training input pipeline: shard lists, same crop/flip on every frame, repeated sampling, uint8
 batches, rank/worker split, reproducible streams, and bad data skipped and counted without stalling."""
 
+import multiprocessing
+import os
 import random
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -201,6 +206,39 @@ def test_shards_without_the_frames_asked_for_fail_clearly(shards):
     )
     with pytest.raises(data.DataError, match="in a row could not be used"):
         _collect(loader)
+
+
+def test_an_error_raised_in_a_data_worker_is_one_line_and_stops_the_workers(shards):
+    cfg = load_config(None, ["data.num_frames=3", "model.mask_ratio=[0, 0, 0.95]", "data.shuffle_buffer=4"]).data
+    before = {p.pid for p in multiprocessing.active_children()}
+    loader = data.make_loader(
+        data.resolve_shards([str(shards)]), cfg, size=32, batch_size=4, num_batches=2, seed=0, num_workers=1
+    )
+    with pytest.raises(data.DataError) as caught:
+        _collect(loader)
+    message = str(caught.value)
+    assert message.startswith("500 samples in a row could not be used") and "\n" not in message, message
+    assert not [p for p in multiprocessing.active_children() if p.pid not in before], "the worker still runs"
+
+
+def test_a_script_that_fails_with_a_loader_half_read_exits(shards):
+    """Data workers ignore SIGTERM, which is how Python stops them at exit: an unfinished iterator
+    (here held by the traceback) used to keep the process from ever exiting."""
+    script = (
+        "import sys\n"
+        "from siammae.config import load_config\n"
+        "from siammae.data.loader import make_loader, resolve_shards\n"
+        "cfg = load_config(None, ['data.shuffle_buffer=4']).data\n"
+        "urls = resolve_shards([sys.argv[1]])\n"
+        "batches = iter(make_loader(urls, cfg, size=32, batch_size=4, num_batches=50, seed=0, num_workers=1))\n"
+        "next(batches)\n"
+        "raise RuntimeError('stopped with the loader half read')\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(shards)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1 and "stopped with the loader half read" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_view_shift_moves_the_first_frame_crop_only_and_stays_inside():

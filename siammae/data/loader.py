@@ -20,18 +20,21 @@ Randomness is a pure function of (seed, rank, worker): the shard draws, the shuf
 of a data segment replay exactly when the trainer restarts that segment with the same seed, which is
 what makes a resumed run take the same steps as an uninterrupted one.
 
-The WebDataset loader is *not* handed to ``accelerator.prepare`` (it would re-shard the already
+The loader (:class:`EpochLoader`) is *not* handed to ``accelerator.prepare`` (it would re-shard the already
 rank-split stream); the trainer moves batches to the device itself.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import glob
 import json
 import os
 import random
 import signal
 import sys
+import weakref
 from pathlib import Path
 from typing import List, Sequence
 
@@ -294,9 +297,67 @@ def make_dataset(
 def _ignore_stop_signals(_worker_id: int) -> None:
     """Workers leave SIGTERM/SIGINT to the trainer: a cluster that signals every process of a job
     would otherwise kill them first, and the trainer could not finish its step and save (see
-    ``siammae.train``). They exit with the trainer all the same."""
+    ``siammae.train``). They are stopped by :class:`EpochLoader` instead."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# The DataLoader iterators whose workers are still running, stopped when Python exits. Python stops
+# the worker processes it still has at exit with SIGTERM and waits for them; these ignore it, so
+# without this a script that left an iterator unfinished (or failed with one in its traceback) would
+# never exit.
+_running: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _stop_workers(iterator) -> None:
+    """Stop ``iterator``'s worker processes now (what a DataLoader iterator does when it is garbage
+    collected; a traceback that holds it keeps it alive). Idempotent."""
+    _running.discard(iterator)
+    stop = getattr(iterator, "_shutdown_workers", None)  # torch's own clean-up; absent with 0 workers
+    if stop is not None:
+        stop()
+
+
+@functools.cache
+def _stop_all_at_exit() -> None:
+    # Registered after multiprocessing's own exit handler, so it runs first (atexit is last in, first out).
+    atexit.register(lambda: [_stop_workers(it) for it in list(_running)])
+
+
+class EpochLoader:
+    """Exactly ``num_batches`` batches of a DataLoader over an endless pipeline. Iterating it gives a
+    generator that stops the worker processes as soon as it ends: exhausted, closed (the trainer
+    closes it whatever happens), or left by an error, including one raised in a worker (re-raised
+    with its own one-line message instead of the worker's traceback)."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, num_batches: int):
+        self.loader, self.num_batches = loader, num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        iterator = iter(self.loader)
+        if self.loader.num_workers > 0:
+            _stop_all_at_exit()
+            _running.add(iterator)
+        try:
+            for _ in range(self.num_batches):
+                try:
+                    batch = next(iterator)
+                except SiammaeError as error:  # raised in a worker: torch prepends its traceback
+                    raise type(error)(worker_message(error)) from None
+                yield batch
+        finally:
+            _stop_workers(iterator)
+
+
+def worker_message(error: Exception) -> str:
+    """The one-line message of a :class:`SiammaeError` raised in a DataLoader worker, which torch
+    re-raises as "Caught X in DataLoader worker process N. Original Traceback ... X: message"."""
+    last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+    name = type(error).__name__
+    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
 
 
 def make_loader(
@@ -310,17 +371,20 @@ def make_loader(
     rank: int = 0,
     world: int = 1,
     num_workers: int | None = None,
-) -> wds.WebLoader:
-    """A loader yielding exactly ``num_batches`` per-rank batches (``.with_epoch`` on the loader, not on
-    the dataset, where it would count per worker), so every rank takes the same number of steps.
+) -> EpochLoader:
+    """A loader yielding exactly ``num_batches`` per-rank batches (counted on the loader, not per
+    worker), so every rank takes the same number of steps. Not handed to ``accelerator.prepare``
+    (it would re-shard the already rank-split stream).
 
     ``seed`` fixes the whole stream: the trainer passes one per data segment (see ``siammae.train``).
     """
     workers = data_cfg.num_workers if num_workers is None else num_workers
     dataset = make_dataset(urls, data_cfg, size=size, batch_size=batch_size, seed=seed, rank=rank, world=world)
     extra = dict(prefetch_factor=2, worker_init_fn=_ignore_stop_signals) if workers > 0 else {}
-    loader = wds.WebLoader(dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(), **extra)
-    return loader.with_epoch(num_batches)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(), **extra
+    )
+    return EpochLoader(loader, num_batches)
 
 
 def describe(urls: Sequence[str]) -> str:

@@ -215,7 +215,7 @@ def segment_loader(urls, cfg, step: int, total: int, micro_batch: int, accelerat
         rank=accelerator.process_index,
         world=accelerator.num_processes,
     )
-    return iter(loader), end
+    return iter(loader), end  # a generator: closing it stops the data workers
 
 
 def write_recon(accelerator, model, frames_uint8, out_dir: Path, step: int, cfg) -> Path:
@@ -410,6 +410,8 @@ def train(cfg, on_step=None, build=None) -> dict:
                 last_ckpt = save_checkpoint(accelerator, ckpt_root, step, cfg.train.keep_last)
             bar.update(1)
     finally:
+        if data_iter is not None:  # an error mid-run: stop the data workers now (siammae.data.loader)
+            data_iter.close()
         bar.close()
         accelerator.end_training()
         for sig, handler in previous_handlers.items():  # train() is a library call: leave them as found

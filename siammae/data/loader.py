@@ -4,7 +4,7 @@ One declarative chain (:func:`make_dataset`) around one named step (:func:`make_
 
     resampled shards, split by rank and worker   (every rank runs the same number of steps, no
                                                   end-of-epoch hang: the stream never ends and the
-                                                  loader is cut with ``.with_epoch``)
+                                                  loader, :class:`EpochLoader`, counts the batches)
     -> tar members grouped into samples            (read errors and truncated shards: skipped, counted)
     -> shuffle buffer of compressed samples         (cheap: bytes, not pixels)
     -> make_sample (:mod:`siammae.data.views`): decode JPEGs (simplejpeg) and draw ``repeated_sampling``

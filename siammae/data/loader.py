@@ -306,7 +306,7 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 # the worker processes it still has at exit with SIGTERM and waits for them; these ignore it, so
 # without this a script that left an iterator unfinished (or failed with one in its traceback) would
 # never exit.
-_running: "weakref.WeakSet" = weakref.WeakSet()
+_running = weakref.WeakSet()
 
 
 def _stop_workers(iterator) -> None:
@@ -355,9 +355,8 @@ class EpochLoader:
 def worker_message(error: Exception) -> str:
     """The one-line message of a :class:`SiammaeError` raised in a DataLoader worker, which torch
     re-raises as "Caught X in DataLoader worker process N. Original Traceback ... X: message"."""
-    last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-    name = type(error).__name__
-    return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    last = (str(error).strip().splitlines() or [""])[-1]
+    return last.partition(f"{type(error).__name__}: ")[2] or last
 
 
 def make_loader(

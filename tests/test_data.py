@@ -115,6 +115,25 @@ def _sample(frames):
     return {f"f{t}.jpg": simplejpeg.encode_jpeg(f, quality=98, colorsubsampling="444") for t, f in enumerate(frames)}
 
 
+def test_frame_buffers_decode_exactly_and_keep_a_sample_until_the_one_after_next():
+    rng = np.random.default_rng(0)
+    samples = [_sample([rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(2)])
+               for h, w in ((48, 64), (96, 128), (32, 40), (96, 128))]  # fmt: skip
+    buffers = view_maker.FrameBuffers()
+    decoded = []
+    for sample in samples:
+        jpegs = [sample["f0.jpg"], sample["f1.jpg"]]
+        frames = buffers.decode(jpegs)
+        fresh = [simplejpeg.decode_jpeg(j, colorspace="RGB") for j in jpegs]
+        assert all(f.shape == g.shape and np.array_equal(f, g) for f, g in zip(frames, fresh))
+        if decoded:  # the previous sample's frames are still intact
+            assert all(np.array_equal(f, g) for f, g in zip(decoded[-1][0], decoded[-1][1]))
+        decoded.append((frames, fresh))
+    first = [frames[0] for frames, _ in decoded]
+    assert np.shares_memory(first[2], first[0]) and np.shares_memory(first[3], first[1]), "memory is reused"
+    assert not np.shares_memory(first[1], first[0])
+
+
 def test_same_crop_and_flip_on_every_frame_and_independent_views():
     yy, xx = np.mgrid[0:96, 0:128]
     f0 = np.stack([xx * 2, yy * 2, (xx + yy)], -1).clip(0, 255).astype(np.uint8)  # asymmetric ramps

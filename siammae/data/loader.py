@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from siammae.data.views import crop_resize, draw_pair, make_sample, to_chw
+from siammae.data.views import FrameBuffers, crop_resize, draw_pair, make_sample, to_chw
 from siammae.errors import SiammaeError
 
 # A worker that reads this many samples in a row without producing one view stops with an error: a
@@ -231,13 +231,14 @@ def augment(data_cfg, seed, rank: int):
 
     def stage(src):
         rng = stream_rng(seed, rank, _worker()[0], "augment")
+        buffers = FrameBuffers()  # safe: the batch stage cuts a sample's views before the next is decoded
         for sample in src:
             try:
                 views = make_sample(sample, rng, num_frames=data_cfg.num_frames, repeats=data_cfg.repeated_sampling,
                                     scale=data_cfg.crop_scale, ratio=data_cfg.crop_ratio, hflip=data_cfg.hflip,
                                     view_shift=data_cfg.view_shift, pair_gap=data_cfg.pair_gap,
                                     views=data_cfg.views, local_scale=data_cfg.local_crop_scale,
-                                    local_ratio=data_cfg.local_crop_ratio)  # fmt: skip
+                                    local_ratio=data_cfg.local_crop_ratio, buffers=buffers)  # fmt: skip
             except Exception as exn:  # corrupt JPEG, missing frame (truncated shard), ...
                 exn.args = (f"{exn} (sample '{sample.get('__key__')}' of {sample.get('__url__')})",)
                 skip_and_count(exn)

@@ -156,6 +156,43 @@ def global_and_local(rng: random.Random, height: int, width: int, scale, ratio, 
     return (top, left, h, w), (ltop, lleft, lh, lw)
 
 
+class FrameBuffers:
+    """Reusable memory for decoded frames, two samples deep: the frames of each sample are decoded into
+    one of two sets of buffers in turn, so a sample's frames stay intact while the next sample is
+    decoded and are overwritten by the one after. The loader's batch stage cuts every view of a
+    sample before the next is decoded (its stages are generators pulled one item at a time), so its
+    frames are dead by then.
+
+    Why: decoding each frame into a fresh array made the crops of a pipeline run at one of two speeds,
+    chosen per pipeline at random (OpenCV's ``warpAffine`` ~65 or 135-180 us a 224-px frame), with
+    fresh buffers; with reused ones the fast speed every time (docs/benchmarks.md, "Loading")."""
+
+    def __init__(self):
+        self.sets: tuple[list, list] = ([], [])
+        self.turn = 0
+
+    def decode(self, jpegs: Sequence[bytes]) -> List[np.ndarray]:
+        """JPEG bytes -> (H, W, 3) uint8 RGB frames, views of this turn's buffers."""
+        self.turn ^= 1
+        buffers, frames = self.sets[self.turn], []
+        for i, data in enumerate(jpegs):
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            size = height * width * 3
+            if i == len(buffers):
+                buffers.append(np.empty(size, dtype=np.uint8))
+            elif buffers[i].size < size:
+                buffers[i] = np.empty(size, dtype=np.uint8)
+            frames.append(simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=buffers[i][:size]))
+        return frames
+
+
+def decode(jpegs: Sequence[bytes], buffers: Optional[FrameBuffers] = None) -> List[np.ndarray]:
+    """JPEG bytes -> (H, W, 3) uint8 RGB frames: into ``buffers`` when given, else fresh arrays."""
+    if buffers is not None:
+        return buffers.decode(jpegs)
+    return [simplejpeg.decode_jpeg(data, colorspace="RGB") for data in jpegs]
+
+
 def make_sample(
     sample: dict,
     rng: random.Random,
@@ -170,6 +207,7 @@ def make_sample(
     views: str = "frames",
     local_scale=(0.3, 0.6),
     local_ratio=(3 / 4, 4 / 3),
+    buffers: Optional[FrameBuffers] = None,
 ) -> List[View]:
     """One shard sample -> ``repeats`` views of its first ``num_frames`` frames, or with ``pair_gap`` of
     a pair drawn from its run of frames (:func:`draw_pair`; only those two JPEGs are decoded).
@@ -179,10 +217,12 @@ def make_sample(
     the first frame's box alone moves by up to that many pixels (CMAE's pixel shift). With ``views`` =
     "crops" the two views are CropMAE's: a global crop (``scale``, ``ratio``) and a local crop of it
     (``local_scale``, ``local_ratio``) of the sample's first frame, each flipped on its own.
-    Raises on a missing or undecodable frame; the caller counts and skips the sample.
+    Frames are decoded into ``buffers`` when given (:class:`FrameBuffers`: the views are then valid
+    until the sample after next is decoded). Raises on a missing or undecodable frame; the caller
+    counts and skips the sample.
     """
     if views == "crops":
-        frame = simplejpeg.decode_jpeg(sample["f0.jpg"], colorspace="RGB")
+        (frame,) = decode([sample["f0.jpg"]], buffers)
         key = f"{sample.get('__url__')}#{sample.get('__key__')}"
         out = []
         for _ in range(repeats):
@@ -193,7 +233,7 @@ def make_sample(
     positions = range(num_frames)
     if pair_gap:
         positions = draw_pair(json.loads(sample["json"]), rng, pair_gap)
-    frames = [simplejpeg.decode_jpeg(sample[f"f{t}.jpg"], colorspace="RGB") for t in positions]
+    frames = decode([sample[f"f{t}.jpg"] for t in positions], buffers)
     height, width = frames[0].shape[:2]
     if any(f.shape[:2] != (height, width) for f in frames):
         raise ValueError(f"frames of different sizes in sample {sample.get('__key__')}")

@@ -7,7 +7,8 @@ that crops, resizes and flips them into the batch (OpenCV).
   the start.
 - Crops (CropMAE, ``data.views: crops``): a global crop of the first frame and a local crop of it.
 
-Boxes are (top, left, h, w) in the decoded frame's pixels; frames (H, W, 3) uint8.
+Boxes are (top, left, h, w) in the decoded frame's pixels; frames (H, W, 3) uint8, decoded by the
+loader into reused buffers (:class:`FrameBuffers`).
 """
 
 from __future__ import annotations

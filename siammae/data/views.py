@@ -164,9 +164,9 @@ class FrameBuffers:
     sample before the next is decoded (its stages are generators pulled one item at a time), so its
     frames are dead by then.
 
-    Why: decoding each frame into a fresh array made the crops of a pipeline run at one of two speeds,
-    chosen per pipeline at random (OpenCV's ``warpAffine`` ~65 or 135-180 us a 224-px frame), with
-    fresh buffers; with reused ones the fast speed every time (docs/benchmarks.md, "Loading")."""
+    Why: with each frame decoded into a fresh array, the crops of a pipeline ran at one of two speeds,
+    which one by chance (OpenCV's ``warpAffine`` ~65 or 135-180 us a 224-px frame; cause not found);
+    with reused buffers at the fast one in every run measured (docs/benchmarks.md, "Loading")."""
 
     def __init__(self):
         self.sets: tuple[list, list] = ([], [])

@@ -29,6 +29,7 @@ def count_fused_calls(monkeypatch):
 def test_written_out_attention_gives_the_fused_tokens_and_runs_only_in_bf16_on_the_cpu(monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_has", lambda p: True)  # bf16 runs on any CPU
     monkeypatch.setattr(attention_module, "cpu_has_amx", lambda: False)  # AVX512-BF16 without AMX
+    monkeypatch.setattr(attention_module, "cpu_bf16_pays", lambda: True)  # whose bf16 matmuls beat fp32
     calls = count_fused_calls(monkeypatch)
     frames = [np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)]
     encoder, protocol = tiny_vit(16, depth=3), PROTOCOLS["siammae"].replace(**NATIVE)
@@ -53,6 +54,7 @@ def test_written_out_attention_gives_the_fused_tokens_and_runs_only_in_bf16_on_t
 
 def test_written_out_attention_only_where_its_score_matrices_stay_small(monkeypatch):
     monkeypatch.setattr(attention_module, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(attention_module, "cpu_bf16_pays", lambda: True)
     assert written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 6)  # ViT-S/16 at 480p: 30 MB
     assert written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 12)  # ViT-B/16: 61 MB
     assert not written_out_pays("cpu", "bf16", 1, 60 * 106 + 1, 6)  # ViT-S/8: 485 MB
@@ -63,11 +65,15 @@ def test_written_out_attention_only_where_its_score_matrices_stay_small(monkeypa
     assert SCORES_LIMIT == 64 * 2**20
     monkeypatch.setattr(attention_module, "cpu_has_amx", lambda: True)  # with AMX the fused kernel is faster
     assert not written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 6)
+    monkeypatch.setattr(attention_module, "cpu_has_amx", lambda: False)  # and where bf16 matmuls are slow
+    monkeypatch.setattr(attention_module, "cpu_bf16_pays", lambda: False)
+    assert not written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 6)
 
 
 def test_batches_count_the_score_matrices_of_written_out_attention(monkeypatch):
     monkeypatch.setattr(precision_module, "cpu_has", lambda p: True)
     monkeypatch.setattr(attention_module, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(attention_module, "cpu_bf16_pays", lambda: True)
     encoder, protocol = tiny_vit(16), PROTOCOLS["siammae"].replace(**NATIVE)
     fp32 = FeatureExtractor(encoder, protocol, "cpu").batch_frames(320, 320, budget=2**25)
     bf16 = FeatureExtractor(encoder, protocol, "cpu", "bf16").batch_frames(320, 320, budget=2**25)

@@ -6,8 +6,7 @@ import torch
 from test_allocator import GLIBC  # the written-out form is used only where glibc keeps freed memory
 from test_propagate import NATIVE, tiny_vit
 
-from siammae.propagate import attention as attention_module
-from siammae.propagate import precision as precision_module
+from siammae.propagate import cpu
 from siammae.propagate.attention import SCORES_LIMIT, written_out_pays
 from siammae.propagate.features import FeatureExtractor
 from siammae.propagate.protocol import PROTOCOLS
@@ -27,9 +26,9 @@ def count_fused_calls(monkeypatch):
 
 @GLIBC
 def test_written_out_attention_gives_the_fused_tokens_and_runs_only_in_bf16_on_the_cpu(monkeypatch):
-    monkeypatch.setattr(precision_module, "cpu_has", lambda p: True)  # bf16 runs on any CPU
-    monkeypatch.setattr(attention_module, "cpu_has_amx", lambda: False)  # AVX512-BF16 without AMX
-    monkeypatch.setattr(attention_module, "cpu_bf16_pays", lambda: True)  # whose bf16 matmuls beat fp32
+    monkeypatch.setattr(cpu, "has", lambda p: True)  # bf16 runs on any CPU
+    monkeypatch.setattr(cpu, "has_amx", lambda: False)  # AVX512-BF16 without AMX
+    monkeypatch.setattr(cpu, "bf16_pays", lambda: True)  # whose bf16 matmuls beat fp32
     calls = count_fused_calls(monkeypatch)
     frames = [np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)]
     encoder, protocol = tiny_vit(16, depth=3), PROTOCOLS["siammae"].replace(**NATIVE)
@@ -53,8 +52,8 @@ def test_written_out_attention_gives_the_fused_tokens_and_runs_only_in_bf16_on_t
 
 
 def test_written_out_attention_only_where_its_score_matrices_stay_small(monkeypatch):
-    monkeypatch.setattr(attention_module, "cpu_has_amx", lambda: False)
-    monkeypatch.setattr(attention_module, "cpu_bf16_pays", lambda: True)
+    monkeypatch.setattr(cpu, "has_amx", lambda: False)
+    monkeypatch.setattr(cpu, "bf16_pays", lambda: True)
     assert written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 6)  # ViT-S/16 at 480p: 30 MB
     assert written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 12)  # ViT-B/16: 61 MB
     assert not written_out_pays("cpu", "bf16", 1, 60 * 106 + 1, 6)  # ViT-S/8: 485 MB
@@ -63,17 +62,17 @@ def test_written_out_attention_only_where_its_score_matrices_stay_small(monkeypa
     assert not written_out_pays("cuda", "bf16", 1, 30 * 53 + 1, 6)  # and on GPUs
     assert not written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 0)  # an encoder without timm attention
     assert SCORES_LIMIT == 64 * 2**20
-    monkeypatch.setattr(attention_module, "cpu_has_amx", lambda: True)  # with AMX the fused kernel is faster
+    monkeypatch.setattr(cpu, "has_amx", lambda: True)  # with AMX the fused kernel is faster
     assert not written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 6)
-    monkeypatch.setattr(attention_module, "cpu_has_amx", lambda: False)  # and where bf16 matmuls are slow
-    monkeypatch.setattr(attention_module, "cpu_bf16_pays", lambda: False)
+    monkeypatch.setattr(cpu, "has_amx", lambda: False)  # and where bf16 matmuls are slow
+    monkeypatch.setattr(cpu, "bf16_pays", lambda: False)
     assert not written_out_pays("cpu", "bf16", 1, 30 * 53 + 1, 6)
 
 
 def test_batches_count_the_score_matrices_of_written_out_attention(monkeypatch):
-    monkeypatch.setattr(precision_module, "cpu_has", lambda p: True)
-    monkeypatch.setattr(attention_module, "cpu_has_amx", lambda: False)
-    monkeypatch.setattr(attention_module, "cpu_bf16_pays", lambda: True)
+    monkeypatch.setattr(cpu, "has", lambda p: True)
+    monkeypatch.setattr(cpu, "has_amx", lambda: False)
+    monkeypatch.setattr(cpu, "bf16_pays", lambda: True)
     encoder, protocol = tiny_vit(16), PROTOCOLS["siammae"].replace(**NATIVE)
     fp32 = FeatureExtractor(encoder, protocol, "cpu").batch_frames(320, 320, budget=2**25)
     bf16 = FeatureExtractor(encoder, protocol, "cpu", "bf16").batch_frames(320, 320, budget=2**25)

@@ -13,7 +13,7 @@ from test_propagate import moving_object_video, tiny_vit, write_sequence
 
 from siammae.allocator import keep_freed_memory
 from siammae.cli.propagate import propagate as propagate_cmd
-from siammae.propagate import precision as precision_module
+from siammae.propagate import cpu
 from siammae.propagate.attention import written_out_pays
 from siammae.propagate.features import FeatureExtractor
 from siammae.propagate.precision import PrecisionError, native_precisions, reason, resolve_precision
@@ -91,13 +91,13 @@ def test_accelerate_launch_splits_sequences_and_merges(davis, single, tmp_path):
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
-    monkeypatch.setattr(precision_module, "cpu_has", lambda p: p == "bf16")
-    monkeypatch.setattr(precision_module, "cpu_bf16_speedup", lambda: 2.2)  # AVX512-BF16 alone (AMX: 6-9)
+    monkeypatch.setattr(cpu, "has", lambda p: p == "bf16")
+    monkeypatch.setattr(cpu, "bf16_speedup", lambda: 2.2)  # AVX512-BF16 alone (AMX: 6-9)
     assert resolve_precision("auto", "cpu") == "bf16"
     assert "bf16 (auto: bf16 matmuls run 2.2x the fp32 rate" in reason("auto", "cpu")
     assert native_precisions("cpu") == ["fp32", "bf16"]  # what the benchmarks compare by default
     # native but slower than fp32 (a Xeon whose AMX the hypervisor hides): fp32, and the default says why
-    monkeypatch.setattr(precision_module, "cpu_bf16_speedup", lambda: 0.6)
+    monkeypatch.setattr(cpu, "bf16_speedup", lambda: 0.6)
     assert resolve_precision("auto", "cpu") == "fp32"
     assert (
         reason("auto", "cpu")
@@ -105,7 +105,7 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
     )
     assert resolve_precision("bf16", "cpu") == "bf16"  # still there when asked for
     assert native_precisions("cpu") == ["fp32", "bf16"]
-    monkeypatch.setattr(precision_module, "cpu_has", lambda p: False)
+    monkeypatch.setattr(cpu, "has", lambda p: False)
     assert resolve_precision("auto", "cpu") == "fp32"
     assert native_precisions("cpu") == ["fp32"]  # no bf16 run that would be refused
     assert "no AVX512-BF16 or AMX" in reason("auto", "cpu")  # the default says why it stays fp32
@@ -116,20 +116,20 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
 
 
 def test_the_cpu_bf16_speedup_is_measured_once_a_process():
-    first = precision_module.cpu_bf16_speedup()
+    first = cpu.bf16_speedup()
     assert 0.01 < first < 100  # bf16 over fp32 matmul speed; emulated bf16 on CPUs without it
-    assert precision_module.cpu_bf16_speedup() == first  # the same answer for every caller in a process
+    assert cpu.bf16_speedup() == first  # the same answer for every caller in a process
 
 
 def test_a_precision_the_cpu_lacks_is_one_line_before_any_work(davis, monkeypatch, tmp_path):
-    monkeypatch.setattr(precision_module, "cpu_has", lambda p: False)
+    monkeypatch.setattr(cpu, "has", lambda p: False)
     r = CliRunner().invoke(propagate_cmd, command(davis, tmp_path / "out", "--precision", "fp16"))
     assert r.exit_code == 1 and r.output.startswith("Error: precision fp16") and r.output.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 
 def test_bf16_features_match_fp32_and_the_precision_is_recorded(davis, monkeypatch, tmp_path):
-    monkeypatch.setattr(precision_module, "cpu_has", lambda p: True)  # autocast runs on any CPU
+    monkeypatch.setattr(cpu, "has", lambda p: True)  # autocast runs on any CPU
     frames = [np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)]
     encoder = tiny_vit(16)
     full = FeatureExtractor(encoder, PROTOCOLS["siammae"], "cpu")(frames)
@@ -153,8 +153,8 @@ def test_the_default_precision_keeps_jandf_within_0_005_of_fp32(monkeypatch, tmp
     most 0.005 from fp32."""
     from siammae.cli import main
 
-    monkeypatch.setattr(precision_module, "cpu_has", lambda p: p == "bf16")
-    monkeypatch.setattr(precision_module, "cpu_bf16_speedup", lambda: 2.2)
+    monkeypatch.setattr(cpu, "has", lambda p: p == "bf16")
+    monkeypatch.setattr(cpu, "bf16_speedup", lambda: 2.2)
     r = CliRunner().invoke(main, ["synth", "davis", str(tmp_path / "set"), "--sequences", "3", "--frames", "10",
                                   "--size", "96x160", "--objects", "2-3"])  # fmt: skip
     assert r.exit_code == 0, r.output

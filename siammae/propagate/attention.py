@@ -28,7 +28,7 @@ import contextlib
 import torch
 
 from siammae.models.layers import set_fused_attention
-from siammae.propagate.precision import cpu_bf16_pays
+from siammae.propagate import cpu
 
 # Bytes of one forward pass's score matrices (batch x heads x N x N bf16) up to which the written-out
 # attention is used: ViT-S/16 and ViT-B/16 at 480p (30 / 61 MB); ViT-S/8 at 480p (485 MB) stays fused.
@@ -41,11 +41,6 @@ def attention_heads(encoder: torch.nn.Module) -> int:
     return next(heads, 0)
 
 
-def cpu_has_amx() -> bool:
-    """AMX tiles: bf16 matmuls at several times the AVX512-BF16 rate (the fused kernel then wins)."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
 def written_out_pays(device: torch.device, precision: str, batch: int, tokens: int, heads: int) -> bool:
     """Whether the written-out attention beats the fused kernel for ``batch`` frames of ``tokens``
     tokens: on a CPU in bf16 without AMX whose bf16 matmuls beat its fp32 ones (where they do not, as on
@@ -54,7 +49,7 @@ def written_out_pays(device: torch.device, precision: str, batch: int, tokens: i
     scores = batch * heads * tokens * tokens * 2
     if torch.device(device).type != "cpu" or precision != "bf16" or not 0 < scores <= SCORES_LIMIT:
         return False
-    return not cpu_has_amx() and cpu_bf16_pays()  # measured on first use: only where bf16 runs on a CPU
+    return not cpu.has_amx() and cpu.bf16_pays()  # measured on first use: only where bf16 runs on a CPU
 
 
 @contextlib.contextmanager

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from siammae.allocator import keep_freed_memory
+from siammae.propagate import cpu
 from siammae.propagate.attention import attention_heads, written_out, written_out_pays
-from siammae.propagate.precision import DTYPES, autocast, cpu_bf16_pays, resolve_precision
+from siammae.propagate.precision import DTYPES, autocast, resolve_precision
 from siammae.propagate.protocol import Protocol, ProtocolError, resized_shape
 
 # Bytes of activations one forward pass may hold when the batch size is not given. On the CPU one 480p
@@ -52,7 +53,7 @@ class FeatureExtractor:
         self.network = self.encoder
         if self.device.type == "cpu" and self.precision == "bf16":
             self.network = copy.deepcopy(self.encoder).to(torch.bfloat16)
-            cpu_bf16_pays()  # its one measurement (siammae.propagate.precision) here, not in a timed forward
+            cpu.bf16_pays()  # its one measurement (siammae.propagate.cpu) here, not in a timed forward
 
     @property
     def feature_dtype(self) -> torch.dtype:

@@ -5,76 +5,37 @@ the encoder: :mod:`siammae.propagate.features`) and the context keeps its featur
 the similarities, the top-k and the soft labels are fp32 whatever the precision.
 
 ``auto``, the default (:data:`DEFAULT`), picks bf16 where the hardware multiplies bf16 natively and
-faster: a CUDA GPU with bf16 support; a CPU with AVX512-BF16 or AMX whose bf16 matmuls measure at least
-:data:`BF16_PAYS` times its fp32 rate (:func:`cpu_bf16_speedup`), where the forward pass ran 1.2-3.5x
-faster than in fp32 and J&F moved by less than 0.005 (docs/benchmarks.md, "Against DINO's script");
-fp16 on a CUDA GPU without bf16; fp32 elsewhere. The CPU flag alone is not enough: a Xeon whose AMX
-tiles a virtual machine hides still reports AVX512-BF16, but there its bf16 matmuls ran at half the
-fp32 rate and the bf16 forward 1.6x slower than fp32. :func:`reason` says which and why. ``fp32``
-reproduces the reference scorers' numbers exactly. Asking for a format the device cannot compute
-natively is an error rather than a silent emulation many times slower than fp32.
+faster: a CUDA GPU with bf16 support, or a CPU with AVX512-BF16 or AMX whose bf16 matmuls measure at
+least 1.5x its fp32 rate (:mod:`siammae.propagate.cpu`: not every CPU with the flag does), where the
+forward pass ran 1.2-3.5x faster than in fp32 and J&F moved by less than 0.005 (docs/benchmarks.md,
+"Against DINO's script"); fp16 on a CUDA GPU without bf16; fp32 elsewhere. :func:`reason` says which
+and why. ``fp32`` reproduces the reference scorers' numbers exactly. Asking for a format the device
+cannot compute natively is an error rather than a silent emulation many times slower than fp32.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import time
 
 import torch
 
 from siammae.errors import SiammaeError
+from siammae.propagate import cpu
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DEFAULT = "auto"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-# bf16 over fp32 matmul speed from which ``auto`` takes bf16 on a CPU. Measured (docs/benchmarks.md,
-# "CPU precision"): AMX tiles 6-9x (forward pass 3.5x); AVX512-BF16 alone 2.2x (forward 1.2-1.6x);
-# AVX512-BF16 with AMX hidden by the hypervisor 0.5-0.6x (forward 0.6x). Below ~1.5x the matmuls'
-# gain no longer pays for the casts and the fp32 softmax, LayerNorm and GELU around them.
-BF16_PAYS = 1.5
 
 
 class PrecisionError(SiammaeError):
     """A precision the device cannot compute natively; one line for the user."""
 
 
-def cpu_has(precision: str) -> bool:
-    """Native bf16 / fp16 matmuls on this CPU (AVX512-BF16 or AMX tiles; AMX-FP16)."""
-    cpu = torch.cpu
-    probes = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"), "fp16": ("_is_amx_fp16_supported",)}
-    return any(getattr(cpu, probe, lambda: False)() for probe in probes[precision])
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_bf16_speedup() -> float:
-    """bf16 over fp32 matmul speed on this CPU with the current threads, measured once per process at
-    the shape of a ViT-S/16 MLP layer over a 480p frame ((1591, 384) x (384, 1536), 1.9 GFLOP): the
-    best of 5 timings each after 2 warm-ups (oneDNN compiles its kernels on first use); 0.1-0.3 s."""
-    x, w = torch.randn(1591, 384), torch.randn(1536, 384)
-    best = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        a, b = x.to(dtype), w.to(dtype)
-        seconds = []
-        for _ in range(7):
-            start = time.perf_counter()
-            torch.nn.functional.linear(a, b)
-            seconds.append(time.perf_counter() - start)
-        best[dtype] = min(seconds[2:])
-    return best[torch.float32] / best[torch.bfloat16]
-
-
-def cpu_bf16_pays() -> bool:
-    """Whether ``auto`` runs bf16 on this CPU: native bf16 whose matmuls measure >= :data:`BF16_PAYS` x fp32."""
-    return cpu_has("bf16") and cpu_bf16_speedup() >= BF16_PAYS
-
-
 def native(precision: str, device: torch.device) -> bool:
     """Whether ``device`` computes ``precision`` (bf16 / fp16) natively."""
     if device.type == "cuda":
         return precision == "fp16" or torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has(precision)
+    return device.type == "cpu" and cpu.has(precision)
 
 
 def native_precisions(device) -> list:
@@ -91,7 +52,7 @@ def resolve_precision(precision: str, device) -> str:
         raise PrecisionError(f"precision '{precision}': choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         if device.type == "cpu":
-            return "bf16" if cpu_bf16_pays() else "fp32"
+            return "bf16" if cpu.bf16_pays() else "fp32"
         candidates = ("bf16", "fp16") if device.type == "cuda" else ()
         return next((p for p in candidates if native(p, device)), "fp32")
     if precision != "fp32" and not native(precision, device):
@@ -109,11 +70,11 @@ def reason(requested: str, device) -> str:
     chosen = resolve_precision(requested, device)
     if requested != "auto":
         return chosen
-    if device.type == "cpu" and cpu_has("bf16"):
-        speed = f"bf16 matmuls run {cpu_bf16_speedup():.1f}x the fp32 rate on this CPU"
+    if device.type == "cpu" and cpu.has("bf16"):
+        speed = f"bf16 matmuls run {cpu.bf16_speedup():.1f}x the fp32 rate on this CPU"
         if chosen == "bf16":
             return f"bf16 (auto: {speed}; --precision fp32 for exact reproduction)"
-        return f"fp32 (auto: {speed}, under the {BF16_PAYS}x that pays for bf16)"
+        return f"fp32 (auto: {speed}, under the {cpu.BF16_PAYS}x that pays for bf16)"
     if chosen != "fp32":
         return f"{chosen} (auto: native on this {device.type.upper()}; --precision fp32 for exact reproduction)"
     if device.type == "cpu":

@@ -117,7 +117,7 @@ def test_auto_precision_follows_the_hardware(monkeypatch):
 
 def test_the_cpu_bf16_speedup_is_measured_once_a_process():
     first = cpu.bf16_speedup()
-    assert 0.01 < first < 100  # bf16 over fp32 matmul speed; emulated bf16 on CPUs without it
+    assert 0 < first < 100  # bf16 over fp32 matmul speed (emulated bf16 on CPUs without it: far below 1)
     assert cpu.bf16_speedup() == first  # the same answer for every caller in a process
 
 

@@ -53,8 +53,9 @@ def resolve_precision(precision: str, device) -> str:
     if precision == "auto":
         if device.type == "cpu":
             return "bf16" if cpu.bf16_pays() else "fp32"
-        candidates = ("bf16", "fp16") if device.type == "cuda" else ()
-        return next((p for p in candidates if native(p, device)), "fp32")
+        if device.type == "cuda":
+            return next((p for p in ("bf16", "fp16") if native(p, device)), "fp32")
+        return "fp32"
     if precision != "fp32" and not native(precision, device):
         raise PrecisionError(
             f"precision {precision}: {device.type} device '{device}' has no native {precision} "
